@@ -1,0 +1,220 @@
+"""Command line: ``harness-xai run|report|sql|db|zoo|demo|ls|validate``.
+
+``run`` is lm-eval's own ``run`` parser (every flag unchanged) with one extra argument group; the
+extra arguments are removed from the namespace before lm-eval sees it (its EvaluatorConfig is
+strict). Without ``--attribute`` lm-eval runs exactly as ``lm-eval run``. ``ls``/``validate`` go
+straight to lm-eval. Bad input ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from harness_xai.errors import UserError
+
+XAI_ARGS = ("attribute", "xai_db", "xai_method", "xai_report", "xai_no_progress")
+HF_MODELS = {"hf", "hf-auto", "huggingface"}
+USAGE = """usage: harness-xai COMMAND …
+
+commands:
+  run       lm-eval run, every flag unchanged, plus --attribute [--xai-db URL] [--xai-method M]
+  report    render the HTML failure report of a store:  report --db xai.duckdb --out DIR
+  sql       run SQL on a store:  sql --db xai.duckdb "SELECT task, count(*) FROM cases GROUP BY task"
+  db        store schema:  db upgrade|current|history --db URL
+  zoo       build the project's own trained models:  zoo build [--out zoo]
+  demo      offline demo: zoo → run --attribute on the bundled tasks → DuckDB → HTML report
+  ls, validate   lm-eval's own commands
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv)
+    except UserError as err:
+        print(f"harness-xai: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def _dispatch(argv: list[str]) -> int:
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "report":
+        from harness_xai.report.cli import report_main
+        return report_main(rest)
+    if command == "sql":
+        from harness_xai.store.cli import sql_main
+        return sql_main(rest)
+    if command == "db":
+        from harness_xai.store.cli import db_main
+        return db_main(rest)
+    if command == "zoo":
+        from harness_xai.zoo.cli import zoo_main
+        return zoo_main(rest)
+    if command == "demo":
+        return demo(rest)
+    if command in {"ls", "validate"}:
+        return _lm_eval(argv)
+    if command == "run":
+        return run(rest)
+    if command.startswith("-"):  # lm-eval's flag-only style: `harness-xai --model hf …`
+        return run(argv)
+    raise UserError(f"unknown command '{command}'. Commands: run, report, sql, db, zoo, demo, "
+                    "ls, validate (see `harness-xai --help`).")
+
+
+def _lm_eval(argv: list[str]) -> int:
+    from lm_eval._cli import HarnessCLI
+
+    old = sys.argv
+    sys.argv = ["harness-xai", *argv]
+    try:
+        cli = HarnessCLI()
+        cli.execute(cli.parse_args())
+    finally:
+        sys.argv = old
+    return 0
+
+
+def build_run_parser():
+    """lm-eval's CLI with the harness-xai argument group added to ``run``."""
+    from lm_eval._cli import HarnessCLI
+
+    from harness_xai.pipeline import DEFAULT_DB
+
+    cli = HarnessCLI()
+    run_parser = cli._subparsers.choices["run"]
+    run_parser.prog = "harness-xai run"
+    group = run_parser.add_argument_group(
+        "harness-xai", "explain every incorrect response (all other flags are lm-eval's)")
+    group.add_argument("--attribute", action="store_true",
+                       help="attribute every incorrect response and store the results")
+    group.add_argument("--xai-db", default=DEFAULT_DB, metavar="URL",
+                       help=f"store: duckdb:///path, sqlite:///path or a file path (default {DEFAULT_DB})")
+    group.add_argument("--xai-method", default="attnlrp", metavar="METHOD",
+                       help="attnlrp (default), cp-lrp, grad-x-input")
+    group.add_argument("--xai-report", default=None, metavar="DIR",
+                       help="also render the HTML report into DIR at the end")
+    group.add_argument("--xai-no-progress", action="store_true", help="no progress bar")
+    return cli
+
+
+def run(argv: list[str]) -> int:
+    cli = build_run_parser()
+    args = cli._parser.parse_args(["run", *argv])
+    xai = {key: getattr(args, key) for key in XAI_ARGS}
+    for key in XAI_ARGS:
+        delattr(args, key)
+    if not xai["attribute"]:
+        _execute(args)
+        return 0
+    settings = _validate(args, xai)
+    with _attributing(settings) as state:
+        _execute(args)
+    summary = state.get("summary")
+    if summary is None:  # lm-eval returned no results (non-zero rank)
+        return 0
+    if xai["xai_report"]:
+        from harness_xai.report import render_report
+        summary.report = str(render_report(settings["db"], xai["xai_report"]))
+    print(summary.line(), flush=True)
+    return 0
+
+
+def _validate(args, xai: dict) -> dict:
+    from harness_xai.lrp import get_method
+    from harness_xai.store import normalize_url
+
+    if args.model not in HF_MODELS:
+        raise UserError(f"--attribute needs a Hugging Face model (--model hf), got --model "
+                        f"{args.model}. Use --model hf or drop --attribute.")
+    _check_pretrained(args.model_args)
+    return {"db": normalize_url(xai["xai_db"]), "method": get_method(xai["xai_method"]).name,
+            "progress": not xai["xai_no_progress"]}
+
+
+def _check_pretrained(model_args) -> None:
+    """A local-looking ``pretrained=`` that does not exist fails before anything loads."""
+    if isinstance(model_args, dict):
+        pretrained = model_args.get("pretrained")
+    else:
+        pairs = dict(p.split("=", 1) for p in str(model_args or "").split(",") if "=" in p)
+        pretrained = pairs.get("pretrained")
+    if not isinstance(pretrained, str):
+        return
+    looks_local = pretrained.startswith(("/", "./", "../", "~")) or pretrained.count("/") > 1
+    if looks_local and not Path(pretrained).expanduser().exists():
+        raise UserError(f"model directory not found: pretrained={pretrained} (in --model_args). "
+                        "Give an existing directory or a hub id like EleutherAI/pythia-160m.")
+
+
+@contextmanager
+def _attributing(settings: dict) -> Iterator[dict]:
+    """Route lm-eval's ``simple_evaluate`` through ``harness_xai.evaluate`` for one run."""
+    import lm_eval
+
+    from harness_xai.pipeline import evaluate
+
+    state: dict = {}
+    had = "simple_evaluate" in vars(lm_eval)
+    previous = vars(lm_eval).get("simple_evaluate")
+
+    def simple_evaluate(**kwargs):
+        results = evaluate(attribute=True, db=settings["db"], method=settings["method"],
+                           progress=settings["progress"], **kwargs)
+        if results is not None:
+            from harness_xai.pipeline import RunSummary
+            state["summary"] = RunSummary(**results["xai"])
+        return results
+
+    lm_eval.simple_evaluate = simple_evaluate
+    try:
+        yield state
+    finally:
+        if had:
+            lm_eval.simple_evaluate = previous
+        else:
+            del lm_eval.simple_evaluate
+
+
+def _execute(args) -> None:
+    """lm-eval's own ``run`` on the namespace; model-loading failures become one line."""
+    try:
+        args.func(args)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot load the model ({first}). Check --model_args pretrained=… "
+                        "(offline: the model must be a local directory or in the HF cache).") from None
+
+
+def demo(argv: list[str]) -> int:
+    """Offline demo: build the zoo if needed, evaluate with attribution, render the report."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="harness-xai demo")
+    parser.add_argument("--out", default="demo", help="output directory (default: demo)")
+    parser.add_argument("--zoo", default="zoo", help="zoo directory (default: zoo)")
+    parser.add_argument("--method", default="attnlrp")
+    opts = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from harness_xai.zoo import DEMO_MODEL, DEMO_TASKS, build, tasks_dir
+
+    model_dir = build(opts.zoo) / DEMO_MODEL if not str(DEMO_MODEL).startswith("/") else DEMO_MODEL
+    out = Path(opts.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return run(["--model", "hf", "--model_args", f"pretrained={Path(model_dir).resolve()},dtype=float32",
+                "--tasks", ",".join(DEMO_TASKS), "--include_path", str(tasks_dir()),
+                "--device", "cpu", "--batch_size", "16", "--output_path", str(out / "results"),
+                "--log_samples", "--attribute", "--xai-db", f"duckdb:///{out / 'xai.duckdb'}",
+                "--xai-method", opts.method, "--xai-report", str(out / "report")])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""lm-eval integration: run lm-eval unchanged and capture what attribution needs."""

@@ -1,0 +1,65 @@
+"""Capture the model object and the loaded tasks of an lm-eval run, without changing it.
+
+``simple_evaluate`` builds the LM and the Task objects internally and returns neither; both are
+needed (the HFLM instance to rebuild scored tokens exactly, the Task for ``doc_to_choice``).
+lm-eval 0.4.x has no callbacks, so for the duration of one call we wrap
+``lm_eval.evaluator.evaluate`` (the function ``simple_evaluate`` delegates to) and record its
+``lm`` and ``task_dict`` arguments. A check can veto the run before any request is computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Captured:
+    lm: object | None = None
+    tasks: dict[str, object] = field(default_factory=dict)  # task name → Task
+
+
+@contextmanager
+def capture_evaluate(before_run: Callable[[object], None] | None = None) -> Iterator[Captured]:
+    import lm_eval.evaluator as evaluator
+
+    captured = Captured()
+    original = evaluator.evaluate
+
+    def evaluate(lm, task_dict, *args, **kwargs):
+        captured.lm = unwrap_lm(lm)
+        captured.tasks = flatten_tasks(task_dict)
+        if before_run is not None:
+            before_run(captured.lm)
+        return original(lm, task_dict, *args, **kwargs)
+
+    evaluator.evaluate = evaluate
+    try:
+        yield captured
+    finally:
+        evaluator.evaluate = original
+
+
+def unwrap_lm(lm):
+    """The underlying LM of a ``CachingLM`` wrapper (``--use_cache``)."""
+    return getattr(lm, "lm", lm) if type(lm).__name__ == "CachingLM" else lm
+
+
+def flatten_tasks(task_dict) -> dict[str, object]:
+    """Task name → Task for lm-eval's task dict (``{"tasks": …}`` or the older nested form)."""
+    from lm_eval.api.task import Task
+
+    if isinstance(task_dict, dict) and "tasks" in task_dict and isinstance(task_dict["tasks"], dict):
+        return dict(task_dict["tasks"])
+    out: dict[str, object] = {}
+
+    def walk(node, name=None):
+        if isinstance(node, Task):
+            out[getattr(node, "task_name", None) or str(name)] = node
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, getattr(key, "group_name", key))
+
+    walk(task_dict)
+    return out

@@ -1,0 +1,13 @@
+"""The LRP engine: contrastive AttnLRP (and baselines) as modified gradients.
+
+``attribute`` is the pure tensor core; ``lrp`` the scoped patch it uses; methods and family
+adapters are registries that built-ins and users extend the same way.
+"""
+
+from harness_xai.lrp.adapters import ADAPTERS, Adapter, adapter_for, get_adapter, register_adapter
+from harness_xai.lrp.attribute import Attribution, attribute
+from harness_xai.lrp.methods import METHODS, Method, get_method, register_method
+from harness_xai.lrp.patch import lrp
+
+__all__ = ["ADAPTERS", "Adapter", "adapter_for", "Attribution", "METHODS", "Method", "attribute", "get_adapter",
+           "get_method", "lrp", "register_adapter", "register_method"]

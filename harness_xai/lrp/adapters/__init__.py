@@ -1,0 +1,62 @@
+"""Model-family adapters: which submodules of a family get which LRP rule.
+
+One small file per family registers an :class:`Adapter` for the ``config.model_type`` values it
+covers. Attention needs no adapter entry: it is hooked through transformers' attention registry
+(see ``harness_xai.lrp.patch``), so every family's attention kernel works unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness_xai.errors import UserError
+from harness_xai.suggest import unknown_name_message
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Rule assignment for one model family."""
+
+    family: str
+    model_types: tuple[str, ...]
+    #: the decoder blocks in order; their outputs are the residual-stream states
+    blocks: Callable[[nn.Module], Sequence[nn.Module]]
+    #: normalisation modules of the model and the identity-rule replacement of their forward:
+    #: ``norm_rule(module, x, value) -> value with the rule's gradient``
+    norms: Callable[[nn.Module], Sequence[nn.Module]]
+    norm_rule: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    #: per block, (activation module, its product partner) of a gated MLP ``act(gate) ⊙ up``;
+    #: a partner of ``None`` means a plain MLP (identity rule on the activation only)
+    activations: Callable[[nn.Module], Sequence[tuple[nn.Module, nn.Module | None]]]
+
+
+ADAPTERS: dict[str, Adapter] = {}
+
+
+def register_adapter(adapter: Adapter) -> Adapter:
+    for model_type in adapter.model_types:
+        ADAPTERS[model_type] = adapter
+    return adapter
+
+
+def get_adapter(model_type: str | None) -> Adapter:
+    """The adapter for ``config.model_type``; unknown types fail before any work is done."""
+    _load_builtin()
+    if model_type in ADAPTERS:
+        return ADAPTERS[model_type]
+    raise UserError(unknown_name_message(
+        "model family", str(model_type), ADAPTERS,
+        "Add an adapter (harness_xai/lrp/adapters/) or use a supported model."))
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    return get_adapter(getattr(getattr(model, "config", None), "model_type", None))
+
+
+def _load_builtin() -> None:
+    # Built-in families register themselves exactly as a user's adapter module would.
+    from harness_xai.lrp.adapters import llama  # noqa: F401

@@ -1,0 +1,123 @@
+"""Scoped, reversible installation of LRP rules on a model: ``with lrp(model, method): …``.
+
+Algorithm:
+1. Look up the method (which rules) and the family adapter (which modules get them).
+2. Put the model in eval mode.
+3. Override the ``forward`` of each norm, activation and product-partner module *on the instance*
+   with one that returns the module's own output value and the rule's gradient.
+4. Point ``config._attn_implementation`` at a registered wrapper ``xai_<method>_<kernel>`` that
+   rescales the q/k/v gradients and calls the original kernel (same masks, same kernel).
+5. On exit — normal or by exception — delete the instance overrides, restore the attention
+   implementation and the training flag. Parameters and buffers are never touched.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+
+import torch
+from torch import nn
+
+from harness_xai.lrp.adapters import Adapter, adapter_for
+from harness_xai.lrp.methods import Method, get_method
+from harness_xai.lrp.rules.activation import identity_activation
+from harness_xai.lrp.rules.attention import QKVScales
+from harness_xai.lrp.rules.product import uniform_factor
+
+_PREFIX = "xai_"
+
+
+@contextmanager
+def lrp(model: nn.Module, method: str | Method = "attnlrp") -> Iterator[nn.Module]:
+    """Install ``method``'s rules on ``model`` for the duration of the block."""
+    spec = get_method(method) if isinstance(method, str) else method
+    adapter = adapter_for(model)
+    with ExitStack() as undo:
+        was_training = model.training
+        model.eval()
+        undo.callback(model.train, was_training)
+        if spec.layer_rules:
+            _install_layer_rules(model, adapter, undo)
+        if spec.attention is not None:
+            _install_attention_rule(model, spec, undo)
+        yield model
+
+
+def _override_forward(module: nn.Module, make: Callable[[Callable], Callable], undo: ExitStack):
+    """Shadow ``module.forward`` with ``make(original_forward)`` on this instance only."""
+    if getattr(module.forward, "_xai_rule", False):  # a module shared by several blocks
+        return
+    had_own = "forward" in module.__dict__  # a user's own instance patch, restored on exit
+    previous = module.__dict__.get("forward")
+    patched = make(module.forward)
+    patched._xai_rule = True
+    module.forward = patched
+    if had_own:
+        undo.callback(setattr, module, "forward", previous)
+    else:
+        undo.callback(module.__dict__.pop, "forward", None)
+
+
+def _install_layer_rules(model: nn.Module, adapter: Adapter, undo: ExitStack) -> None:
+    for norm in adapter.norms(model):
+        def make_norm(orig, norm=norm):
+            def forward(x, *args, **kwargs):
+                with torch.no_grad():
+                    value = orig(x, *args, **kwargs)
+                return adapter.norm_rule(norm, x, value)
+            return forward
+        _override_forward(norm, make_norm, undo)
+
+    for act, partner in adapter.activations(model):
+        gated = partner is not None
+
+        def make_act(orig, gated=gated):
+            def forward(x, *args, **kwargs):
+                with torch.no_grad():
+                    value = orig(x, *args, **kwargs)
+                out = identity_activation(x, value)
+                return uniform_factor(out) if gated else out
+            return forward
+        _override_forward(act, make_act, undo)
+        if gated:
+            _override_forward(partner, lambda orig: (lambda *a, **k: uniform_factor(orig(*a, **k))),
+                              undo)
+
+
+def _install_attention_rule(model: nn.Module, spec: Method, undo: ExitStack) -> None:
+    config = model.config
+    base = config._attn_implementation or "eager"
+    if base.startswith(_PREFIX):
+        raise RuntimeError("lrp() blocks cannot be nested on the same model")
+    name = f"{_PREFIX}{spec.name.replace('-', '')}_{base}"
+    _register_attention(name, base, spec.attention)
+    config._attn_implementation = name
+    undo.callback(setattr, config, "_attn_implementation", base)
+
+
+def _register_attention(name: str, base: str, scales: QKVScales) -> None:
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    if name in ALL_ATTENTION_FUNCTIONS and name in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        return
+
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        # query: (batch, heads, n_q, head_dim); key/value: (batch, kv_heads, n_k, head_dim)
+        query, key, value = scales.apply(query, key, value)
+        return _base_attention(module, base)(module, query, key, value, attention_mask,
+                                             *args, **kwargs)
+
+    AttentionInterface.register(name, attention)
+    if base in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[base])
+
+
+def _base_attention(module: nn.Module, base: str) -> Callable:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if base == "eager":  # each family defines its own eager kernel next to its attention class
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[base]
