@@ -187,6 +187,12 @@ def _execute(args) -> None:
     """lm-eval's own ``run`` on the namespace; model-loading failures become one line."""
     try:
         args.func(args)
+    except ValueError as err:
+        if not str(err).startswith("Tasks not found"):
+            raise
+        missing = str(err).split(":", 1)[1].strip()
+        raise UserError(f"unknown task(s) in --tasks: {missing}. List them with `harness-xai ls "
+                        "tasks`; for your own YAMLs add --include_path DIR.") from None
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot load the model ({first}). Check --model_args pretrained=… "

@@ -8,20 +8,44 @@ FAMILIES = ("llama", "mistral", "qwen2")
 BIAS_FREE = ("llama", "mistral")  # qwen2 has q/k/v biases
 
 
+# Families added later (tests/test_families.py): config overrides on top of the shared shape.
+# Larger init than the default 0.02 so attention is far from uniform and the soft-caps bend.
+_TOKENS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.15)
+MORE_FAMILIES: dict[str, dict] = {
+    "qwen3": dict(head_dim=12),
+    "olmo2": {},
+    "phi3": {},
+    # attention-logit soft-cap (eager only) and final-logit soft-cap, small enough to bend
+    "gemma2": dict(head_dim=12, query_pre_attn_scalar=12, sliding_window=8,
+                   attn_logit_softcapping=1.0, final_logit_softcapping=2.0),
+    # SDPA refuses attention soft-caps, so Gemma 3 (whose real configs have none) gets the final one
+    "gemma3_text": dict(head_dim=12, query_pre_attn_scalar=12, sliding_window=8,
+                        final_logit_softcapping=2.0),
+    "gpt_neox": dict(partial_rotary_factor=0.5, num_key_value_heads=None),  # parallel residual
+    "gpt2": dict(n_inner=96, intermediate_size=None, num_key_value_heads=None),
+}
+
+
 def tiny_model(family: str, attn: str = "sdpa", seed: int = 0, layers: int = 2):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    config = AutoConfig.for_model(
-        family, vocab_size=97, hidden_size=48, intermediate_size=96, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        tie_word_embeddings=False)
+    shape = dict(vocab_size=97, hidden_size=48, intermediate_size=96, num_hidden_layers=layers,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                 tie_word_embeddings=False)
+    if family in MORE_FAMILIES:
+        shape.update(_TOKENS, **MORE_FAMILIES[family])
+        shape = {k: v for k, v in shape.items() if v is not None}
+        if family == "gemma3_text":  # alternate sliding-window and full attention layers
+            shape["layer_types"] = [("sliding_attention", "full_attention")[i % 2]
+                                    for i in range(layers)]
+    config = AutoConfig.for_model(family, **shape)
     config._attn_implementation = attn
     model = AutoModelForCausalLM.from_config(config).eval()
     # random init leaves norm weights at 1: perturb them so the norm rules are really exercised
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name or ".ln_" in name:  # GPT-2 names its LayerNorms ln_1/ln_2/ln_f
                 p.add_(0.3 * torch.randn_like(p))
     return model
 

@@ -3,12 +3,17 @@
 Algorithm:
 1. Look up the method (which rules) and the family adapter (which modules get them).
 2. Put the model in eval mode.
-3. Override the ``forward`` of each norm, activation and product-partner module *on the instance*
-   with one that returns the module's own output value and the rule's gradient.
+3. Override the ``forward`` of each norm, activation and product-factor module *on the instance*
+   with one that returns the module's own output value and the rule's gradient. A final-logit
+   soft-cap (adapter's ``logit_softcap``) moves from the config (set to None) into the LM head's
+   instance forward, recomputed bit-exact with the identity rule.
 4. Point ``config._attn_implementation`` at a registered wrapper ``xai_<method>_<kernel>`` that
-   rescales the q/k/v gradients and calls the original kernel (same masks, same kernel).
+   rescales the q/k/v gradients and calls the original kernel (same masks, same kernel). When the
+   kernel gets ``softcap=`` and q/k carry gradient, the eager kernel runs under ``IdentityTanh``
+   (other kernels cap inside fused code: refused).
 5. On exit — normal or by exception — delete the instance overrides, restore the attention
-   implementation and the training flag. Parameters and buffers are never touched.
+   implementation, the config's soft-cap and the training flag. Parameters and buffers are never
+   touched.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
+from harness_xai.errors import UserError
 from harness_xai.lrp.adapters import Adapter, adapter_for
 from harness_xai.lrp.methods import Method, get_method
 from harness_xai.lrp.rules.activation import identity_activation
 from harness_xai.lrp.rules.attention import QKVScales
 from harness_xai.lrp.rules.product import uniform_factor
+from harness_xai.lrp.rules.softcap import IdentityTanh, capped_logits
 
 _PREFIX = "xai_"
 
@@ -34,6 +41,7 @@ def lrp(model: nn.Module, method: str | Method = "attnlrp") -> Iterator[nn.Modul
     """Install ``method``'s rules on ``model`` for the duration of the block."""
     spec = get_method(method) if isinstance(method, str) else method
     adapter = adapter_for(model)
+    adapter.check(model)
     with ExitStack() as undo:
         was_training = model.training
         model.eval()
@@ -82,8 +90,25 @@ def _install_layer_rules(model: nn.Module, adapter: Adapter, undo: ExitStack) ->
             return forward
         _override_forward(act, make_act, undo)
         if gated:
-            _override_forward(partner, lambda orig: (lambda *a, **k: uniform_factor(orig(*a, **k))),
-                              undo)
+            _override_forward(partner, _halved, undo)
+    for factor in adapter.product_factors(model):
+        _override_forward(factor, _halved, undo)
+    _install_logit_softcap(model, adapter, undo)
+
+
+def _halved(orig: Callable) -> Callable:
+    return lambda *args, **kwargs: uniform_factor(orig(*args, **kwargs))
+
+
+def _install_logit_softcap(model: nn.Module, adapter: Adapter, undo: ExitStack) -> None:
+    """Identity rule on ``c · tanh(logits / c)``: the cap moves from the config into the LM head."""
+    cap = getattr(model.config, adapter.logit_softcap, None) if adapter.logit_softcap else None
+    if cap is None:
+        return
+    setattr(model.config, adapter.logit_softcap, None)
+    undo.callback(setattr, model.config, adapter.logit_softcap, cap)
+    _override_forward(model.get_output_embeddings(),
+                      lambda orig: (lambda *a, **k: capped_logits(orig(*a, **k), cap)), undo)
 
 
 def _install_attention_rule(model: nn.Module, spec: Method, undo: ExitStack) -> None:
@@ -107,8 +132,14 @@ def _register_attention(name: str, base: str, scales: QKVScales) -> None:
     def attention(module, query, key, value, attention_mask, *args, **kwargs):
         # query: (batch, heads, n_q, head_dim); key/value: (batch, kv_heads, n_k, head_dim)
         query, key, value = scales.apply(query, key, value)
-        return _base_attention(module, base)(module, query, key, value, attention_mask,
-                                             *args, **kwargs)
+        kernel = _base_attention(module, base)
+        if kwargs.get("softcap") is None or (scales.q == 0 and scales.k == 0):
+            return kernel(module, query, key, value, attention_mask, *args, **kwargs)
+        if base != "eager":  # the cap's tanh is fused into the kernel's own backward
+            raise UserError(f"AttnLRP on attention soft-capping needs attn_implementation='eager' "
+                            f"(kernel '{base}' fuses the cap); load the model with it.")
+        with IdentityTanh():  # identity rule on the cap inside the family's eager kernel
+            return kernel(module, query, key, value, attention_mask, *args, **kwargs)
 
     AttentionInterface.register(name, attention)
     if base in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:

@@ -2,7 +2,8 @@
 
 One small file per family registers an :class:`Adapter` for the ``config.model_type`` values it
 covers. Attention needs no adapter entry: it is hooked through transformers' attention registry
-(see ``harness_xai.lrp.patch``), so every family's attention kernel works unchanged.
+(see ``harness_xai.lrp.patch``), so every family's attention kernel works unchanged; a kernel's
+``softcap=`` argument (Gemma 2 attention-logit soft-cap) gets the identity rule there too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ class Adapter:
     #: per block, (activation module, its product partner) of a gated MLP ``act(gate) ⊙ up``;
     #: a partner of ``None`` means a plain MLP (identity rule on the activation only)
     activations: Callable[[nn.Module], Sequence[tuple[nn.Module, nn.Module | None]]]
+    #: modules whose whole output feeds both factors of a product (Phi-3's fused ``gate_up_proj``
+    #: is chunked into ``gate`` and ``up``): output gradient halved, i.e. the uniform rule on
+    #: ``act(gate) ⊙ up`` applied before the chunk; their activations are listed with partner None
+    product_factors: Callable[[nn.Module], Sequence[nn.Module]] = lambda model: ()
+    #: config attribute of a final-logit soft-cap ``c · tanh(z / c)`` (identity rule), if any
+    logit_softcap: str | None = None
+    #: raises UserError for configurations of the family the rules do not cover
+    check: Callable[[nn.Module], None] = lambda model: None
 
 
 ADAPTERS: dict[str, Adapter] = {}
@@ -59,4 +68,5 @@ def adapter_for(model: nn.Module) -> Adapter:
 
 def _load_builtin() -> None:
     # Built-in families register themselves exactly as a user's adapter module would.
-    from harness_xai.lrp.adapters import llama  # noqa: F401
+    from harness_xai.lrp.adapters import (  # noqa: F401
+        gemma, gpt2, gpt_neox, llama, olmo2, phi3, qwen3)

@@ -1,0 +1,163 @@
+"""Colours and display helpers for relevance heatmaps (pure Python, no I/O).
+
+Colour scheme: positive relevance (pushes toward the wrong answer) is red, negative (toward the
+gold answer) is blue, zero is white.
+
+Steps:
+  1. ``scale_of`` — the normalizer max|r| over a case, leaving out position 0 when it holds a
+     special/BOS token (attention sinks soak up relevance and would wash everything else out).
+  2. ``colour`` — intensity a = min(|r| / scale, 1); the background blends linearly from white to
+     the sign's colour by a; text turns white on dark backgrounds.
+  3. ``token_cells`` — one dict per input token: visible-but-faithful display text (newlines shown
+     as "↵" followed by the real newline, tabs as "⇥" + tab, empty tokens as "∅"), exact value,
+     inline style.
+  4. ``layer_grid`` — the layer × position matrix, binned to at most ``max_cols`` columns by
+     summing neighbouring positions, as SVG rectangles.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+RED = (200, 30, 30)
+BLUE = (25, 95, 200)
+_SPECIAL = re.compile(r"^(<\|?[A-Za-z_][A-Za-z0-9_.:-]*\|?>|\[[A-Z]+\])$")
+
+
+def is_special(token: str | None) -> bool:
+    """True for tokens that look like tokenizer specials: ``<s>``, ``<|endoftext|>``, ``[CLS]``."""
+    return bool(token) and bool(_SPECIAL.match(token or ""))
+
+
+def _finite(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def scale_of(values: list[float | None], skip_first: bool) -> float:
+    """max |r| over finite values (index 0 left out when ``skip_first``); 0.0 when none."""
+    vals = [abs(v) for i, v in enumerate(values) if v is not None and not (skip_first and i == 0)]
+    vals = [v for v in vals if math.isfinite(v)]
+    return max(vals, default=0.0)
+
+
+def colour(r: float | None, scale: float) -> tuple[tuple[int, int, int], float]:
+    """Background rgb for relevance ``r`` and the intensity a in [0, 1] used for it."""
+    r = _finite(r)
+    if r is None or r == 0.0 or scale <= 0.0:
+        return (255, 255, 255), 0.0
+    a = min(abs(r) / scale, 1.0)
+    target = RED if r > 0 else BLUE
+    rgb = tuple(int(round(255 + a * (t - 255))) for t in target)
+    return (rgb[0], rgb[1], rgb[2]), a
+
+
+def style_for(r: float | None, scale: float) -> str:
+    """Inline CSS for a heatmap cell (background, and white text when dark)."""
+    (cr, cg, cb), a = colour(r, scale)
+    style = f"background-color: rgb({cr}, {cg}, {cb})"
+    if a > 0.55:
+        style += "; color: #fff"
+    return style
+
+
+def display_token(token: str | None) -> str:
+    """Token text made visible but kept faithful: whitespace survives under pre-wrap."""
+    if token is None or token == "":
+        return "∅"
+    return token.replace("\r\n", "↵\r\n").replace("\n", "↵\n").replace("\t", "⇥\t")
+
+
+def fmt(x: Any, digits: int = 4, signed: bool = False) -> str:
+    """Compact number for tables; '—' for missing."""
+    x = _finite(x)
+    if x is None:
+        return "—"
+    return f"{x:+.{digits}g}" if signed else f"{x:.{digits}g}"
+
+
+def token_cells(tokens: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float, bool]:
+    """Heatmap cells for token_relevance rows (ordered by position).
+
+    Returns (cells, scale, first_is_special).
+    """
+    first_special = bool(tokens) and tokens[0]["position"] == 0 and is_special(tokens[0]["token"])
+    rels = [_finite(t["relevance"]) for t in tokens]
+    scale = scale_of(rels, skip_first=first_special)
+    cells = []
+    for i, t in enumerate(tokens):
+        r = rels[i]
+        raw = t["token"] if t["token"] is not None else ""
+        cells.append(
+            {
+                "position": int(t["position"]),
+                "token_id": t["token_id"],
+                "text": display_token(t["token"]),
+                "empty": raw == "",
+                "special": first_special and i == 0,
+                "relevance": "nan" if r is None else repr(r),
+                "title": f"pos {t['position']} · token {raw!r} · id {t['token_id']} · "
+                f"relevance {fmt(r, 6, signed=True)}",
+                "style": style_for(r, scale),
+            }
+        )
+    return cells, scale, first_special
+
+
+def layer_grid(
+    layers: np.ndarray,  # (n_layers + 1, n_positions)
+    layer_ids: list[int],
+    positions: list[int],
+    skip_first: bool,
+    max_cols: int = 160,
+) -> dict[str, Any]:
+    """SVG-ready layer × position heatmap, positions binned to at most ``max_cols`` columns."""
+    n_rows, n_pos = layers.shape
+    bin_size = max(1, math.ceil(n_pos / max_cols))
+    n_cols = math.ceil(n_pos / bin_size)
+    binned = np.full((n_rows, n_cols), np.nan)  # (n_layers + 1, n_cols)
+    for c in range(n_cols):
+        block = layers[:, c * bin_size : (c + 1) * bin_size]
+        ok = ~np.isnan(block)
+        binned[:, c] = np.where(ok.any(axis=1), np.where(ok, block, 0.0).sum(axis=1), np.nan)
+    scaled = binned[:, 1:] if (skip_first and bin_size == 1 and n_cols > 1) else binned
+    finite = np.abs(scaled[np.isfinite(scaled)])
+    scale = float(finite.max()) if finite.size else 0.0
+    cell_w = max(3, min(22, 900 // max(n_cols, 1)))
+    cell_h, label_w, top = 16, 64, 4
+    rects = []
+    for ri in range(n_rows):
+        for c in range(n_cols):
+            v = binned[ri, c]
+            v = None if not np.isfinite(v) else float(v)
+            lo = positions[c * bin_size]
+            hi = positions[min((c + 1) * bin_size, n_pos) - 1]
+            span = f"position {lo}" if lo == hi else f"positions {lo}–{hi}"
+            (cr, cg, cb), _ = colour(v, scale)
+            rects.append(
+                {
+                    "x": label_w + c * cell_w, "y": top + ri * cell_h, "w": cell_w, "h": cell_h,
+                    "fill": f"rgb({cr},{cg},{cb})",
+                    "title": f"layer {layer_ids[ri]}, {span}: {fmt(v, 6, signed=True)}",
+                }
+            )
+    labels = [
+        {"y": top + ri * cell_h + cell_h - 4, "text": "emb (0)" if l == 0 else f"layer {l}"}
+        for ri, l in enumerate(layer_ids)
+    ]
+    step = max(1, math.ceil(n_cols / 12))
+    axis_y = top + n_rows * cell_h + 14
+    ticks = [
+        {"x": label_w + c * cell_w, "y": axis_y, "text": str(positions[c * bin_size])}
+        for c in range(0, n_cols, step)
+    ]
+    return {
+        "rects": rects, "labels": labels, "ticks": ticks, "bin_size": bin_size, "scale": scale,
+        "width": label_w + n_cols * cell_w + 24, "height": axis_y + 6,
+    }

@@ -1,0 +1,13 @@
+"""Result store: SQLAlchemy models, alembic migrations, writer and read-only SQL.
+
+Public API: ``normalize_url`` (``--db`` value → URL), ``Store`` (open/migrate, write runs, task
+summaries and cases), ``run_sql`` (read-only query → column names + rows).
+"""
+
+from __future__ import annotations
+
+from harness_xai.store.engine import normalize_url
+from harness_xai.store.query import run_sql
+from harness_xai.store.writer import Store
+
+__all__ = ["Store", "normalize_url", "run_sql"]

@@ -1,0 +1,140 @@
+"""Database URLs and engines for the store: DuckDB (default), SQLite, PostgreSQL.
+
+1. ``normalize_url`` turns what the user passed as ``--db`` into an SQLAlchemy URL: a file path is
+   made absolute and mapped to a backend by its suffix; URLs of a supported backend pass through.
+2. ``db_file`` gives the local file behind a DuckDB/SQLite URL (None for in-memory or servers).
+3. ``make_engine`` builds the engine: SQLite gets ``PRAGMA foreign_keys=ON`` and real transactions
+   (pysqlite's implicit BEGIN is replaced by an explicit one, so DDL and DML roll back together);
+   ``read_only=True`` opens DuckDB with ``read_only`` and SQLite with ``mode=ro``.
+4. ``remove_new_file`` deletes a file a failed command created (nothing half-written).
+5. ``open_error`` turns a driver error on connect into a one-line ``UserError``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
+
+from harness_xai.errors import UserError
+
+DUCKDB_SUFFIXES = (".duckdb", ".ddb")
+SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+SUPPORTED_BACKENDS = ("duckdb", "sqlite", "postgresql")
+
+
+def normalize_url(db: str) -> str:
+    """Map a ``--db`` value (file path or URL) onto an SQLAlchemy URL string.
+
+    ``x.duckdb`` → ``duckdb:////abs/x.duckdb``; ``x.sqlite``/``x.db`` → ``sqlite:////abs/x.sqlite``;
+    ``duckdb://``, ``sqlite://`` and ``postgresql[+driver]://`` URLs pass through unchanged.
+    """
+    if not isinstance(db, str) or not db.strip():
+        raise UserError("no database given: pass --db PATH.duckdb (or a .sqlite path or a URL)")
+    db = db.strip()
+    if "://" in db:
+        try:
+            url = make_url(db)
+        except ArgumentError:
+            raise UserError(f"invalid database URL {db!r}: expected e.g. duckdb:///results.duckdb") from None
+        if url.get_backend_name() not in SUPPORTED_BACKENDS:
+            raise UserError(
+                f"unsupported database backend {url.get_backend_name()!r} in {db!r}: "
+                "use duckdb://, sqlite:// or postgresql://"
+            )
+        return db
+    path = Path(db).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in DUCKDB_SUFFIXES:
+        backend = "duckdb"
+    elif suffix in SQLITE_SUFFIXES:
+        backend = "sqlite"
+    else:
+        raise UserError(
+            f"cannot tell the database type of {db!r}: name the file *.duckdb or *.sqlite, or pass a URL"
+        )
+    if path.exists() and path.is_dir():
+        raise UserError(f"database path {db!r} is a directory: pass a file name ending in {suffix}")
+    # URL.create escapes '?', '#', '%', '@', ':' in the path; make_url(...).database decodes them
+    return sa.URL.create(backend, database=str(path.resolve())).render_as_string(hide_password=False)
+
+
+def db_file(url: str) -> Path | None:
+    """Local file of a DuckDB/SQLite URL, or None (in-memory database or a server)."""
+    u = make_url(url)
+    if u.get_backend_name() not in ("duckdb", "sqlite"):
+        return None
+    database = u.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().resolve()
+
+
+def _sqlite_transactions(engine: Engine) -> None:
+    """Foreign keys on, and explicit BEGIN so DDL is transactional too (SQLAlchemy recipe)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None  # no implicit BEGIN/COMMIT from pysqlite
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN")
+
+
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
+    """Engine for ``url`` (already normalized); ``read_only`` applies to DuckDB and SQLite files."""
+    u = make_url(url)
+    backend = u.get_backend_name()
+    try:
+        if backend == "sqlite":
+            path = db_file(url)
+            if read_only and path is not None:
+                uri = path.as_uri() + "?mode=ro"
+                engine = sa.create_engine(
+                    "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
+                )
+            else:
+                engine = sa.create_engine(u)
+            _sqlite_transactions(engine)
+            return engine
+        if backend == "duckdb":
+            connect_args = {"read_only": True} if read_only else {}
+            return sa.create_engine(u, connect_args=connect_args)
+        return sa.create_engine(u)
+    except (ImportError, sa.exc.NoSuchModuleError) as exc:
+        raise UserError(f"cannot use database {url!r}: driver missing ({exc}); install it with pip") from None
+
+
+def open_error(url: str, exc: BaseException) -> UserError:
+    """One-line UserError for a failure to open/connect ``url``."""
+    first = first_line(exc)
+    if "different configuration" in first:
+        return UserError(f"database {url} is already open in this process (close the Store first): {first}")
+    if "lock" in first.lower():
+        return UserError(
+            f"database {url} is in use by another process ({first}): wait for it to finish or use another --db"
+        )
+    return UserError(f"cannot open database {url}: {first}")
+
+
+def remove_new_file(path: Path | None) -> None:
+    """Delete a database file (and DuckDB/SQLite side files) that a failed command created."""
+    if path is None:
+        return
+    for leftover in (path, path.with_name(path.name + ".wal"), path.with_name(path.name + "-journal")):
+        leftover.unlink(missing_ok=True)
+
+
+def first_line(exc: BaseException) -> str:
+    """First line of a driver error message (without SQLAlchemy's [SQL: …] trailer)."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__

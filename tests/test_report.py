@@ -1,0 +1,268 @@
+"""HTML report: rendering from a real DuckDB store, escaping, links, and a real headless Chromium."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness_xai.errors import UserError
+from harness_xai.records import ATTRIBUTED, SKIPPED, CaseRecord, RunRecord, TaskSummary
+from harness_xai.report import render_report, task_slug
+from harness_xai.report.cli import report_main
+from harness_xai.store import Store
+
+SCRIPT_PAYLOAD = "<script>document.title='PWNED'</script>"
+IMG_PAYLOAD = "<img src=x onerror=\"document.body.setAttribute('data-pwned','1')\">"
+ODD_TASK = "../evil/<b>Task</b>"
+N_LAYERS = 3
+
+
+def _attributed(task: str, doc_id: int, delta: float, seed: int) -> CaseRecord:
+    tokens = ["<s>", "Question", ":", " Who", " said", ' "hi"', " &", " 'yo'", "\n", SCRIPT_PAYLOAD,
+              "\t", IMG_PAYLOAD, "\n\n", "Answer", ":"]
+    rng = np.random.default_rng(seed)
+    rel = rng.normal(size=len(tokens)).astype(np.float32)  # (n_tokens,)
+    rel[0] = 9.0  # BOS sink
+    rel[5] = 2.5  # strongest push toward the wrong answer
+    rel[9] = -2.0  # strongest push toward gold
+    layers = rng.normal(size=(N_LAYERS + 1, len(tokens))).astype(np.float32)  # (n_layers+1, n_tokens)
+    return CaseRecord(
+        task=task, doc_id=doc_id, doc_hash=f"d{doc_id}", prompt_hash=f"p{doc_id}",
+        target_hash=f"t{doc_id}", filter="none", metric="acc", status=ATTRIBUTED,
+        prompt="".join(tokens), pred_index=1, gold_index=0,
+        pred_text=f" {IMG_PAYLOAD} & wrong", gold_text=' "gold" & \'right\'', position=len(tokens),
+        wrong_token_id=11, gold_token_id=12, wrong_token=" B", gold_token=" A", delta=delta,
+        ll_pred=-1.0, ll_gold=-2.0, method="attnlrp", token_ids=list(range(100, 100 + len(tokens))),
+        tokens=tokens, token_relevance=rel, layer_relevance=layers,
+    )
+
+
+def _skipped(task: str, doc_id: int, reason: str) -> CaseRecord:
+    return CaseRecord(
+        task=task, doc_id=doc_id, doc_hash=f"d{doc_id}", prompt_hash=f"p{doc_id}",
+        target_hash=f"t{doc_id}", filter="none", metric="acc", status=SKIPPED, skip_reason=reason,
+        prompt="Q?", pred_index=2, gold_index=0, pred_text="same", gold_text="same",
+    )
+
+
+@pytest.fixture()
+def store_db(tmp_path: Path) -> tuple[str, dict]:
+    """A DuckDB store with 1 run, 2 tasks, 4 attributed and 3 skipped cases."""
+    db = str(tmp_path / "fixture.duckdb")
+    run = RunRecord(
+        run_key="fixture-run", model="hf", model_args="pretrained=/zoo/tiny,dtype=float32",
+        pretrained="/zoo/tiny", revision="step3000", model_type="llama", n_params=12345,
+        tasks=["arc_fixture", ODD_TASK], method="attnlrp", lm_eval_version="0.4.13",
+        harness_xai_version="0.1.0", created_at=dt.datetime(2026, 11, 24, 8, 0, tzinfo=dt.timezone.utc),
+    )
+    cases = {
+        "arc_fixture": [_attributed("arc_fixture", 3, 0.5, 1), _attributed("arc_fixture", 1, 2.25, 2),
+                        _attributed("arc_fixture", 8, -0.75, 3), _skipped("arc_fixture", 5, "identical_sequences"),
+                        _skipped("arc_fixture", 6, "identical_sequences")],
+        ODD_TASK: [_attributed(ODD_TASK, 0, 1.0, 4), _skipped(ODD_TASK, 2, "prefix_of_other")],
+    }
+    ids: dict = {}
+    with Store.open(db) as store:
+        run_id = store.ensure_run(run)
+        store.write_task_summaries(run_id, [
+            TaskSummary("arc_fixture", "acc", 0.375, 8, 5, "multiple_choice"),
+            TaskSummary(ODD_TASK, "acc", 0.5, 4, 2, "multiple_choice"),
+        ])
+        for task, items in cases.items():
+            for c in items:
+                ids[(task, c.doc_id)] = (store.write_case(run_id, c), c)
+    return db, {"run_id": run_id, "cases": ids}
+
+
+class _Collect(HTMLParser):
+    """Collects hrefs, heatmap spans (attrs) and table rows of the delta-sorted failure table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+        self.spans: list[dict[str, str]] = []
+        self.title = ""
+        self._in_title = False
+        self.html_attrs: dict[str, str] = {}
+        self.body_attrs: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "a" and "href" in a:
+            self.hrefs.append(a["href"])
+        if tag == "span" and "data-relevance" in a:
+            self.spans.append(a)
+        if tag == "title":
+            self._in_title = True
+        if tag == "html":
+            self.html_attrs = a
+        if tag == "body":
+            self.body_attrs = a
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title += data
+
+
+def _parse(html: str) -> _Collect:
+    p = _Collect()
+    p.feed(html)
+    return p
+
+
+def test_render_structure_links_and_escaping(store_db: tuple[str, dict], tmp_path: Path) -> None:
+    db, info = store_db
+    out = tmp_path / "report"
+    index = render_report(db, out)
+    assert index == out / "index.html" and index.is_file()
+    run_dir = out / f"run-{info['run_id']}"
+    expected = {"index.html", f"run-{info['run_id']}/task-arc_fixture.html",
+                f"run-{info['run_id']}/task-{task_slug(ODD_TASK)}.html"}
+    for (task, doc), (case_id, case) in info["cases"].items():
+        if case.status == ATTRIBUTED:
+            expected.add(f"run-{info['run_id']}/case-{case_id}.html")
+    written = {str(p.relative_to(out)) for p in out.rglob("*.html")}
+    assert written == expected  # skipped cases get no page; the odd task name stays inside out/
+    assert all(p.resolve().is_relative_to(out.resolve()) for p in out.rglob("*"))
+
+    # every link resolves to a file that exists
+    for page in out.rglob("*.html"):
+        for href in _parse(page.read_text("utf-8")).hrefs:
+            assert not href.startswith(("http:", "https:", "//")), href
+            assert (page.parent / href.split("#")[0]).resolve().is_file(), (page, href)
+
+    idx = index.read_text("utf-8")
+    assert "step3000" in idx and "attnlrp" in idx and "0.4.13" in idx
+    assert "identical_sequences: 2" in idx and "prefix_of_other: 1" in idx
+    assert "&lt;b&gt;Task&lt;/b&gt;" in idx and "<b>Task</b>" not in idx
+    assert idx.count("<script") == 1  # only the report's own script
+
+    case_id, _ = info["cases"][("arc_fixture", 1)]
+    page = (run_dir / f"case-{case_id}.html").read_text("utf-8")
+    assert page.count("<script") == 1 and "<img" not in page
+    assert "&lt;script&gt;document.title=&#39;PWNED&#39;&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=&#34;document.body" in page
+    assert "&#34;gold&#34; &amp; &#39;right&#39;" in page  # gold_text with " & '
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_task_page_sorted_by_delta_desc(store_db: tuple[str, dict], tmp_path: Path) -> None:
+    db, info = store_db
+    render_report(db, tmp_path / "r")
+    html = (tmp_path / "r" / f"run-{info['run_id']}" / "task-arc_fixture.html").read_text("utf-8")
+    links = [h for h in _parse(html).hrefs if h.startswith("case-")]
+    by_id = {f"case-{cid}.html": c for cid, c in info["cases"].values()}
+    deltas = [by_id[h].delta for h in dict.fromkeys(links)]
+    assert deltas == [2.25, 0.5, -0.75]
+    # skipped rows are listed with their reason, after the attributed ones
+    assert html.index("identical_sequences") > html.index(f'href="{links[-1]}"')
+
+
+def _chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.fail("chromium not found: install Debian chromium (apt-get install -y chromium)")
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp / 'chromium-profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+
+
+def _rgb(style: str) -> tuple[int, int, int]:
+    m = re.search(r"background-color:\s*rgb\((\d+),\s*(\d+),\s*(\d+)\)", style)
+    assert m, style
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def test_failure_page_in_headless_chromium(store_db: tuple[str, dict], tmp_path: Path) -> None:
+    db, info = store_db
+    out = tmp_path / "r"
+    render_report(db, out)
+    case_id, case = info["cases"][("arc_fixture", 1)]
+    page = out / f"run-{info['run_id']}" / f"case-{case_id}.html"
+
+    dom = _chromium(["--dump-dom", page.as_uri()], tmp_path).stdout
+    p = _parse(dom)
+    assert p.html_attrs.get("data-js") == "ready"  # the page's own script ran ...
+    assert "PWNED" not in p.title and "doc 1" in p.title  # ... the injected ones did not
+    assert "data-pwned" not in p.body_attrs
+
+    # one heatmap span per stored token, in position order, with the stored values
+    assert [int(s["data-position"]) for s in p.spans] == list(range(len(case.tokens)))
+    got = np.array([float(s["data-relevance"]) for s in p.spans])
+    np.testing.assert_allclose(got, case.token_relevance.astype(np.float64), rtol=0, atol=1e-12)
+    assert all(f"{float(case.token_relevance[i]):+.6g}" in s["title"] for i, s in enumerate(p.spans))
+
+    pos_r, pos_g, pos_b = _rgb(p.spans[5]["style"])  # +2.5: the scale max once BOS is excluded
+    neg_r, neg_g, neg_b = _rgb(p.spans[9]["style"])  # -2.0
+    assert pos_r > pos_b + 100 and pos_r > pos_g + 100  # red
+    assert neg_b > neg_r + 100  # blue
+    zero_ish = min(range(1, len(case.tokens)), key=lambda i: abs(float(case.token_relevance[i])))
+    assert min(_rgb(p.spans[zero_ish]["style"])) > min(pos_r, pos_g, pos_b)  # weaker = paler
+
+    shot = tmp_path / "shot.png"
+    _chromium([f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()], tmp_path)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_report_main_prints_index_and_rerenders(store_db: tuple[str, dict], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    db, _ = store_db
+    out = tmp_path / "r"
+    assert report_main(["--db", db, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "index.html")
+    (out / "stale.html").write_text("old")
+    assert report_main(["--db", db, "--out", str(out)]) == 0  # a previous report is replaced
+    assert not (out / "stale.html").exists() and (out / "index.html").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".harness-xai")] == []
+
+
+def test_report_main_missing_db(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    with pytest.raises(UserError, match="not found"):
+        report_main(["--db", str(tmp_path / "nope.duckdb"), "--out", str(out)])
+    assert not out.exists() and not (tmp_path / "nope.duckdb").exists()
+
+
+def test_not_a_store(tmp_path: Path) -> None:
+    import duckdb
+
+    db = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE t (x INTEGER)")
+    con.close()
+    with pytest.raises(UserError, match="not a harness-xai"):
+        render_report(str(db), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["other.duckdb"]  # no temp dirs left behind
+
+
+def test_refuses_foreign_out_dir(store_db: tuple[str, dict], tmp_path: Path) -> None:
+    db, _ = store_db
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not a harness-xai report"):
+        render_report(db, out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_task_slug_is_safe() -> None:
+    assert task_slug("arc_easy") == "arc_easy"
+    for name in ["../../etc/passwd", "a/b", "..", "<b>", "ARC_Easy", "x" * 300, "\u00e9t\u00e9", ""]:
+        slug = task_slug(name)
+        assert re.fullmatch(r"[a-z0-9_-][a-z0-9._-]*", slug) and ".." not in slug, (name, slug)
+        assert len(slug) <= 90
+    assert task_slug("ARC_Easy") != task_slug("arc_easy")
