@@ -210,13 +210,14 @@ def demo(argv: list[str]) -> int:
     opts = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from harness_xai.zoo import DEMO_MODEL, DEMO_TASKS, build, tasks_dir
+    from harness_xai.zoo import DEMO_TASKS, build_model, tasks_dir
 
-    model_dir = build(opts.zoo) / DEMO_MODEL if not str(DEMO_MODEL).startswith("/") else DEMO_MODEL
+    tasks = tasks_dir()
+    model_dir = build_model(opts.zoo)
     out = Path(opts.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     return run(["--model", "hf", "--model_args", f"pretrained={Path(model_dir).resolve()},dtype=float32",
-                "--tasks", ",".join(DEMO_TASKS), "--include_path", str(tasks_dir()),
+                "--tasks", ",".join(DEMO_TASKS), "--include_path", str(tasks),
                 "--device", "cpu", "--batch_size", "16", "--output_path", str(out / "results"),
                 "--log_samples", "--attribute", "--xai-db", f"duckdb:///{out / 'xai.duckdb'}",
                 "--xai-method", opts.method, "--xai-report", str(out / "report")])

@@ -6,3 +6,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+
+#: the zoo's architecture, tokenizer and data, trained for a few steps on short contexts (seconds)
+MICRO_SPEC = dict(steps=10, kv_batch=4, arith_batch=8, tokenizer_texts=1000, kv_records=(4, 8))
+
+
+@pytest.fixture(scope="session")
+def micro_model(tmp_path_factory) -> Path:
+    from harness_xai.zoo import build_model
+    from harness_xai.zoo.train import TrainSpec
+
+    return build_model(tmp_path_factory.mktemp("zoo"), spec=TrainSpec(**MICRO_SPEC), progress=False)

@@ -1,0 +1,193 @@
+"""End to end: `harness-xai run` = `lm-eval run`; `--attribute` → one case per incorrect sample."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness_xai.cli import main
+
+TASKS = Path(__file__).resolve().parents[1] / "tasks"
+
+
+def _args(model: Path, out: Path, tasks: str, limit: int = 24) -> list[str]:
+    return ["--model", "hf", "--model_args", f"pretrained={model},dtype=float32", "--tasks", tasks,
+            "--include_path", str(TASKS), "--device", "cpu", "--batch_size", "8",
+            "--limit", str(limit), "--output_path", str(out), "--log_samples"]
+
+
+def _results(out: Path) -> dict:
+    (path,) = out.rglob("results_*.json")
+    return json.loads(path.read_text())
+
+
+def _samples(out: Path, task: str) -> list[dict]:
+    (path,) = [p for p in out.rglob("samples_*.jsonl")
+               if re.fullmatch(rf"samples_{task}_\d.*\.jsonl", p.name)]
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _sql(db: Path, query: str, params: dict | None = None):
+    from harness_xai.store import run_sql
+
+    return run_sql(f"duckdb:///{db}", query, params)[1]
+
+
+def test_plain_run_equals_lm_eval(micro_model, tmp_path, monkeypatch):
+    from lm_eval.__main__ import cli_evaluate
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    assert main(["run", *_args(micro_model, ours, "xai_arith,xai_kv")]) == 0
+    monkeypatch.setattr(sys, "argv", ["lm-eval", "run", *_args(micro_model, theirs, "xai_arith,xai_kv")])
+    cli_evaluate()
+    a, b = _results(ours), _results(theirs)
+    for key in ("results", "configs", "versions", "n-shot", "n-samples", "task_hashes"):
+        assert a[key] == b[key], key
+    assert "xai" not in a
+    for task in ("xai_arith", "xai_kv"):
+        assert _samples(ours, task) == _samples(theirs, task)
+
+
+@pytest.fixture(scope="module")
+def attributed_run(micro_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("attributed")
+    db = out / "xai.duckdb"
+    argv = [*_args(micro_model, out / "results", "xai_arith,xai_kv,xai_kv_gen"), "--attribute",
+            "--xai-db", f"duckdb:///{db}", "--xai-no-progress"]
+    assert main(["run", *argv]) == 0
+    return out, db, argv
+
+
+def test_one_case_per_incorrect_sample(attributed_run):
+    out, db, _ = attributed_run
+    results = out / "results"
+    for task, metric in (("xai_arith", "acc"), ("xai_kv", "acc"), ("xai_kv_gen", "exact_match")):
+        incorrect = sorted(s["doc_id"] for s in _samples(results, task) if s[metric] == 0)
+        stored = [r[0] for r in _sql(db, "SELECT doc_id FROM cases WHERE task = :t ORDER BY doc_id",
+                                     {"t": task})]
+        assert stored == incorrect, task
+    statuses = dict(_sql(db, "SELECT task, count(*) FROM cases WHERE status = 'attributed' GROUP BY task"))
+    assert statuses.get("xai_arith", 0) + statuses.get("xai_kv", 0) > 0
+    reasons = _sql(db, "SELECT DISTINCT skip_reason FROM cases WHERE task = 'xai_kv_gen'")
+    assert reasons in ([], [("unsupported-output-type:generate_until",)])
+    (n_runs,) = _sql(db, "SELECT count(*) FROM runs")[0]
+    assert n_runs == 1
+    accuracy = dict(_sql(db, "SELECT task, value FROM task_results"))
+    lm_acc = _results(results)["results"]
+    assert accuracy["xai_arith"] == pytest.approx(lm_acc["xai_arith"]["acc,none"])
+
+
+def test_stored_case_is_exactly_what_lm_eval_scored(attributed_run, micro_model):
+    """Tokens = lm-eval's encoding of context + predicted choice up to the divergence; the stored
+    Δℓ equals a plain forward's logit difference; layers × positions are complete."""
+    from lm_eval.models.huggingface import HFLM
+
+    out, db, _ = attributed_run
+    lm = HFLM(pretrained=str(micro_model), device="cpu", dtype="float32")
+    cases = _sql(db, "SELECT id, task, doc_id, position, wrong_token_id, gold_token_id, delta, "
+                     "n_tokens, pred_index, gold_index FROM cases WHERE status = 'attributed'")
+    assert cases
+    samples = {(t, s["doc_id"]): s for t in ("xai_arith", "xai_kv")
+               for s in _samples(out / "results", t)}
+    n_layers = lm.model.config.num_hidden_layers
+    for cid, task, doc_id, pos, wrong, gold, delta, n_tokens, pred_i, gold_i in cases:
+        sample = samples[(task, doc_id)]
+        lls = [float(r[0]) for r in sample["filtered_resps"]]
+        assert pred_i == max(range(len(lls)), key=lls.__getitem__)
+        args = sample["arguments"]  # saved form: {"gen_args_i": {"arg_0": ctx, "arg_1": cont}}
+        ctx, cont_p = args[f"gen_args_{pred_i}"]["arg_0"], args[f"gen_args_{pred_i}"]["arg_1"]
+        cont_g = args[f"gen_args_{gold_i}"]["arg_1"]
+        # independent re-encoding, the way lm-eval's _encode_pair documents it
+        n_sp = len(ctx) - len(ctx.rstrip())
+        c, p, g = ctx[: len(ctx) - n_sp], ctx[len(ctx) - n_sp:] + cont_p, ctx[len(ctx) - n_sp:] + cont_g
+        ctx_ids = lm.tokenizer(c, add_special_tokens=False)["input_ids"]
+        seq_p = lm.tokenizer(c + p, add_special_tokens=False)["input_ids"]
+        seq_g = lm.tokenizer(c + g, add_special_tokens=False)["input_ids"]
+        assert seq_p[: len(ctx_ids)] == ctx_ids
+        t = next(i for i, (x, y) in enumerate(zip(seq_p, seq_g)) if x != y)
+        assert (pos, wrong, gold) == (t, seq_p[t], seq_g[t])
+        ids = [r[0] for r in _sql(db, "SELECT token_id FROM token_relevance WHERE case_id = :c "
+                                      "ORDER BY position", {"c": cid})]
+        assert ids == seq_p[:t] and n_tokens == t
+        with torch.no_grad():
+            logits = lm.model(torch.tensor([ids])).logits[0, -1]
+        assert delta == pytest.approx((logits[wrong] - logits[gold]).item(), abs=1e-4)
+        (n_layer_rows,) = _sql(db, "SELECT count(*) FROM layer_relevance WHERE case_id = :c",
+                               {"c": cid})[0]
+        assert n_layer_rows == (n_layers + 1) * n_tokens
+
+
+def test_second_identical_run_adds_nothing(attributed_run, monkeypatch):
+    out, db, argv = attributed_run
+    tables = ("runs", "task_results", "cases", "token_relevance", "layer_relevance")
+    before = {t: sorted(map(repr, _sql(db, f"SELECT * FROM {t}"))) for t in tables}
+    calls = []
+    import harness_xai.pipeline as pipeline
+
+    real = pipeline.attribute
+    monkeypatch.setattr(pipeline, "attribute", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert main(["run", *argv]) == 0
+    after = {t: sorted(map(repr, _sql(db, f"SELECT * FROM {t}"))) for t in tables}
+    assert calls == []  # zero attribution passes
+    assert after == before
+
+
+def test_python_api_evaluate(micro_model, tmp_path):
+    import harness_xai
+    from lm_eval.tasks import TaskManager
+
+    db = tmp_path / "api.sqlite"
+    results = harness_xai.evaluate(
+        model="hf", model_args=f"pretrained={micro_model},dtype=float32", tasks=["xai_arith"],
+        task_manager=TaskManager(include_path=str(TASKS)), device="cpu", limit=16,
+        log_samples=False, attribute=True, db=f"sqlite:///{db}", method="cp-lrp", progress=False)
+    assert "samples" not in results  # the caller did not ask for samples
+    xai = results["xai"]
+    from harness_xai.store import run_sql
+
+    _, rows = run_sql(f"sqlite:///{db}", "SELECT count(*), min(method), max(method) FROM cases "
+                                         "WHERE status = 'attributed'")
+    assert rows[0][0] == xai["attributed"] and rows[0][1:] in ((None, None), ("cp-lrp", "cp-lrp"))
+    assert xai["incorrect"] == round((1 - results["results"]["xai_arith"]["acc,none"]) * 16)
+
+
+def _one_line_error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("harness-xai: ")
+    return err[0]
+
+
+def test_bad_input_is_one_line_exit_2_nothing_written(micro_model, tmp_path, capsys):
+    db = tmp_path / "never.duckdb"
+    base = ["run", "--model", "hf", "--device", "cpu", "--include_path", str(TASKS),
+            "--attribute", "--xai-db", f"duckdb:///{db}"]
+    line = _one_line_error([*base, "--model_args", f"pretrained={tmp_path}/missing",
+                            "--tasks", "xai_arith"], capsys)
+    assert "model directory not found" in line and "missing" in line
+    line = _one_line_error([*base, "--model_args", f"pretrained={micro_model}",
+                            "--tasks", "xai_nosuchtask"], capsys)
+    assert "unknown task" in line and "xai_nosuchtask" in line
+    line = _one_line_error([*base, "--model_args", f"pretrained={micro_model}",
+                            "--tasks", "xai_arith", "--xai-method", "attnlrpp"], capsys)
+    assert "did you mean 'attnlrp'" in line
+    line = _one_line_error(["run", "--model", "dummy", "--tasks", "xai_arith", "--attribute",
+                            "--xai-db", f"duckdb:///{db}"], capsys)
+    assert "--model hf" in line
+    assert not db.exists()
+
+
+def test_missing_model_dir_from_a_real_process(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness_xai", "run", "--model", "hf", "--model_args",
+         f"pretrained={tmp_path}/nope", "--tasks", "xai_arith", "--device", "cpu", "--attribute",
+         "--xai-db", f"duckdb:///{tmp_path}/x.duckdb"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "model directory not found" in proc.stderr
+    assert not (tmp_path / "x.duckdb").exists()
