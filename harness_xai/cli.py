@@ -207,13 +207,15 @@ def demo(argv: list[str]) -> int:
     parser.add_argument("--out", default="demo", help="output directory (default: demo)")
     parser.add_argument("--zoo", default="zoo", help="zoo directory (default: zoo)")
     parser.add_argument("--method", default="attnlrp")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="zoo training steps (default: the bounded demo schedule)")
     opts = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from harness_xai.zoo import DEMO_TASKS, build_model, tasks_dir
+    from harness_xai.zoo import DEMO_STEPS, DEMO_TASKS, build_model, tasks_dir
 
     tasks = tasks_dir()
-    model_dir = build_model(opts.zoo)
+    model_dir = build_model(opts.zoo, steps=opts.steps or DEMO_STEPS)
     out = Path(opts.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     return run(["--model", "hf", "--model_args", f"pretrained={Path(model_dir).resolve()},dtype=float32",

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness_xai.errors import UserError
-from harness_xai.zoo.build import DEMO_MODEL, build_model
+from harness_xai.zoo.build import DEMO_MODEL, DEMO_STEPS, build_model
 
 DEMO_TASKS = ("xai_kv", "xai_arith", "xai_kv_gen")
 
-__all__ = ["DEMO_MODEL", "DEMO_TASKS", "build_model", "tasks_dir"]
+__all__ = ["DEMO_MODEL", "DEMO_STEPS", "DEMO_TASKS", "build_model", "tasks_dir"]
 
 
 def tasks_dir() -> Path:

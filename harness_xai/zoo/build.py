@@ -21,6 +21,8 @@ from pathlib import Path
 from harness_xai.zoo.train import TrainSpec, train
 
 DEMO_MODEL = "llama-tiny"
+#: training steps of the demo build: bounded so `make demo` stays within minutes on 2 cores
+DEMO_STEPS = 600
 BUILD_FILE = "zoo_build.json"
 
 
