@@ -89,3 +89,65 @@ def test_changed_spec_rebuilds(micro_model, monkeypatch, tmp_path):
     # the interrupted build left the cached model in place, and no temp dirs behind
     assert (micro_model / "model.safetensors").exists()
     assert [p.name for p in micro_model.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_keys_values_and_sums_are_single_tokens_scored_as_lm_eval_scores_them(micro_model):
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=str(micro_model), device="cpu", dtype="float32")
+    words = ([f" {k}" for k in taskgen.KEYS] + [f" {v:02d}" for v in range(100)]
+             + [f" {v}" for v in range(60)])
+    assert [w for w in words if len(lm.tok_encode(w)) != 1] == []
+    doc = taskgen.test_docs("xai_kv")[0]
+    ids = lm.tok_encode(doc["prompt"])
+    assert lm.tokenizer.decode(ids) == doc["prompt"]
+    # lm-eval's own split of context and continuation: the value is one continuation token,
+    # so pred and gold differ at the first continuation position
+    ctx, cont = lm._encode_pair(doc["prompt"], " " + doc["target"])
+    assert ctx == ids and cont == lm.tok_encode(" " + doc["target"])
+
+
+def test_training_texts_never_start_with_a_test_prompt():
+    import random
+
+    from harness_xai.zoo.train import draw_texts
+
+    test_prompts = taskgen.test_prompts()
+    assert len(test_prompts) == 2 * 160
+    rng = random.Random(0)
+    kv = draw_texts(rng, 400, set(), (4, 12))
+    arith = draw_texts(rng, 2000, test_prompts, None)
+    leaked = [t for t, _ in arith if t.rsplit(" ", 1)[0] in test_prompts]
+    assert leaked == [] and len(arith) == 2000
+    # the same draw without the ban does hit test prompts (81 two-operand sums only)
+    unbanned = draw_texts(random.Random(0), 2000, set(), None)
+    assert any(t.rsplit(" ", 1)[0] in test_prompts for t, _ in unbanned)
+    assert all(t.split(". ", 1)[0].count(" ") <= 2 * 12 for t, _ in kv)  # ≤ 12 records
+
+
+def test_answer_mask_marks_exactly_the_answers():
+    import random
+
+    from harness_xai.zoo.tokenizer import train_tokenizer
+    from harness_xai.zoo.train import batch
+
+    tok = train_tokenizer(512, 1000)
+    texts = [taskgen.kv_train_text(random.Random(3), 5, 2, set()),
+             taskgen.arith_train_text(random.Random(4), set())]
+    ids, answer = batch(tok, texts, tok.eos_token_id)  # (B, T), (B, T-1)
+    for row, (text, spans) in enumerate(texts):
+        marked = [tok.decode([int(i)]) for i in ids[row, 1:][answer[row]]]
+        assert marked == [text[a:b] for a, b in spans]
+
+
+def test_phase_one_restarts_on_a_plateau_and_stops_at_the_target(monkeypatch):
+    from harness_xai.zoo import train as zoo_train
+
+    tiny = dict(MICRO_SPEC, steps=12, arith_steps=3, kv_attempt_steps=3, check_every=1)
+    monkeypatch.setattr(zoo_train, "retrieval_accuracy", lambda *a: 0.0)
+    _, _, stats = zoo_train.train(TrainSpec(**tiny), progress=False)
+    assert (stats["attempts"], stats["kv_only_steps"], stats["steps"]) == (3, 3, 6)
+    assert stats["seed"] == TrainSpec().seed + 2
+    monkeypatch.setattr(zoo_train, "retrieval_accuracy", lambda *a: 1.0)
+    _, _, stats = zoo_train.train(TrainSpec(**tiny), progress=False)
+    assert (stats["attempts"], stats["kv_only_steps"], stats["steps"]) == (1, 1, 4)

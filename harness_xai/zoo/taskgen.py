@@ -5,15 +5,22 @@ task YAML's ``doc_to_text`` returns, so character spans stored in a doc index in
 prompt text directly.
 
 Tasks
-  xai_kv      key→value retrieval, multiple choice. ``"k17 42, k03 11, k88 05.\\nk03"`` with
-              choices ``["11", "42", "05", "77"]`` (target delimiter " " → continuation " 11").
-              The distractors are values of other records of the same context. Keys are ``k`` + two
-              digits, values two digits; both unique within a doc. The evidence record (the query
-              key's record) sits uniformly anywhere in the context; ``evidence_span`` is the
-              character span of its value inside ``prompt`` and ``record_span`` that of the record.
+  xai_kv      key→value retrieval, multiple choice. ``" hi 65 ba 83 ne 84 gu 81. ne"`` with
+              choices ``["09", "54", "83", "84"]`` (target delimiter " " → continuation
+              " 84"). Keys are consonant+vowel syllables, values two-digit numbers, both
+              unique within a doc and each a single BPE token; the distractors are values of
+              other records of the same context. The queried record sits uniformly anywhere in
+              the context; ``evidence_span`` is the character span of its value inside
+              ``prompt``, ``record_span`` that of the whole record (``"ne 84"``).
   xai_kv_gen  the same docs, generate_until; the target is the value string.
-  xai_arith   multi-operand addition of single digits, multiple choice: ``"3+5+8="`` with choices
-              such as ``["16", "15", "17", "18"]``; 2–5 operands, so difficulty varies.
+  xai_arith   addition of 2–5 single digits, multiple choice: ``"3+5+8="`` with choices such
+              as ``["16", "15", "17", "6"]`` (gold ±1, ±2, ±10); ``operand_spans`` locate the
+              digits; prompts are distinct.
+
+Format notes (measured while building the zoo model): records are exactly two tokens
+(key, value) with no separators and no header; a constant header token (``"kv:"``) or separators
+inside the record list delayed the formation of the tiny model's retrieval circuit far beyond the
+training budget.
 
 Algorithm (per doc, ``random.Random(seed)`` shared along one stream so output is reproducible)
   1. draw the size (records / operands) from the split's range;
@@ -36,13 +43,12 @@ TEST_SEED = 20261124
 TRAIN_SEED = 7
 N_TEST = {"xai_kv": 160, "xai_arith": 160}
 #: records per xai_kv doc: test spans short and long contexts; training stops short of the longest
-KV_TEST_RECORDS = (4, 64)
-KV_TRAIN_RECORDS = (4, 40)
+KV_TEST_RECORDS = (4, 75)
+KV_TRAIN_RECORDS = (4, 12)
 ARITH_OPERANDS = (2, 5)
 TASK_NAMES = ("xai_kv", "xai_kv_gen", "xai_arith")
 #: keys: consonant+vowel syllables (each one BPE token); values: two-digit numbers
 KEYS = [c + v for c in "bdfghklmnprstvz" for v in "aeiou"]
-KV_HEADER = ""
 QUERY_SEP = "."
 
 Doc = dict[str, Any]
@@ -53,7 +59,7 @@ def kv_doc(rng: random.Random, n_records: int) -> Doc:
     keys = rng.sample(KEYS, n_records)
     values = [f"{v:02d}" for v in rng.sample(range(100), n_records)]
     evidence = rng.randrange(n_records)
-    prompt = KV_HEADER
+    prompt = ""
     spans: list[tuple[int, int, int]] = []  # (record start, value start, record end)
     for key, value in zip(keys, values):
         start = len(prompt) + 1
@@ -97,9 +103,14 @@ def kv_docs(seed: int, n: int, records: tuple[int, int]) -> Iterator[Doc]:
 
 
 def arith_docs(seed: int, n: int) -> Iterator[Doc]:
+    """``n`` addition docs with distinct prompts (there are only 81 two-digit sums)."""
     rng = random.Random(seed)
-    for _ in range(n):
-        yield arith_doc(rng, rng.randint(*ARITH_OPERANDS))
+    seen: set[str] = set()
+    while len(seen) < n:
+        doc = arith_doc(rng, rng.randint(*ARITH_OPERANDS))
+        if doc["prompt"] not in seen:
+            seen.add(doc["prompt"])
+            yield doc
 
 
 def test_docs(task: str) -> list[Doc]:
@@ -127,10 +138,10 @@ def write_tasks(tasks_dir: str | Path) -> list[Path]:
     return written
 
 
-def kv_train_text(rng: random.Random, n_records: int, queries: int, banned: set[str],
-                  copy: bool = False) -> tuple[str, list[tuple[int, int]]] | None:
-    """A training text: a kv prompt, its answer, then up to ``queries`` more keys of the same
-    context with their values (``" mu 05"``); ``None`` if the prompt is a test prompt.
+def kv_train_text(rng: random.Random, n_records: int, queries: int,
+                  banned: set[str]) -> tuple[str, list[tuple[int, int]]] | None:
+    """A training text: a kv prompt and its answer, then up to ``queries`` more keys of the same
+    context, each followed by its value (``" mu 05"``); ``None`` if the prompt is a test prompt.
 
     Returns the text and the character spans of its answers (leading space included).
     """
@@ -140,10 +151,6 @@ def kv_train_text(rng: random.Random, n_records: int, queries: int, banned: set[
     text = doc["prompt"]
     spans = [(len(text), len(text) + 1 + len(doc["target"]))]
     text += f" {doc['target']}"
-    if copy:  # the record list again, verbatim: every token predictable from the context
-        body = doc["prompt"][len(KV_HEADER):].rsplit(" ", 1)[0].removesuffix(QUERY_SEP)
-        spans.append((len(text), len(text) + len(body)))
-        return text + body, spans
     others = [r for r in _records(doc["prompt"]) if r[0] != doc["query"]]
     for key, value in rng.sample(others, min(len(others), queries)):
         text += f" {key}"
@@ -152,17 +159,20 @@ def kv_train_text(rng: random.Random, n_records: int, queries: int, banned: set[
     return text, spans
 
 
-def arith_train_text(rng: random.Random, banned: set[str]) -> tuple[str, list[tuple[int, int]]] | None:
+def arith_train_text(rng: random.Random,
+                     banned: set[str]) -> tuple[str, list[tuple[int, int]]] | None:
     """A training text: an arithmetic prompt and its answer; ``None`` for a test prompt."""
     doc = arith_doc(rng, rng.randint(*ARITH_OPERANDS))
-    if doc["prompt"] in banned:
+    prompt = doc["prompt"]
+    if prompt in banned:
         return None
-    return f"{doc['prompt']} {doc['target']}", [(len(doc["prompt"]), len(doc["prompt"]) + 1 + len(doc["target"]))]
+    return f"{prompt} {doc['target']}", [(len(prompt), len(prompt) + 1 + len(doc["target"]))]
 
 
 def train_texts(seed: int = TRAIN_SEED, kv_records: tuple[int, int] = KV_TRAIN_RECORDS,
                 kv_queries: int = 8) -> Iterator[tuple[str, str, list[tuple[int, int]]]]:
-    """Endless mixed stream of ``(task, text, answer_spans)`` (half kv, half arithmetic)."""
+    """Endless mixed stream of ``(task, text, answer_spans)``, half kv, half arithmetic (the
+    tokenizer's training corpus)."""
     banned = test_prompts()
     rng = random.Random(seed)
     while True:
@@ -183,5 +193,5 @@ def test_prompts() -> set[str]:
 
 def _records(prompt: str) -> list[tuple[str, str]]:
     """``[(key, value)…]`` of a kv prompt."""
-    words = prompt[len(KV_HEADER):].rsplit(" ", 1)[0].removesuffix(QUERY_SEP).split()
+    words = prompt.rsplit(" ", 1)[0].removesuffix(QUERY_SEP).split()
     return list(zip(words[0::2], words[1::2]))

@@ -1,8 +1,8 @@
 """Byte-level BPE tokenizer of the zoo, trained on the synthetic training corpus.
 
-1. Pre-tokenize like GPT-2 (ByteLevel with its regex, no prefix space): ``"k03: 11,"`` →
-   ``"k" "03" ":" " 11" ","``; so keys (``"03"``) and values (``" 11"``) become distinct
-   single tokens once BPE has merged the frequent digit pairs.
+1. Pre-tokenize like GPT-2 (ByteLevel with its regex, no prefix space): ``" ne 84. ne"`` →
+   ``" ne" " 84" "." " ne"``, ``"3+5="`` → ``"3" "+" "5" "="``; every key (``" ne"``), value
+   (``" 84"``) and sum (``" 16"``) becomes a single token once BPE has merged them.
 2. Train BPE (``tokenizers.trainers.BpeTrainer``) on ``n_texts`` texts of the training stream, with
    the full byte alphabet as initial alphabet (any text encodes) and ``<|endoftext|>`` as the only
    special token (bos = eos = pad).
