@@ -39,6 +39,7 @@ class RunRecord:
     harness_xai_version: str
     config: dict[str, Any] = field(default_factory=dict)  # JSON-able lm-eval + xai settings
     created_at: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))
+    step: int | None = None  # training step of the checkpoint (from ``revision`` like "step3000")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,50 @@ class TaskSummary:
     n_samples: int
     n_incorrect: int
     output_type: str  # lm-eval output type, e.g. "multiple_choice"
+
+
+#: token segment labels (``CaseRecord.segments``)
+SEGMENTS = ("special", "instruction", "fewshot", "question", "option", "continuation",
+            "generated")
+
+
+@dataclass
+class Faithfulness:
+    """Deletion curve of one explanation: Δℓ as the most relevant tokens are replaced.
+
+    Step s replaces ``n_removed[s]`` tokens (the top ones by relevance, or random ones) by
+    ``baseline_token_id``. ``aopc`` = mean over steps of (Δℓ₀ − Δℓ_s) / |Δℓ₀| for the relevance
+    order, ``aopc_random`` the same for random orders: a trustworthy explanation has
+    ``aopc`` well above ``aopc_random``.
+    """
+
+    fractions: list[float]  # (n_steps,) requested fraction of the input
+    n_removed: list[int]  # (n_steps,)
+    delta_relevance: list[float]  # (n_steps,) Δℓ after removing the top-k tokens
+    delta_random: list[float]  # (n_steps,) Δℓ after removing k random tokens (mean over orders)
+    aopc: float
+    aopc_random: float
+    baseline_token_id: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GraphRecord:
+    """A pruned cross-layer attribution graph of one case (edges in COO form).
+
+    Node layer 0 is the embeddings; ``node_layers`` names every node layer (e.g. ``["emb", "1",
+    "2"]`` or with mid-block states ``["emb", "1.mid", "1", …]``).
+    """
+
+    node_layers: list[str]  # (n_node_layers,)
+    node_relevance: np.ndarray  # (n_node_layers, n_tokens) float32
+    source_layer: np.ndarray  # (n_edges,) int32, index into node_layers
+    source_position: np.ndarray  # (n_edges,) int32
+    target_layer: np.ndarray  # (n_edges,) int32
+    target_position: np.ndarray  # (n_edges,) int32
+    weight: np.ndarray  # (n_edges,) float32
+    params: dict[str, Any] = field(default_factory=dict)  # method, pruning options
+    metrics: dict[str, Any] = field(default_factory=dict)  # n_edges, mass_kept, formation_layer…
 
 
 @dataclass
@@ -90,6 +135,19 @@ class CaseRecord:
     tokens: list[str] = field(default_factory=list)  # (n_tokens,) each token decoded alone
     token_relevance: np.ndarray | None = None  # (n_tokens,) float32
     layer_relevance: np.ndarray | None = None  # (n_layers + 1, n_tokens) float32
+    # --- added by the engine / contrast / graph issues (all optional) ---
+    output_type: str | None = None  # lm-eval output type of the task, e.g. "multiple_choice"
+    contrast: str = "token"  # "token" (one position) or "sequence" (summed log-probs)
+    ll_error: float | None = None  # max |recomputed − logged| log-likelihood (pred and gold)
+    method_params: dict[str, Any] = field(default_factory=dict)
+    segments: list[str] = field(default_factory=list)  # (n_tokens,) label from SEGMENTS
+    segment_index: list[int | None] = field(default_factory=list)  # (n_tokens,) which demo/option
+    #: kind → (n_layers, n_tokens); row l-1 is block l. Kinds: "mid" (residual between attention
+    #: and MLP, sequential families), "attn" / "mlp" (the branch outputs added to the residual)
+    state_relevance: dict[str, np.ndarray] = field(default_factory=dict)
+    head_relevance: np.ndarray | None = None  # (n_layers, n_heads, n_tokens) head outputs
+    faithfulness: Faithfulness | None = None
+    graph: GraphRecord | None = None
 
     @property
     def unit_key(self) -> tuple[str, int, str, str]:
