@@ -6,7 +6,7 @@ Public API (stable):
 """
 
 __version__ = "0.1.0"
-__all__ = ["attribute", "evaluate", "__version__"]
+__all__ = ["attribute", "evaluate", "graph", "__version__"]
 
 
 def __getattr__(name):  # lazy: `harness-xai sql` should not pay for importing torch
@@ -16,4 +16,7 @@ def __getattr__(name):  # lazy: `harness-xai sql` should not pay for importing t
     if name == "attribute":
         from harness_xai.lrp import attribute
         return attribute
+    if name == "graph":  # the subpackage, callable as graph(model, tokenizer, ids, target, foil, …)
+        import harness_xai.graph as graph
+        return graph
     raise AttributeError(f"module 'harness_xai' has no attribute {name!r}")

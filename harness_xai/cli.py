@@ -16,7 +16,10 @@ from pathlib import Path
 
 from harness_xai.errors import UserError
 
-XAI_ARGS = ("attribute", "xai_db", "xai_method", "xai_report", "xai_no_progress")
+XAI_ARGS = ("attribute", "xai_db", "xai_method", "xai_report", "xai_no_progress", "xai_metric",
+            "xai_contrast", "xai_graph", "xai_graph_edges", "xai_graph_nodes", "xai_graph_mass",
+            "xai_faithfulness", "xai_max_cases", "xai_max_tokens", "xai_time_budget",
+            "xai_batch_size")
 HF_MODELS = {"hf", "hf-auto", "huggingface"}
 USAGE = """usage: harness-xai COMMAND …
 
@@ -25,6 +28,7 @@ commands:
   report    render the HTML failure report of a store:  report --db xai.duckdb --out DIR
   sql       run SQL on a store:  sql --db xai.duckdb "SELECT task, count(*) FROM cases GROUP BY task"
   db        store schema:  db upgrade|current|history --db URL
+  export    dump every table of a store:  export --format parquet --db xai.duckdb --out DIR
   zoo       build the project's own trained models:  zoo build [--out zoo]
   demo      offline demo: zoo → run --attribute on the bundled tasks → DuckDB → HTML report
   ls, validate   lm-eval's own commands
@@ -54,6 +58,9 @@ def _dispatch(argv: list[str]) -> int:
     if command == "db":
         from harness_xai.store.cli import db_main
         return db_main(rest)
+    if command == "export":
+        from harness_xai.store.cli import export_main
+        return export_main(rest)
     if command == "zoo":
         from harness_xai.zoo.cli import zoo_main
         return zoo_main(rest)
@@ -65,7 +72,7 @@ def _dispatch(argv: list[str]) -> int:
         return run(rest)
     if command.startswith("-"):  # lm-eval's flag-only style: `harness-xai --model hf …`
         return run(argv)
-    raise UserError(f"unknown command '{command}'. Commands: run, report, sql, db, zoo, demo, "
+    raise UserError(f"unknown command '{command}'. Commands: run, report, sql, db, export, zoo, demo, "
                     "ls, validate (see `harness-xai --help`).")
 
 
@@ -98,10 +105,28 @@ def build_run_parser():
     group.add_argument("--xai-db", default=DEFAULT_DB, metavar="URL",
                        help=f"store: duckdb:///path, sqlite:///path or a file path (default {DEFAULT_DB})")
     group.add_argument("--xai-method", default="attnlrp", metavar="METHOD",
-                       help="attnlrp (default), cp-lrp, grad-x-input")
+                       help="attnlrp (default), cp-lrp, grad-x-input, integrated-gradients")
+    group.add_argument("--xai-metric", default="acc", metavar="METRIC",
+                       help="multiple choice: which metric decides 'incorrect': acc (default), acc_norm")
+    group.add_argument("--xai-contrast", default="token", metavar="MODE",
+                       help="token (default): one logit difference at the first differing token; "
+                            "sequence: difference of the two continuations' summed log-probs")
+    group.add_argument("--xai-faithfulness", action="store_true",
+                       help="also measure each explanation's deletion curve and AOPC score "
+                            "(≈29 batched forwards per case)")
+    group.add_argument("--xai-graph", action="store_true",
+                       help="also build a pruned cross-layer attribution graph per case")
+    group.add_argument("--xai-graph-edges", type=int, default=1000, metavar="N",
+                       help="graph: at most N edges per block (default 1000)")
+    group.add_argument("--xai-graph-nodes", type=int, default=None, metavar="N",
+                       help="graph: at most N target nodes per layer")
+    group.add_argument("--xai-graph-mass", type=float, default=0.85, metavar="P",
+                       help="graph: keep the largest edges covering P of each block's mass (0.85)")
     group.add_argument("--xai-report", default=None, metavar="DIR",
                        help="also render the HTML report into DIR at the end")
     group.add_argument("--xai-no-progress", action="store_true", help="no progress bar")
+    from harness_xai.distributed import add_budget_arguments
+    add_budget_arguments(group)  # --xai-max-cases, --xai-max-tokens, --xai-time-budget, --xai-batch-size
     return cli
 
 
@@ -128,6 +153,8 @@ def run(argv: list[str]) -> int:
 
 
 def _validate(args, xai: dict) -> dict:
+    from harness_xai.contrast import Options
+    from harness_xai.distributed import Budget
     from harness_xai.lrp import get_method
     from harness_xai.store import normalize_url
 
@@ -135,8 +162,19 @@ def _validate(args, xai: dict) -> dict:
         raise UserError(f"--attribute needs a Hugging Face model (--model hf), got --model "
                         f"{args.model}. Use --model hf or drop --attribute.")
     _check_pretrained(args.model_args)
+    Options(metric=xai["xai_metric"], contrast=xai["xai_contrast"])
+    graph = None
+    if xai["xai_graph"] and get_method(xai["xai_method"]).name == "integrated-gradients":
+        raise UserError("--xai-graph works with attnlrp, cp-lrp and grad-x-input, not "
+                        "integrated-gradients. Drop --xai-graph or pick another --xai-method.")
+    if xai["xai_graph"]:
+        from harness_xai.graph import Prune
+        graph = Prune(mass=xai["xai_graph_mass"], max_edges=xai["xai_graph_edges"],
+                      max_nodes=xai["xai_graph_nodes"]).as_dict()
     return {"db": normalize_url(xai["xai_db"]), "method": get_method(xai["xai_method"]).name,
-            "progress": not xai["xai_no_progress"]}
+            "progress": not xai["xai_no_progress"], "metric": xai["xai_metric"],
+            "contrast": xai["xai_contrast"], "graph": graph,
+            "faithfulness": xai["xai_faithfulness"], "budget": Budget.from_args(xai)}
 
 
 def _check_pretrained(model_args) -> None:
@@ -167,7 +205,10 @@ def _attributing(settings: dict) -> Iterator[dict]:
 
     def simple_evaluate(**kwargs):
         results = evaluate(attribute=True, db=settings["db"], method=settings["method"],
-                           progress=settings["progress"], **kwargs)
+                           progress=settings["progress"], metric=settings["metric"],
+                           contrast=settings["contrast"], graph=settings["graph"],
+                           faithfulness=settings["faithfulness"], budget=settings["budget"],
+                           **kwargs)
         if results is not None:
             from harness_xai.pipeline import RunSummary
             state["summary"] = RunSummary(**results["xai"])
@@ -222,7 +263,8 @@ def demo(argv: list[str]) -> int:
                 "--tasks", ",".join(DEMO_TASKS), "--include_path", str(tasks),
                 "--device", "cpu", "--batch_size", "16", "--output_path", str(out / "results"),
                 "--log_samples", "--attribute", "--xai-db", f"duckdb:///{out / 'xai.duckdb'}",
-                "--xai-method", opts.method, "--xai-report", str(out / "report")])
+                "--xai-method", opts.method, "--xai-graph", "--xai-faithfulness",
+                "--xai-report", str(out / "report")])
 
 
 if __name__ == "__main__":

@@ -150,7 +150,14 @@ def _heads(t, hd):
     return t.view(1, t.shape[1], -1, hd).transpose(1, 2)
 
 
-def _gpt_neox(model, x0, rules):
+def _kept(keep, kind, t):
+    """Record ``t`` (the very tensor used downstream) as an internal state of the oracle."""
+    if keep is not None:
+        keep.setdefault(kind, []).append(t)
+    return t
+
+
+def _gpt_neox(model, x0, rules, keep=None):
     net, n = model.gpt_neox, x0.shape[1]
     hd = model.config.hidden_size // model.config.num_attention_heads
     cos, sin = net.rotary_emb(x0, torch.arange(n)[None])
@@ -159,28 +166,30 @@ def _gpt_neox(model, x0, rules):
         att, mlp = layer.attention, layer.mlp
         qkv = _heads(att.query_key_value(_ln(h, layer.input_layernorm)), 3 * hd)
         q, k, v = qkv.chunk(3, -1)
-        o = att.dense(rules.attend(_rope(q, cos, sin), _rope(k, cos, sin), v, hd ** -0.5,
-                                   _causal(n)))
+        heads = _kept(keep, "heads", rules.attend(_rope(q, cos, sin), _rope(k, cos, sin), v,
+                                                  hd ** -0.5, _causal(n)))
+        o = _kept(keep, "attn", att.dense(heads))
         u = mlp.dense_h_to_4h(_ln(h, layer.post_attention_layernorm))  # parallel residual
-        h = h + o + mlp.dense_4h_to_h(_ident(u, F.gelu(u)))
+        h = h + o + _kept(keep, "mlp", mlp.dense_4h_to_h(_ident(u, F.gelu(u))))
     return model.lm_head(_ln(h, net.final_layer_norm))
 
 
-def _gpt2(model, x0, rules):
+def _gpt2(model, x0, rules, keep=None):
     net, n, d = model.transformer, x0.shape[1], model.config.hidden_size
     hd = d // model.config.num_attention_heads
     h = x0 + net.wpe(torch.arange(n))[None]
     for block in net.h:
         q, k, v = block.attn.c_attn(_ln(h, block.ln_1)).split(d, -1)
-        h = h + block.attn.c_proj(rules.attend(_heads(q, hd), _heads(k, hd), _heads(v, hd),
-                                               hd ** -0.5, _causal(n)))
+        heads = _kept(keep, "heads", rules.attend(_heads(q, hd), _heads(k, hd), _heads(v, hd),
+                                                  hd ** -0.5, _causal(n)))
+        h = _kept(keep, "mid", h + _kept(keep, "attn", block.attn.c_proj(heads)))
         u = block.mlp.c_fc(_ln(h, block.ln_2))
         gelu_new = 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u ** 3)))
-        h = h + block.mlp.c_proj(_ident(u, gelu_new))
+        h = h + _kept(keep, "mlp", block.mlp.c_proj(_ident(u, gelu_new)))
     return model.lm_head(_ln(h, net.ln_f))
 
 
-def _gemma(model, x0, rules):
+def _gemma(model, x0, rules, keep=None):
     net, cfg, n = model.model, model.config, x0.shape[1]
     h = x0  # the scaled embeddings: the embedding module multiplies by √d
     for i, layer in enumerate(net.layers):
@@ -194,16 +203,17 @@ def _gemma(model, x0, rules):
         q, k, v = (_heads(p(a), cfg.head_dim) for p in (att.q_proj, att.k_proj, att.v_proj))
         if hasattr(att, "q_norm"):
             q, k = _rms(q, att.q_norm), _rms(k, att.k_norm)
-        o = rules.attend(_rope(q, cos, sin), _rope(k, cos, sin), v,
-                         cfg.query_pre_attn_scalar ** -0.5,
-                         _causal(n, cfg.sliding_window if sliding else None),
-                         cap=cfg.attn_logit_softcapping)
-        h = h + _rms(att.o_proj(o), layer.post_attention_layernorm)
+        o = _kept(keep, "heads", rules.attend(_rope(q, cos, sin), _rope(k, cos, sin), v,
+                                              cfg.query_pre_attn_scalar ** -0.5,
+                                              _causal(n, cfg.sliding_window if sliding else None),
+                                              cap=cfg.attn_logit_softcapping))
+        h = h + _kept(keep, "attn", _rms(att.o_proj(o), layer.post_attention_layernorm))
+        h = _kept(keep, "mid", h)
         m = _rms(h, layer.pre_feedforward_layernorm)
         gate = mlp.gate_proj(m)
         act = _ident(gate, F.gelu(gate, approximate="tanh"))
         y = mlp.down_proj(_scaled(act, rules.product) * _scaled(mlp.up_proj(m), rules.product))
-        h = h + _rms(y, layer.post_feedforward_layernorm)
+        h = h + _kept(keep, "mlp", _rms(y, layer.post_feedforward_layernorm))
     logits = model.lm_head(_rms(h, net.norm))
     cap = cfg.final_logit_softcapping
     return logits if cap is None else rules.cap(logits, cap)
@@ -213,12 +223,27 @@ ORACLES = {"gpt_neox": _gpt_neox, "gpt2": _gpt2, "gemma2": _gemma, "gemma3_text"
 ORACLE_CASES = [(f, a) for f in ORACLES for a in KERNELS[f]]
 
 
-def _oracle(family, model, ids, target, foil, rules):
+def _oracle(family, model, ids, target, foil, rules, states=False):
+    """Token relevance and Δℓ of the hand-written forward; with ``states``, also kind →
+    (n_layers, n) relevance of the recorded internal states ("heads": (n_layers, n_heads, n))."""
     x0 = model.get_input_embeddings()(ids).detach().requires_grad_(True)  # (1, n, d)
-    logits = ORACLES[family](model, x0, rules)[0, -1]
+    keep: dict[str, list[torch.Tensor]] = {}
+    logits = ORACLES[family](model, x0, rules, keep)[0, -1]
     delta = logits[target] - logits[foil]
-    (grad,) = torch.autograd.grad(delta, x0)
-    return (x0 * grad).sum(-1)[0].detach(), delta.item()
+    kinds = sorted(keep)
+    grads = torch.autograd.grad(delta, [x0] + [t for k in kinds for t in keep[k]])
+    tokens = (x0 * grads[0]).sum(-1)[0].detach()
+    if not states:
+        return tokens, delta.item()
+    heads, rel, it = model.config.num_attention_heads, {}, iter(grads[1:])
+    for kind in kinds:
+        rows = [(t * next(it)).detach() for t in keep[kind]]  # (1, n, d') each
+        if kind == "heads":
+            rows = [r.view(*r.shape[:2], heads, -1).sum(-1)[0].T for r in rows]
+        else:
+            rows = [r.sum(-1)[0] for r in rows]
+        rel[kind] = torch.stack(rows)
+    return tokens, delta.item(), rel
 
 
 @pytest.mark.parametrize("method,rules", [("attnlrp", Rules()), ("cp-lrp", Rules(qk=0.0, v=1.0))])
@@ -278,3 +303,89 @@ def test_softcap_in_a_fused_kernel_is_refused_for_attnlrp_only():
     assert [n for n, m in model.named_modules() if "forward" in vars(m)] == []
     cp = attribute(model, None, ids, 1, 2, method="cp-lrp")
     assert abs(cp.tokens.sum().item() - cp.delta) <= 1e-4 * abs(cp.delta)
+
+
+# ---- internal states: mid-block residual, attention / MLP branches, heads ----
+
+def _attribute_bias_free(family, attn, method, layers=3, **config):
+    model = tiny_model(family, attn, layers=layers)
+    for key, value in config.items():
+        setattr(model.config, key, value)
+        for block in get_adapter(model.config.model_type).blocks(model):
+            if hasattr(block, key):
+                setattr(block, key, value)
+    if family in ADDITIVE:
+        _zero_additive(model)
+    return attribute(model, None, random_ids(30), 5, 11, method=method)
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp-lrp"])
+@pytest.mark.parametrize("family,attn", CASES)
+def test_internal_state_identities(family, attn, method):
+    """Exact identities of the rules (bias-free), per position:
+    1. the MLP sub-block is position-wise and conservative under the rules (identity rule on
+       norm and activation, uniform rule on the gated product), so R(mid_l) = R(out_l);
+    2. the output projection is linear and bias-free (and a post-norm conserves per position),
+       so Σ_heads R(head) = R(attention branch);
+    3. CP-LRP: every mid-block state carries Δℓ in total."""
+    result = _attribute_bias_free(family, attn, method)
+    parallel = family == "gpt_neox"
+    assert set(result.states) == ({"attn", "mlp"} if parallel else {"mid", "attn", "mlp"})
+    assert all(v.shape == (3, 30) and v.dtype == torch.float32 for v in result.states.values())
+    assert result.heads.shape == (3, 4, 30)
+    scale = result.layers.abs().max().item()
+    torch.testing.assert_close(result.heads.sum(1), result.states["attn"], rtol=0,
+                               atol=1e-5 * scale)
+    assert result.states["attn"].abs().max() > 1e-3 * scale  # a real, non-zero branch
+    if not parallel:
+        torch.testing.assert_close(result.states["mid"], result.layers[1:], rtol=0,
+                                   atol=1e-5 * scale)
+        # a capture in the wrong place (the MLP's input instead of the residual) breaks it
+        assert (result.states["mlp"] - result.layers[1:]).abs().max() > 1e-3 * scale
+    if method == "cp-lrp" and not parallel:
+        for total in result.states["mid"].sum(-1).tolist():
+            assert abs(total - result.delta) <= 1e-4 * abs(result.delta)
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp-lrp"])
+def test_sequential_gpt_neox_has_a_mid_state(method):
+    result = _attribute_bias_free("gpt_neox", "sdpa", method, use_parallel_residual=False)
+    assert set(result.states) == {"mid", "attn", "mlp"}
+    scale = result.layers.abs().max().item()
+    torch.testing.assert_close(result.states["mid"], result.layers[1:], rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("method,rules", [("attnlrp", Rules()), ("cp-lrp", Rules(qk=0.0, v=1.0))])
+@pytest.mark.parametrize("family,attn", ORACLE_CASES)
+def test_internal_states_match_hand_written_rules(family, attn, method, rules):
+    """Each state where the hand-written forward has it (biases kept, so nothing cancels)."""
+    model = tiny_model(family, attn)
+    ids = random_ids(20)
+    _, _, expected = _oracle(family, model, ids, 4, 9, rules, states=True)
+    result = attribute(model, None, ids, 4, 9, method=method)
+    assert set(result.states) | {"heads"} == set(expected)
+    for kind, value in expected.items():
+        got = result.heads if kind == "heads" else result.states[kind]
+        torch.testing.assert_close(got, value, rtol=1e-4, atol=1e-6 * value.abs().max().item())
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_states_off_and_checkpointing_change_nothing(family):
+    """``states=False`` only drops the extra outputs; ``checkpoint=True`` recomputes each block
+    in the backward with the rules in place: same relevance to float rounding, model restored."""
+    model = tiny_model(family, KERNELS[family][0])
+    ids = random_ids()
+    full = attribute(model, None, ids, 1, 2)
+    lean = attribute(model, None, ids, 1, 2, states=False)
+    assert lean.states == {} and lean.heads is None
+    assert torch.equal(full.layers, lean.layers) and full.delta == lean.delta
+    ckpt = attribute(model, None, ids, 1, 2, checkpoint=True)
+    assert ckpt.delta == full.delta
+    scale = full.layers.abs().max().item()
+    torch.testing.assert_close(ckpt.layers, full.layers, rtol=1e-5, atol=1e-6 * scale)
+    for kind in full.states:
+        torch.testing.assert_close(ckpt.states[kind], full.states[kind], rtol=1e-5,
+                                   atol=1e-6 * scale)
+    torch.testing.assert_close(ckpt.heads, full.heads, rtol=1e-5, atol=1e-6 * scale)
+    assert [n for n, m in model.named_modules() if "forward" in vars(m)] == []
+    assert all(p.requires_grad for p in model.parameters())

@@ -266,3 +266,66 @@ def test_task_slug_is_safe() -> None:
         assert re.fullmatch(r"[a-z0-9_-][a-z0-9._-]*", slug) and ".." not in slug, (name, slug)
         assert len(slug) <= 90
     assert task_slug("ARC_Easy") != task_slug("arc_easy")
+
+
+def _rich_case() -> CaseRecord:
+    """An attributed case carrying every optional result: segments, states, heads, curve, graph."""
+    from harness_xai.records import Faithfulness, GraphRecord
+
+    case = _attributed("arc_fixture", 42, 1.5, 7)
+    n = len(case.tokens)
+    rng = np.random.default_rng(11)
+    case.segments = ["special"] + ["fewshot"] * 4 + ["question"] * 6 + ["option"] * 2 + ["question"] * 2
+    case.segment_index = [None] + [0] * 4 + [None] * 6 + [0, 1] + [None] * 2
+    case.state_relevance = {k: rng.normal(size=(N_LAYERS, n)).astype(np.float32)
+                            for k in ("mid", "attn", "mlp")}
+    case.head_relevance = rng.normal(size=(N_LAYERS, 4, n)).astype(np.float32)
+    case.faithfulness = Faithfulness(
+        fractions=[0.1, 0.2, 0.5], n_removed=[2, 3, 8], delta_relevance=[0.4, -0.2, -1.0],
+        delta_random=[1.3, 1.2, 0.9], aopc=0.9, aopc_random=0.2, baseline_token_id=0)
+    src = np.array([0, 0, 1, 2], dtype=np.int32)
+    case.graph = GraphRecord(
+        node_layers=["emb", "1", "2", "3"],
+        node_relevance=rng.normal(size=(N_LAYERS + 1, n)).astype(np.float32),
+        source_layer=src, source_position=np.array([3, 5, 5, 9], dtype=np.int32),
+        target_layer=src + 1, target_position=np.array([5, 9, 9, 14], dtype=np.int32),
+        weight=np.array([0.7, -0.3, 1.1, 0.5], dtype=np.float32),
+        params={"mass": 0.85}, metrics={"n_edges": 4, "mass_kept": 0.9, "formation_layer": 2})
+    return case
+
+
+def test_failure_page_shows_internals_in_chromium(store_db: tuple[str, dict], tmp_path: Path) -> None:
+    db, info = store_db
+    case = _rich_case()
+    with Store.open(db) as store:
+        case_id = store.write_case(info["run_id"], case)
+    out = tmp_path / "r"
+    render_report(db, out)
+    page = out / f"run-{info['run_id']}" / f"case-{case_id}.html"
+    dom = _chromium(["--dump-dom", page.as_uri()], tmp_path).stdout
+    assert 'data-js="ready"' in dom
+    for section in ("state-mid", "state-attn", "state-mlp", "heads", "faithfulness", "graph",
+                    "segments"):
+        assert f'id="{section}"' in dom, section
+    n = len(case.tokens)
+    # one rectangle per (block, position) of each state, per (block, head) of the head grid
+    mid = dom.split('id="state-mid"')[1].split("</svg>")[0]
+    assert mid.count("<rect") == N_LAYERS * n
+    heads = dom.split('id="heads"')[1].split("</svg>")[0]
+    assert heads.count("<rect") == N_LAYERS * 4
+    head_sum = float(case.head_relevance[1, 2].sum())
+    assert f"block 2, head 2: {head_sum:+.6g}" in heads
+    graph = dom.split('id="graph"')[1].split("</svg>")[0]
+    assert graph.count("<line") == 4 and "emb@3 → 1@5: +0.7" in graph
+    faith = dom.split('id="faithfulness"')[1].split("</svg>")[0]
+    assert faith.count("<polyline") == 2 and faith.count("<circle") == 4  # Δℓ₀ + 3 steps
+    # segment marks: special, fewshot 0, question, option 0, option 1, question again
+    marks = re.findall(r'class="seg-mark seg-(\w+)"[^>]*>([^<]*)<', dom)
+    assert [m[1] for m in marks] == ["special", "fewshot 0", "question", "option 0", "option 1",
+                                     "question"]
+    seg_rows = dom.split('id="segments"')[1].split("</table>")[0]
+    q_sum = float(case.token_relevance[[5, 6, 7, 8, 9, 10, 13, 14]].sum())
+    assert f"{q_sum:+.4g}" in seg_rows
+    shot = tmp_path / "internals.png"
+    _chromium([f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()], tmp_path)
+    assert len(shot.read_bytes()) > 30_000

@@ -1,78 +1,161 @@
-"""Contrast cases for multiple-choice samples (``acc``): wrong choice vs gold choice.
+"""Contrast cases for ``multiple_choice`` samples: the predicted choice vs the gold choice.
 
-Algorithm, per logged sample of a ``multiple_choice`` task:
-1. Incorrect iff the sample's decision metric (default ``acc``) is 0.
-2. Choice scores = ``filtered_resps`` log-likelihoods of the first ``len(choices)`` requests
-   (``acc_mutual_info`` appends unconditional requests after them); pred = argmax.
-3. Gold index from ``target`` (int, choice string, or a list: then the highest-scoring gold).
-4. Rebuild both scored sequences ``context + continuation`` through the HFLM instance; ``t`` = first
-   position where they differ. Input = tokens before ``t`` (left-truncated to ``max_length``),
-   wrong = predicted sequence's token at ``t``, gold = gold sequence's token at ``t``.
-5. Degenerate cases (tie, identical sequences, one a prefix of the other, contexts that differ per
-   choice) become skipped cases with a machine-readable reason — never dropped.
+Algorithm, per logged sample (mirrors ``ConfigurableTask.process_results`` of lm-eval 0.4.13):
+1. Decision metric: ``acc`` or ``acc_norm`` (option; if the task lacks it, the other one). The
+   sample is incorrect iff that metric is 0; ``case.metric`` records which one decided.
+2. Log-likelihoods: the first ``len(choices)`` ``filtered_resps`` (``acc_mutual_info`` appends
+   unconditional requests after them). Scores = lls (acc) or lls / len(choice) (acc_norm);
+   pred = first argmax (``np.argmax``).
+3. Gold: ``doc_to_text`` for multiple-input tasks, else ``doc_to_target``: an int, a choice string
+   or a list (several golds: any counts; the foil is the highest-scoring gold). Out-of-range
+   indices / strings not among the choices → skip ``gold-out-of-range`` / ``gold-not-in-choices``.
+4. Both scored sequences are rebuilt through the HFLM instance (``scoring``) and re-scored; the
+   largest |recomputed − logged| log-likelihood is ``case.ll_error``.
+5. Degenerate: same choice text twice → ``identical-choices``; equal scores → ``tie-with-gold``;
+   token mode: equal token sequences → ``identical-sequences``, one a prefix of the other →
+   ``prefix-sequences`` (sequence mode handles it), only the prefix token before the
+   divergence → ``empty-context``.
+6. Token contrast (shared context): t = first position where the two sequences differ; input =
+   lm-eval's window of the predicted sequence up to t (``ids[start:t]``), wrong/gold = the two
+   sequences' tokens at t. Δℓ > 0 ⇔ the model preferred the wrong token there (with ``acc_norm``
+   the raw token preference can point the other way).
+7. Multiple-input tasks (Winogrande: one context per choice, a shared continuation), documented
+   choice: the two inputs differ, so one logit difference needs one input. Token mode takes the
+   first continuation position j where the model's greedy prediction under the predicted context
+   differs from its prediction under the gold context; input = predicted context + continuation
+   before j; wrong = greedy token under the predicted context, gold = greedy token under the gold
+   context (``first-differing-prediction``; none → skip ``same-predictions-both-contexts``).
+   Sequence mode explains exactly the decision: log p(cont | pred ctx) − log p(cont | gold ctx).
+8. Sequence mode (any task): ``sequence.SequenceTarget`` over both full windows, weighted like
+   the decision metric, so Δ = score_pred − score_gold.
 """
 
 from __future__ import annotations
 
-from harness_xai.contrast.scoring import model_window, scored_tokens
-from harness_xai.records import PENDING, SKIPPED, CaseRecord
+import numpy as np
+
+from harness_xai.contrast.case import (Options, context_token_labels, new_case, note,
+                                       set_segments, skip)
+from harness_xai.contrast.scoring import Scored, build, first_difference, score
+from harness_xai.contrast.sequence import SequenceTarget
+from harness_xai.records import CaseRecord
+
+CONT = ("continuation", None)
 
 
-def multiple_choice_case(sample: dict, task, task_name: str, lm, metric: str = "acc"
+def decision_metric(sample: dict, preferred: str) -> str | None:
+    return next((m for m in (preferred, "acc", "acc_norm") if m in sample), None)
+
+
+def multiple_choice_case(sample: dict, task, task_name: str, lm, options: Options
                          ) -> CaseRecord | None:
     """The contrast case of one sample, or ``None`` if the model answered correctly."""
-    if metric not in sample:
-        return None
-    if float(sample[metric]) != 0.0:
+    metric = decision_metric(sample, options.metric)
+    if metric is None or float(sample[metric]) != 0.0:
         return None
     doc = sample["doc"]
     choices = list(task.doc_to_choice(doc))
-    args = [tuple(a) for a in sample["arguments"]][: len(choices)]
-    lls = [float(r[0]) for r in sample["filtered_resps"]][: len(choices)]
-    case = CaseRecord(task=task_name, doc_id=int(sample["doc_id"]), doc_hash=str(sample["doc_hash"]),
-                      prompt_hash=str(sample["prompt_hash"]),
-                      target_hash=str(sample["target_hash"]), filter=str(sample["filter"]),
-                      metric=metric, status=PENDING, prompt=args[0][0] if args else "")
-    pred = max(range(len(lls)), key=lambda i: lls[i])
-    golds = _gold_indices(sample["target"], choices)
+    n = len(choices)
+    args = [(a[0], a[1]) for a in sample["arguments"]][:n]
+    lls = [float(r[0]) for r in sample["filtered_resps"]][:n]
+    case = new_case(sample, task_name, "multiple_choice", metric, options.contrast,
+                    prompt=args[0][0] if args else "")
+    if metric == "acc_norm":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scores = (np.array(lls) / np.array([float(len(c)) for c in choices])).tolist()
+    else:
+        scores = list(lls)
+    pred = int(np.argmax(scores))
+    case.pred_index, case.pred_text, case.prompt = pred, args[pred][1], args[pred][0]
+    case.ll_pred = lls[pred]
+    seq_p = score(lm, build(lm, *args[pred]))
+    case.ll_error = abs(seq_p.ll - lls[pred])
+    golds, problem = gold_indices(task.doc_to_text(doc) if task.multiple_input
+                                  else task.doc_to_target(doc), choices)
     if not golds:
-        return _skip(case, "gold-not-in-choices")
-    gold = max(golds, key=lambda i: lls[i])
-    case.pred_index, case.gold_index = pred, gold
-    case.pred_text, case.gold_text = args[pred][1], args[gold][1]
-    case.prompt = args[pred][0]
-    case.ll_pred, case.ll_gold = lls[pred], lls[gold]
-    if pred in golds:
-        return _skip(case, "tie-with-gold")
+        return skip(case, problem)
+    gold = max(golds, key=lambda i: (scores[i], -i))
+    case.gold_index, case.gold_text, case.ll_gold = gold, args[gold][1], lls[gold]
+    seq_g = score(lm, build(lm, *args[gold]))
+    case.ll_error = max(case.ll_error, abs(seq_g.ll - lls[gold]))
+    if args[pred] == args[gold]:
+        return skip(case, "identical-choices")
+    if scores[pred] == scores[gold]:
+        return skip(case, "tie-with-gold")
+    weights = (1.0, 1.0) if metric == "acc" else (1 / max(len(choices[pred]), 1),
+                                                     1 / max(len(choices[gold]), 1))
+    if options.contrast == "sequence":
+        return _sequence(case, task, lm, options, doc, args, (pred, gold), (seq_p, seq_g), weights)
     if args[pred][0] != args[gold][0]:
-        return _skip(case, "multiple-input-contexts")
-    ctx_p, cont_p = scored_tokens(lm, *args[pred])
-    ctx_g, cont_g = scored_tokens(lm, *args[gold])
-    seq_p, seq_g = ctx_p + cont_p, ctx_g + cont_g
-    t = next((i for i, (a, b) in enumerate(zip(seq_p, seq_g)) if a != b), None)
+        return _multiple_input_token(case, task, lm, options, doc, args[pred][0], pred, seq_p,
+                                     seq_g)
+    t = first_difference(seq_p.ids, seq_g.ids)
     if t is None:
-        return _skip(case, "identical-sequences" if len(seq_p) == len(seq_g) else "prefix-sequences")
+        return skip(case, "identical-sequences" if len(seq_p.ids) == len(seq_g.ids)
+                    else "prefix-sequences")
     if t == 0:
-        return _skip(case, "diverge-at-first-token")
-    case.token_ids = model_window(seq_p[:t], lm.max_length)
-    case.position = t
-    case.wrong_token_id, case.gold_token_id = seq_p[t], seq_g[t]
+        return skip(case, "diverge-at-first-token")
+    if args[pred][0] == "" and t == 1 and seq_p.ids[0] == lm.prefix_token_id:
+        return skip(case, "empty-context")
+    labels = _labels(lm, task, options, doc, args[pred][0], seq_p, pred)
+    case.token_ids = seq_p.ids[seq_p.start:t]
+    set_segments(case, labels[seq_p.start:t])
+    case.position = len(case.token_ids)
+    case.wrong_token_id, case.gold_token_id = seq_p.ids[t], seq_g.ids[t]
+    note(case, rule="first-divergent-token", truncated_tokens=seq_p.start)
     return case
 
 
-def _gold_indices(target, choices: list[str]) -> list[int]:
-    targets = target if isinstance(target, (list, tuple)) else [target]
-    out = []
+def gold_indices(gold, choices: list[str]) -> tuple[list[int], str]:
+    """Valid gold indices the way lm-eval resolves them, and the reason when there are none."""
+    targets = gold if isinstance(gold, (list, tuple)) else [gold]
+    out, problem = [], "gold-out-of-range"
     for tgt in targets:
-        if isinstance(tgt, str) and tgt.strip().lstrip("-").isdigit() and tgt not in choices:
-            tgt = int(tgt)
-        if isinstance(tgt, int) and 0 <= tgt < len(choices):
-            out.append(tgt)
-        elif isinstance(tgt, str) and tgt in choices:
-            out.append(choices.index(tgt))
-    return sorted(set(out))
+        if isinstance(tgt, str):
+            if tgt in choices:
+                out.append(choices.index(tgt))
+            else:
+                problem = "gold-not-in-choices"
+        elif isinstance(tgt, (int, np.integer)) and not isinstance(tgt, bool) \
+                and 0 <= int(tgt) < len(choices):
+            out.append(int(tgt))
+    return sorted(set(out)), problem
 
 
-def _skip(case: CaseRecord, reason: str) -> CaseRecord:
-    case.status, case.skip_reason = SKIPPED, reason
+def _labels(lm, task, options, doc, context: str, seq: Scored, choice: int) -> list:
+    ctx = seq.ids[: seq.n_ctx]
+    return (context_token_labels(lm, task, options, context, ctx, doc, choice)
+            + [CONT] * (len(seq.ids) - seq.n_ctx))
+
+
+def _multiple_input_token(case, task, lm, options, doc, context, pred, seq_p, seq_g):
+    j = first_difference(seq_p.greedy, seq_g.greedy)
+    if j is None:
+        return skip(case, "same-predictions-both-contexts")
+    t = seq_p.n_ctx + j
+    labels = _labels(lm, task, options, doc, context, seq_p, pred)
+    case.token_ids = seq_p.ids[seq_p.start:t]
+    set_segments(case, labels[seq_p.start:t])
+    case.position = len(case.token_ids)
+    case.wrong_token_id, case.gold_token_id = seq_p.greedy[j], seq_g.greedy[j]
+    note(case, rule="first-differing-prediction", continuation_position=j,
+         truncated_tokens=seq_p.start)
+    return case
+
+
+def _sequence(case, task, lm, options, doc, args, idx, seqs, weights):
+    (pred, _), (seq_p, seq_g) = idx, seqs
+    if seq_p.ids == seq_g.ids:
+        return skip(case, "identical-sequences")
+    target = SequenceTarget(seq_p.ids[seq_p.start:], seq_p.n_ctx - seq_p.start,
+                            seq_g.ids[seq_g.start:], seq_g.n_ctx - seq_g.start, *weights)
+    t = first_difference(target.wrong_ids, target.gold_ids)
+    labels = _labels(lm, task, options, doc, args[pred][0], seq_p, pred)
+    case.token_ids = target.wrong_ids[:-1]
+    set_segments(case, labels[seq_p.start: len(seq_p.ids) - 1])
+    if t is not None:
+        case.position = t
+        case.wrong_token_id, case.gold_token_id = target.wrong_ids[t], target.gold_ids[t]
+    note(case, rule="sequence-loglikelihood", target=target.to_params(),
+         truncated_tokens=seq_p.start)
     return case

@@ -5,6 +5,9 @@ needed (the HFLM instance to rebuild scored tokens exactly, the Task for ``doc_t
 lm-eval 0.4.x has no callbacks, so for the duration of one call we wrap
 ``lm_eval.evaluator.evaluate`` (the function ``simple_evaluate`` delegates to) and record its
 ``lm`` and ``task_dict`` arguments. A check can veto the run before any request is computed.
+Each task also gets a ``PromptRecorder`` (``harness.prompts``) for the call: which few-shot
+documents and chat settings built each context (``Captured.prompts[task][context]``), for the
+token segments of a case.
 """
 
 from __future__ import annotations
@@ -13,11 +16,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from harness_xai.harness.prompts import PromptRecord, PromptRecorder
+
 
 @dataclass
 class Captured:
     lm: object | None = None
     tasks: dict[str, object] = field(default_factory=dict)  # task name → Task
+    #: task name → context string → how lm-eval built it
+    prompts: dict[str, dict[str, PromptRecord]] = field(default_factory=dict)
 
 
 @contextmanager
@@ -32,7 +39,13 @@ def capture_evaluate(before_run: Callable[[object], None] | None = None) -> Iter
         captured.tasks = flatten_tasks(task_dict)
         if before_run is not None:
             before_run(captured.lm)
-        return original(lm, task_dict, *args, **kwargs)
+        recorders = {name: PromptRecorder(task).install() for name, task in captured.tasks.items()}
+        captured.prompts = {name: rec.records for name, rec in recorders.items()}
+        try:
+            return original(lm, task_dict, *args, **kwargs)
+        finally:
+            for rec in recorders.values():
+                rec.restore()
 
     evaluator.evaluate = evaluate
     try:

@@ -1,7 +1,9 @@
 """The LRP engine: contrastive AttnLRP (and baselines) as modified gradients.
 
-``attribute`` is the pure tensor core; ``lrp`` the scoped patch it uses; methods and family
-adapters are registries that built-ins and users extend the same way.
+``attribute`` is the pure tensor core; ``lrp`` the scoped patch it uses; ``capture`` turns
+internal states (mid-block residual, attention/MLP branches, heads) into relevance during the
+backward; ``integrated`` runs integrated gradients; methods and family adapters are registries
+that built-ins and users extend the same way.
 """
 
 from harness_xai.lrp.adapters import ADAPTERS, Adapter, adapter_for, get_adapter, register_adapter

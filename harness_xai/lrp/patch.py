@@ -11,7 +11,11 @@ Algorithm:
    rescales the q/k/v gradients and calls the original kernel (same masks, same kernel). When the
    kernel gets ``softcap=`` and q/k carry gradient, the eager kernel runs under ``IdentityTanh``
    (other kernels cap inside fused code: refused).
-5. On exit — normal or by exception — delete the instance overrides, restore the attention
+5. Optional gradient checkpointing (``checkpoint=True``): each decoder block's instance
+   ``forward`` runs under ``torch.utils.checkpoint`` (non-reentrant), so only block inputs are
+   kept for the backward and each block's forward is re-run there, rules included (the rules are
+   deterministic, so the recomputed values and gradients are the same).
+6. On exit — normal or by exception — delete the instance overrides, restore the attention
    implementation, the config's soft-cap and the training flag. Parameters and buffers are never
    touched.
 """
@@ -37,8 +41,9 @@ _PREFIX = "xai_"
 
 
 @contextmanager
-def lrp(model: nn.Module, method: str | Method = "attnlrp") -> Iterator[nn.Module]:
-    """Install ``method``'s rules on ``model`` for the duration of the block."""
+def lrp(model: nn.Module, method: str | Method = "attnlrp",
+        checkpoint: bool = False) -> Iterator[nn.Module]:
+    """Install ``method``'s rules (and optionally block checkpointing) for the block's duration."""
     spec = get_method(method) if isinstance(method, str) else method
     adapter = adapter_for(model)
     adapter.check(model)
@@ -50,6 +55,9 @@ def lrp(model: nn.Module, method: str | Method = "attnlrp") -> Iterator[nn.Modul
             _install_layer_rules(model, adapter, undo)
         if spec.attention is not None:
             _install_attention_rule(model, spec, undo)
+        if checkpoint:
+            for block in adapter.blocks(model):
+                _override_forward(block, _checkpointed, undo)
         yield model
 
 
@@ -94,6 +102,12 @@ def _install_layer_rules(model: nn.Module, adapter: Adapter, undo: ExitStack) ->
     for factor in adapter.product_factors(model):
         _override_forward(factor, _halved, undo)
     _install_logit_softcap(model, adapter, undo)
+
+
+def _checkpointed(orig: Callable) -> Callable:
+    from torch.utils.checkpoint import checkpoint
+
+    return lambda *args, **kwargs: checkpoint(orig, *args, use_reentrant=False, **kwargs)
 
 
 def _halved(orig: Callable) -> Callable:

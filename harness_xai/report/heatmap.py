@@ -82,6 +82,27 @@ def fmt(x: Any, digits: int = 4, signed: bool = False) -> str:
     return f"{x:+.{digits}g}" if signed else f"{x:.{digits}g}"
 
 
+def segment_label(segment: str | None, index: int | None) -> str:
+    """``fewshot 2`` / ``option 1`` / ``question``; empty when the token has no segment."""
+    if not segment:
+        return ""
+    return segment if index is None else f"{segment} {index}"
+
+
+def segment_totals(tokens: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Σ relevance and token count per segment label, in order of first appearance."""
+    totals: dict[str, dict[str, Any]] = {}
+    for t in tokens:
+        label = segment_label(t.get("segment"), t.get("segment_index"))
+        if not label:
+            continue
+        row = totals.setdefault(label, {"label": label, "segment": t.get("segment"),
+                                        "n_tokens": 0, "relevance": 0.0})
+        row["n_tokens"] += 1
+        row["relevance"] += _finite(t["relevance"]) or 0.0
+    return list(totals.values())
+
+
 def token_cells(tokens: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float, bool]:
     """Heatmap cells for token_relevance rows (ordered by position).
 
@@ -91,11 +112,19 @@ def token_cells(tokens: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], flo
     rels = [_finite(t["relevance"]) for t in tokens]
     scale = scale_of(rels, skip_first=first_special)
     cells = []
+    previous: tuple[Any, Any] | None = None
     for i, t in enumerate(tokens):
         r = rels[i]
         raw = t["token"] if t["token"] is not None else ""
+        segment = (t.get("segment"), t.get("segment_index"))
+        seg_name = segment_label(*segment)
+        starts = segment[0] is not None and segment != previous
+        previous = segment
         cells.append(
             {
+                "segment": segment[0] or "",
+                "segment_label": seg_name,
+                "segment_start": starts,
                 "position": int(t["position"]),
                 "token_id": t["token_id"],
                 "text": display_token(t["token"]),
@@ -103,7 +132,7 @@ def token_cells(tokens: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], flo
                 "special": first_special and i == 0,
                 "relevance": "nan" if r is None else repr(r),
                 "title": f"pos {t['position']} · token {raw!r} · id {t['token_id']} · "
-                f"relevance {fmt(r, 6, signed=True)}",
+                f"relevance {fmt(r, 6, signed=True)}" + (f" · {seg_name}" if seg_name else ""),
                 "style": style_for(r, scale),
             }
         )

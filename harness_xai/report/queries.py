@@ -28,7 +28,8 @@ _REQUIRED_TABLES = ("runs", "task_results", "cases", "token_relevance", "layer_r
 _CASE_COLUMNS = (
     "id, run_id, task, doc_id, doc_hash, filter, metric, status, skip_reason, prompt, pred_index, "
     "gold_index, pred_text, gold_text, position, wrong_token_id, gold_token_id, wrong_token, "
-    "gold_token, delta, ll_pred, ll_gold, method, n_tokens"
+    "gold_token, delta, ll_pred, ll_gold, method, n_tokens, output_type, contrast, ll_error, "
+    "aopc, aopc_random"
 )
 
 
@@ -133,7 +134,8 @@ def case_detail(conn: Connection, case_id: int) -> dict[str, Any]:
         dict(r)
         for r in conn.execute(
             text(
-                "SELECT position, token_id, token, relevance FROM token_relevance "
+                "SELECT position, token_id, token, relevance, segment, segment_index "
+                "FROM token_relevance "
                 "WHERE case_id = :case_id ORDER BY position"
             ),
             {"case_id": case_id},
@@ -163,3 +165,72 @@ def case_detail(conn: Connection, case_id: int) -> dict[str, Any]:
     case["layer_ids"] = layer_ids
     case["layer_positions"] = positions
     return case
+
+
+def _matrix(cells: list[tuple], rows: list[int], cols: list[int]) -> np.ndarray:
+    """Dense (len(rows), len(cols)) float matrix from (row, col, value) cells; NaN where absent."""
+    ri = {r: i for i, r in enumerate(rows)}
+    ci = {c: i for i, c in enumerate(cols)}
+    out = np.full((len(rows), len(cols)), np.nan)  # (n_rows, n_cols)
+    for r, c, v in cells:
+        out[ri[int(r)], ci[int(c)]] = np.nan if v is None else float(v)
+    return out
+
+
+def case_internals(conn: Connection, case_id: int) -> dict[str, Any]:
+    """Internal states, heads, faithfulness curve and graph of one case (each may be empty).
+
+    - ``states``: list of {"kind", "layers", "positions", "matrix" (n_layers, n_positions)}
+    - ``heads``: {"layers", "heads", "matrix" (n_layers, n_heads)} summed over positions, or None
+    - ``faithfulness``: {"fractions", "n_removed", "relevance", "random"} or None
+    - ``graph``: {"node_layers", "nodes", "edges", "metrics", "params", ...} or None
+    """
+    import json
+
+    params = {"case_id": case_id}
+    states = []
+    rows = conn.execute(text(
+        "SELECT kind, layer, position, relevance FROM state_relevance WHERE case_id = :case_id "
+        "ORDER BY kind, layer, position"), params).fetchall()
+    for kind in sorted({r[0] for r in rows}, key=lambda k: ("mid", "attn", "mlp").index(k)
+                       if k in ("mid", "attn", "mlp") else 9):
+        cells = [(r[1], r[2], r[3]) for r in rows if r[0] == kind]
+        layers = sorted({int(c[0]) for c in cells})
+        positions = sorted({int(c[1]) for c in cells})
+        states.append({"kind": kind, "layers": layers, "positions": positions,
+                       "matrix": _matrix(cells, layers, positions)})
+    head_cells = conn.execute(text(
+        "SELECT layer, head, SUM(relevance) FROM head_relevance WHERE case_id = :case_id "
+        "GROUP BY layer, head ORDER BY layer, head"), params).fetchall()
+    heads = None
+    if head_cells:
+        layers = sorted({int(c[0]) for c in head_cells})
+        head_ids = sorted({int(c[1]) for c in head_cells})
+        heads = {"layers": layers, "heads": head_ids,
+                 "matrix": _matrix(head_cells, layers, head_ids)}
+    curve = conn.execute(text(
+        "SELECT fraction, n_removed, delta_relevance, delta_random FROM faithfulness "
+        "WHERE case_id = :case_id ORDER BY step"), params).fetchall()
+    faith = None
+    if curve:
+        faith = {"fractions": [float(r[0]) for r in curve], "n_removed": [int(r[1]) for r in curve],
+                 "relevance": [None if r[2] is None else float(r[2]) for r in curve],
+                 "random": [None if r[3] is None else float(r[3]) for r in curve]}
+    graph = None
+    head = conn.execute(text(
+        "SELECT node_layers, n_nodes, n_edges, mass_kept, formation_layer, params, metrics "
+        "FROM graphs WHERE case_id = :case_id"), params).mappings().first()
+    if head is not None:
+        nodes = [(int(r[0]), int(r[1]), float(r[2] or 0.0)) for r in conn.execute(text(
+            "SELECT layer, position, relevance FROM graph_nodes WHERE case_id = :case_id"),
+            params)]
+        edges = [(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4] or 0.0))
+                 for r in conn.execute(text(
+                     "SELECT source_layer, source_position, target_layer, target_position, weight "
+                     "FROM graph_edges WHERE case_id = :case_id"), params)]
+        graph = {"node_layers": json.loads(head["node_layers"] or "[]"), "nodes": nodes,
+                 "edges": edges, "n_nodes": head["n_nodes"], "n_edges": head["n_edges"],
+                 "mass_kept": head["mass_kept"], "formation_layer": head["formation_layer"],
+                 "params": json.loads(head["params"] or "{}"),
+                 "metrics": json.loads(head["metrics"] or "{}")}
+    return {"states": states, "heads": heads, "faithfulness": faith, "graph": graph}

@@ -34,7 +34,7 @@ from sqlalchemy import Connection
 
 from harness_xai import __version__
 from harness_xai.errors import UserError
-from harness_xai.report import heatmap, queries
+from harness_xai.report import figures, heatmap, queries
 
 MARKER = ".harness-xai-report"
 _SLUG_OK = re.compile(r"[^a-z0-9._-]+")
@@ -113,10 +113,44 @@ def _render_case(env: Environment, conn: Connection, run: dict, case_id: int, ta
             case["layers"], case["layer_ids"], case["layer_positions"], skip_first=first_special
         )
     total = sum(float(t["relevance"]) for t in case["tokens"] if t["relevance"] is not None)
+    extra = _internal_figures(queries.case_internals(conn, case_id), case)
     return env.get_template("case.html").render(
         run=run, case=case, cells=cells, scale=scale, first_special=first_special, grid=grid,
         total=total, task_href=task_href, root="../",
+        segments=heatmap.segment_totals(case["tokens"]), **extra,
     )
+
+
+_STATE_NAMES = {"mid": "mid-block residual (between attention and MLP)",
+                "attn": "attention branch output", "mlp": "MLP branch output"}
+
+
+def _internal_figures(internals: dict, case: dict) -> dict:
+    """SVG-ready figures for states, heads, the faithfulness curve and the graph."""
+    states = [
+        {"kind": s["kind"], "title": _STATE_NAMES.get(s["kind"], s["kind"]),
+         "grid": figures.matrix_grid(s["matrix"], [f"block {l}" for l in s["layers"]],
+                                     [str(p) for p in s["positions"]], "position")}
+        for s in internals["states"]
+    ]
+    heads = None
+    if internals["heads"] is not None:
+        h = internals["heads"]
+        heads = figures.matrix_grid(h["matrix"], [f"block {l}" for l in h["layers"]],
+                                    [str(i) for i in h["heads"]], "head")
+    faith = None
+    if internals["faithfulness"] is not None:
+        f = internals["faithfulness"]
+        faith = figures.curve_chart(f["fractions"], f["relevance"], f["random"], case["delta"])
+        faith["rows"] = list(zip(f["fractions"], f["n_removed"], f["relevance"], f["random"]))
+    graph = None
+    if internals["graph"] is not None:
+        g = internals["graph"]
+        graph = figures.graph_figure(g["node_layers"], g["nodes"], g["edges"],
+                                     int(case["n_tokens"] or 0) or 1 + max(
+                                         (n[1] for n in g["nodes"]), default=0))
+        graph.update({k: g[k] for k in ("mass_kept", "formation_layer", "params", "metrics")})
+    return {"states": states, "heads": heads, "faith": faith, "graph": graph}
 
 
 def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:

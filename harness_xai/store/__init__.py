@@ -2,6 +2,10 @@
 
 Public API: ``normalize_url`` (``--db`` value → URL), ``Store`` (open/migrate, write runs, task
 summaries and cases), ``run_sql`` (read-only query → column names + rows).
+Modules: engine (URLs, engines), models + migrations/ (schema), migrate (alembic in code),
+writer (Store), caserows (CaseRecord → rows), bulk (per-backend bulk inserts), duckfile (crash-safe
+DuckDB migrations), lock (one writer per file), query (read-only SQL), export (parquet),
+examples (README queries), cli (`db`, `sql`, `export`), pgtemp (throwaway PostgreSQL for tests).
 """
 
 from __future__ import annotations

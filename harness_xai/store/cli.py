@@ -4,10 +4,13 @@
   upgrade: create the database if needed and migrate it to head, print the revision;
   current: print the stored revision (with "(head)" or how to upgrade) or "empty";
   history: list the migration revisions, newest first, marking head (and current with --db).
-``sql_main`` — `harness-xai sql --db URL [--format table|csv|json] [--param k=v]… "SELECT …"`:
-  run one read-only statement (store/query.py) and print the result; "-" reads the query from
-  stdin. Table format: header, dashed rule, left-aligned text / right-aligned numbers, newlines
-  shown as ⏎, cells cut at --max-width, then "(N rows)".
+``sql_main`` — `harness-xai sql --db URL [--format table|csv|json|parquet] [--param k=v]…
+  [--out FILE] "SELECT …"`: run one read-only statement (store/query.py) and print the result
+  (or write it to --out; parquet needs --out); "-" reads the query from stdin. Table format:
+  header, dashed rule, left-aligned text / right-aligned numbers, newlines shown as ⏎, cells cut
+  at --max-width, then "(N rows)".
+``export_main`` — `harness-xai export --format parquet --db URL --out DIR`: every table of the
+  store as DIR/<table>.parquet plus DIR/manifest.json (store/export.py, pyarrow).
 
 Argument errors and every failure raise ``UserError`` (one line; the main CLI exits with 2).
 """
@@ -21,14 +24,16 @@ import decimal
 import io
 import json
 import sys
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import sqlalchemy as sa
 
 from harness_xai.errors import UserError
 from harness_xai.store import migrate
-from harness_xai.store.engine import db_file, make_engine, normalize_url, open_error, remove_new_file
+from harness_xai.store.engine import db_file, display_url, make_engine, normalize_url, open_error
 from harness_xai.store.query import run_sql
+from harness_xai.store.writer import open_for_writing
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,34 +46,15 @@ class _Parser(argparse.ArgumentParser):
 # -- db ------------------------------------------------------------------------------------------
 def _db_upgrade(db: str, out: TextIO) -> None:
     url = normalize_url(db)
-    path = db_file(url)
-    created = path is not None and not path.exists()
-    if created:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(url)
-    try:
-        try:
-            conn = engine.connect()
-        except sa.exc.DBAPIError as exc:
-            raise open_error(url, exc) from None
-        with conn, conn.begin():
-            state = migrate.schema_state(conn)
-            if state.kind == migrate.UNKNOWN:
-                raise UserError(f"database schema of {url} is at unknown revision {state.current}: upgrade harness-xai")
-            if state.kind == migrate.FOREIGN:
-                raise UserError(f"{url} has harness-xai tables but no schema revision: use another --db")
-            if state.kind != migrate.AT_HEAD:
-                migrate.upgrade(conn, "head")
-    except BaseException:
-        engine.dispose()
-        if created:
-            remove_new_file(path)
-        raise
+    engine, lock, state = open_for_writing(url, create=True, upgrade=True)  # writer lock held
     engine.dispose()
+    if lock is not None:
+        lock.release()
+    shown = display_url(url)
     if state.kind == migrate.AT_HEAD:
-        out.write(f"{url}: already at revision {state.head} (head)\n")
+        out.write(f"{shown}: already at revision {state.head} (head)\n")
     else:
-        out.write(f"{url}: upgraded {state.current or 'empty'} -> {state.head} (head)\n")
+        out.write(f"{shown}: upgraded {state.current or 'empty'} -> {state.head} (head)\n")
 
 
 def _current_state(db: str) -> tuple[str, migrate.SchemaState]:
@@ -97,7 +83,7 @@ def _db_current(db: str, out: TextIO) -> None:
     elif state.kind == migrate.AT_HEAD:
         out.write(f"{state.current} (head)\n")
     elif state.kind == migrate.BEHIND:
-        out.write(f"{state.current} (behind head {state.head}: run `harness-xai db upgrade --db {url}`)\n")
+        out.write(f"{state.current} (behind head {state.head}: run `harness-xai db upgrade --db {display_url(url)}`)\n")
     elif state.kind == migrate.UNKNOWN:
         out.write(f"{state.current} (unknown to this harness-xai; head is {state.head})\n")
     else:
@@ -224,12 +210,41 @@ def sql_main(argv: list[str], out: TextIO | None = None) -> int:
     parser = _Parser(prog="harness-xai sql", description="Run one read-only SQL statement on a result database.")
     parser.add_argument("query", help='SQL statement, e.g. "SELECT task, count(*) FROM cases GROUP BY 1"; "-" reads stdin')
     parser.add_argument("--db", required=True, help="database file (.duckdb/.sqlite) or URL")
-    parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default table)")
+    parser.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table",
+                        help="output format (default table; parquet needs --out)")
     parser.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE", help="bind :NAME in the query")
     parser.add_argument("--max-width", type=int, default=60, help="cut table cells to this width (0: no limit)")
+    parser.add_argument("--out", "-o", default=None, metavar="FILE", help="write the result to FILE instead of stdout")
     args = parser.parse_args(argv)
+    if args.format == "parquet" and not args.out:
+        raise UserError("--format parquet writes a file: add --out FILE.parquet")
     query = sys.stdin.read() if args.query == "-" else args.query
     params = dict(_parse_param(p) for p in args.param)
     columns, rows = run_sql(args.db, query, params)
-    out.write(format_result(columns, rows, args.format, args.max_width))
+    if args.format == "parquet":
+        from harness_xai.store.export import rows_to_parquet
+
+        rows_to_parquet(columns, rows, args.out)
+        return 0
+    text = format_result(columns, rows, args.format, args.max_width)
+    if args.out:
+        Path(args.out).expanduser().write_text(text, encoding="utf-8")
+    else:
+        out.write(text)
+    return 0
+
+
+def export_main(argv: list[str], out: TextIO | None = None) -> int:
+    """`harness-xai export --format parquet --db URL --out DIR`; returns the exit code (0)."""
+    from harness_xai.store.export import export_parquet
+
+    out = out or sys.stdout
+    parser = _Parser(prog="harness-xai export", description="Dump every table of a result database.")
+    parser.add_argument("--db", required=True, help="database file (.duckdb/.sqlite) or URL")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    parser.add_argument("--format", choices=("parquet",), default="parquet", help="output format (parquet)")
+    args = parser.parse_args(argv)
+    counts = export_parquet(args.db, args.out)
+    total = sum(counts.values())
+    out.write(f"exported {len(counts)} tables ({total} rows) to {Path(args.out).expanduser()}\n")
     return 0

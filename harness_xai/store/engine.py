@@ -5,9 +5,13 @@
 2. ``db_file`` gives the local file behind a DuckDB/SQLite URL (None for in-memory or servers).
 3. ``make_engine`` builds the engine: SQLite gets ``PRAGMA foreign_keys=ON`` and real transactions
    (pysqlite's implicit BEGIN is replaced by an explicit one, so DDL and DML roll back together);
-   ``read_only=True`` opens DuckDB with ``read_only`` and SQLite with ``mode=ro``.
+   ``read_only=True`` opens DuckDB with ``read_only``, SQLite with ``mode=ro`` and PostgreSQL
+   sessions with ``default_transaction_read_only=on``. PostgreSQL uses psycopg 3 (SQLAlchemy's
+   default driver for ``postgresql://``).
 4. ``remove_new_file`` deletes a file a failed command created (nothing half-written).
-5. ``open_error`` turns a driver error on connect into a one-line ``UserError``.
+5. ``open_error`` turns a driver error on connect into a one-line ``UserError`` (a DuckDB file
+   locked by another process: the path and the holder's pid, see lock.py).
+6. ``display_url`` hides a PostgreSQL password in messages.
 """
 
 from __future__ import annotations
@@ -108,21 +112,40 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
         if backend == "duckdb":
             connect_args = {"read_only": True} if read_only else {}
             return sa.create_engine(u, connect_args=connect_args)
+        if backend == "postgresql" and read_only:
+            return sa.create_engine(u, connect_args={"options": "-c default_transaction_read_only=on"})
         return sa.create_engine(u)
     except (ImportError, sa.exc.NoSuchModuleError) as exc:
         raise UserError(f"cannot use database {url!r}: driver missing ({exc}); install it with pip") from None
 
 
+def display_url(url: str) -> str:
+    """``url`` with any password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def open_error(url: str, exc: BaseException) -> UserError:
     """One-line UserError for a failure to open/connect ``url``."""
+    from harness_xai.store.lock import busy_error, duckdb_holder
+
     first = first_line(exc)
+    shown = display_url(url)
     if "different configuration" in first:
-        return UserError(f"database {url} is already open in this process (close the Store first): {first}")
+        return UserError(f"database {shown} is already open in this process (close the Store first): {first}")
+    holder = duckdb_holder(first)
+    if holder is not None:
+        return busy_error(db_file(url) or Path(shown), holder)
+    if "replaying WAL" in first:
+        return UserError(f"cannot open database {shown}: DuckDB cannot replay its write-ahead log "
+                         f"({first}); moving the .wal file aside opens the last checkpointed state")
     if "lock" in first.lower():
         return UserError(
-            f"database {url} is in use by another process ({first}): wait for it to finish or use another --db"
+            f"database {shown} is in use by another process ({first}): wait for it to finish or use another --db"
         )
-    return UserError(f"cannot open database {url}: {first}")
+    return UserError(f"cannot open database {shown}: {first}")
 
 
 def remove_new_file(path: Path | None) -> None:

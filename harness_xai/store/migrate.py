@@ -4,7 +4,9 @@
    and hands it an open connection through ``Config.attributes["connection"]``.
 2. ``schema_state`` compares the database's ``alembic_version`` with the scripts' head and says
    whether it is empty, at head, behind (upgradable), ahead/unknown, or foreign (tables, no version).
-3. ``upgrade``/``downgrade`` run alembic inside the caller's transaction (DuckDB and, with the
+3. ``needs_migration`` decides, for a writer, whether to migrate now or refuse with a one-line
+   UserError (behind head: names `harness-xai db upgrade --db URL`).
+4. ``upgrade``/``downgrade`` run alembic inside the caller's transaction (DuckDB and, with the
    engine's explicit BEGIN, SQLite have transactional DDL: a failed migration leaves nothing).
 
 DuckDB needs an alembic implementation class registered under its dialect name; it is defined
@@ -24,7 +26,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
+from harness_xai.errors import UserError
 from harness_xai.store import models
+from harness_xai.store.engine import display_url
 
 #: folder holding env.py and versions/ (tests may point it at a copy with extra revisions)
 MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
@@ -115,3 +119,25 @@ def history() -> list[tuple[str, str | None, str, bool]]:
             down = ",".join(down)
         out.append((rev.revision, down, (rev.doc or "").strip(), rev.revision in heads))
     return out
+
+
+def needs_migration(state: SchemaState, url: str, *, create: bool, upgrade: bool) -> bool:
+    """True if the database must be migrated to head now; UserError if it must not be used."""
+    shown = display_url(url)
+    if state.kind == AT_HEAD:
+        return False
+    if state.kind == EMPTY or (upgrade and state.kind == BEHIND):
+        if not create:
+            raise UserError(f"{shown} is not a harness-xai database (no schema); run `harness-xai db upgrade --db {shown}`")
+        return True
+    if state.kind == BEHIND:
+        raise UserError(
+            f"database schema of {shown} is at revision {state.current}, this harness-xai needs "
+            f"{state.head}: run `harness-xai db upgrade --db {shown}`"
+        )
+    if state.kind == UNKNOWN:
+        raise UserError(
+            f"database schema of {shown} is at unknown revision {state.current} "
+            f"(newer harness-xai?): upgrade harness-xai or use another --db"
+        )
+    raise UserError(f"{shown} has harness-xai tables but no schema revision: use another --db")

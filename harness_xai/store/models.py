@@ -1,7 +1,9 @@
-"""SQLAlchemy 2 declarative models of the harness-xai result schema (five tables).
+"""SQLAlchemy 2 declarative models of the harness-xai result schema (eleven tables).
 
-The schema is fixed (the report reads it directly); the migration in
-``migrations/versions/0001_initial.py`` creates exactly these tables. Notes:
+The schema is fixed (the report reads it directly); the migrations in ``migrations/versions``
+create exactly these tables (0001: the first five; 0002: ``runs.step``, the case columns of the
+engine/contrast issues, token segments and the six tables of internal states, heads, faithfulness
+curves and graphs; 0003: read-only views, see ``views.py``). Notes:
 
 1. Integer surrogate keys (``runs.id``, ``cases.id``) take their values from explicit sequences:
    DuckDB has no SERIAL, and the PostgreSQL dialect (which duckdb-engine builds on) would emit
@@ -11,8 +13,16 @@ The schema is fixed (the report reads it directly); the migration in
    ``metadata.create_all`` for real databases: the migration is the source of truth.
 2. ``runs.tasks`` and ``runs.config`` hold JSON as TEXT (portable across DuckDB, SQLite, PostgreSQL).
 3. ``runs.created_at`` is a naive UTC timestamp.
-4. Relevance tables are keyed by (case, position) and (case, layer, position); layer 0 is the
-   embedding output, layer l the output of block l.
+4. Relevance tables are keyed by (case, position) and (case, layer, position); in
+   ``layer_relevance`` layer 0 is the embedding output, layer l the output of block l; in
+   ``state_relevance`` and ``head_relevance`` layer l (1-based) is block l.
+5. ``cases.method_params``, ``graphs.node_layers/params/metrics`` hold JSON as TEXT.
+6. Every child table references ``cases.id``; a case and all its rows commit in one transaction.
+7. Layout trade-off: arrays are stored one row per cell (not as per-case typed arrays/BLOBs) so
+   plain SQL on every backend can filter, join and aggregate them (views, README queries) and
+   keys reject duplicates. The price is write speed: DuckDB maintains the ART indexes of the
+   primary keys and probes the foreign keys per row (bench/bench_store.py measures the bulk
+   path with and without keys), and rows take more space than a packed array would.
 """
 
 from __future__ import annotations
@@ -63,6 +73,7 @@ class Run(Base):
     lm_eval_version: Mapped[str | None] = mapped_column(Text)
     harness_xai_version: Mapped[str | None] = mapped_column(Text)
     config: Mapped[str | None] = mapped_column(Text)  # JSON object
+    step: Mapped[int | None] = mapped_column(Integer)  # checkpoint training step (0002)
 
 
 class TaskResult(Base):
@@ -111,6 +122,13 @@ class Case(Base):
     ll_gold: Mapped[float | None] = mapped_column(Double)
     method: Mapped[str | None] = mapped_column(Text)
     n_tokens: Mapped[int | None] = mapped_column(Integer)
+    # --- 0002 ---
+    output_type: Mapped[str | None] = mapped_column(Text)  # lm-eval output type
+    contrast: Mapped[str | None] = mapped_column(Text)  # 'token' | 'sequence'
+    ll_error: Mapped[float | None] = mapped_column(Double)  # max |recomputed - logged| log-lik
+    method_params: Mapped[str | None] = mapped_column(Text)  # JSON object
+    aopc: Mapped[float | None] = mapped_column(Double)  # faithfulness, relevance order
+    aopc_random: Mapped[float | None] = mapped_column(Double)  # faithfulness, random orders
 
 
 class TokenRelevance(Base):
@@ -123,6 +141,8 @@ class TokenRelevance(Base):
     token_id: Mapped[int | None] = mapped_column(Integer)
     token: Mapped[str | None] = mapped_column(Text)
     relevance: Mapped[float | None] = mapped_column(Double)
+    segment: Mapped[str | None] = mapped_column(Text)  # records.SEGMENTS label (0002)
+    segment_index: Mapped[int | None] = mapped_column(Integer)  # which demo / option (0002)
 
 
 class LayerRelevance(Base):
@@ -136,8 +156,94 @@ class LayerRelevance(Base):
     relevance: Mapped[float | None] = mapped_column(Double)
 
 
+class StateRelevance(Base):
+    """Relevance of internal states per (kind, block, position): kinds 'mid', 'attn', 'mlp'."""
+
+    __tablename__ = "state_relevance"
+
+    case_id: Mapped[int] = mapped_column(Integer, ForeignKey("cases.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based block
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    relevance: Mapped[float | None] = mapped_column(Double)
+
+
+class HeadRelevance(Base):
+    """Relevance of each attention head's output per (block, head, position)."""
+
+    __tablename__ = "head_relevance"
+
+    case_id: Mapped[int] = mapped_column(Integer, ForeignKey("cases.id"), primary_key=True)
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based block
+    head: Mapped[int] = mapped_column(Integer, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    relevance: Mapped[float | None] = mapped_column(Double)
+
+
+class FaithfulnessStep(Base):
+    """One step of a deletion curve (records.Faithfulness); AOPC values live on ``cases``."""
+
+    __tablename__ = "faithfulness"
+
+    case_id: Mapped[int] = mapped_column(Integer, ForeignKey("cases.id"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fraction: Mapped[float | None] = mapped_column(Double)
+    n_removed: Mapped[int | None] = mapped_column(Integer)
+    delta_relevance: Mapped[float | None] = mapped_column(Double)
+    delta_random: Mapped[float | None] = mapped_column(Double)
+
+
+class Graph(Base):
+    """Summary of a case's pruned attribution graph (records.GraphRecord)."""
+
+    __tablename__ = "graphs"
+
+    case_id: Mapped[int] = mapped_column(Integer, ForeignKey("cases.id"), primary_key=True)
+    node_layers: Mapped[str | None] = mapped_column(Text)  # JSON list of layer names
+    n_nodes: Mapped[int | None] = mapped_column(Integer)
+    n_edges: Mapped[int | None] = mapped_column(Integer)
+    mass_kept: Mapped[float | None] = mapped_column(Double)
+    formation_layer: Mapped[int | None] = mapped_column(Integer)
+    params: Mapped[str | None] = mapped_column(Text)  # JSON object
+    metrics: Mapped[str | None] = mapped_column(Text)  # JSON object
+
+
+class GraphNode(Base):
+    """A node of the pruned graph: (index into node_layers, position) and its relevance."""
+
+    __tablename__ = "graph_nodes"
+
+    case_id: Mapped[int] = mapped_column(Integer, ForeignKey("cases.id"), primary_key=True)
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True)  # index into node_layers
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    relevance: Mapped[float | None] = mapped_column(Double)
+
+
+class GraphEdge(Base):
+    """An edge of the pruned graph, source node → target node, with its relevance flow."""
+
+    __tablename__ = "graph_edges"
+
+    case_id: Mapped[int] = mapped_column(Integer, ForeignKey("cases.id"), primary_key=True)
+    source_layer: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target_layer: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target_position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    weight: Mapped[float | None] = mapped_column(Double)
+
+
 runs = Run.__table__
 task_results = TaskResult.__table__
 cases = Case.__table__
 token_relevance = TokenRelevance.__table__
 layer_relevance = LayerRelevance.__table__
+state_relevance = StateRelevance.__table__
+head_relevance = HeadRelevance.__table__
+faithfulness = FaithfulnessStep.__table__
+graphs = Graph.__table__
+graph_nodes = GraphNode.__table__
+graph_edges = GraphEdge.__table__
+
+#: every table, parents first (export order; reverse for deletes)
+ALL_TABLES = (runs, task_results, cases, token_relevance, layer_relevance, state_relevance,
+              head_relevance, faithfulness, graphs, graph_nodes, graph_edges)

@@ -4,6 +4,8 @@ One small file per family registers an :class:`Adapter` for the ``config.model_t
 covers. Attention needs no adapter entry: it is hooked through transformers' attention registry
 (see ``harness_xai.lrp.patch``), so every family's attention kernel works unchanged; a kernel's
 ``softcap=`` argument (Gemma 2 attention-logit soft-cap) gets the identity rule there too.
+An adapter also names, per block, where the internal states are read (``mid_input``,
+``attn_output``, ``mlp_output``, ``head_input``; defaults fit the Llama layout).
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ class Adapter:
     logit_softcap: str | None = None
     #: raises UserError for configurations of the family the rules do not cover
     check: Callable[[nn.Module], None] = lambda model: None
+    #: internal states, per decoder block (defaults: the Llama layout). ``mid_input``: the module
+    #: whose *input* is the residual between attention and MLP (``None``: parallel residual, no
+    #: such state); ``attn_output`` / ``mlp_output``: the modules whose *output* is the branch
+    #: added to the residual (after any post-norm); ``head_input``: the output projection, whose
+    #: *input* is the concatenation of the heads' outputs
+    mid_input: Callable[[nn.Module], nn.Module | None] = \
+        lambda block: block.post_attention_layernorm
+    attn_output: Callable[[nn.Module], nn.Module] = lambda block: block.self_attn
+    mlp_output: Callable[[nn.Module], nn.Module] = lambda block: block.mlp
+    head_input: Callable[[nn.Module], nn.Module] = lambda block: block.self_attn.o_proj
 
 
 ADAPTERS: dict[str, Adapter] = {}

@@ -31,4 +31,8 @@ ADAPTER = register_adapter(Adapter(
     norm_rule=_norm_rule,
     activations=lambda model: [(b.mlp.act_fn, b.mlp.up_proj) for b in model.model.layers],
     logit_softcap="final_logit_softcapping",
+    # sandwich norms: the branches are the post-norm outputs, mid is the pre-FFN norm's input
+    mid_input=lambda block: block.pre_feedforward_layernorm,
+    attn_output=lambda block: block.post_attention_layernorm,
+    mlp_output=lambda block: block.post_feedforward_layernorm,
 ))

@@ -37,4 +37,7 @@ ADAPTER = register_adapter(Adapter(
     norm_rule=_norm_rule,
     activations=lambda model: [(b.mlp.act, None) for b in model.transformer.h],
     check=_check,
+    mid_input=lambda block: block.ln_2,
+    attn_output=lambda block: block.attn,
+    head_input=lambda block: block.attn.c_proj,  # Conv1D; input = concatenated heads
 ))

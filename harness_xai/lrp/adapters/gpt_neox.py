@@ -27,4 +27,8 @@ ADAPTER = register_adapter(Adapter(
     norms=lambda model: [m for m in model.modules() if isinstance(m, nn.LayerNorm)],
     norm_rule=_norm_rule,
     activations=lambda model: [(b.mlp.act, None) for b in model.gpt_neox.layers],
+    # parallel residual: no state between attention and MLP (both read the block input)
+    mid_input=lambda block: None if block.use_parallel_residual else block.post_attention_layernorm,
+    attn_output=lambda block: block.attention,
+    head_input=lambda block: block.attention.dense,
 ))

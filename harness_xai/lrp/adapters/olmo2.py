@@ -23,4 +23,8 @@ ADAPTER = register_adapter(Adapter(
     norms=lambda model: [m for m in model.modules() if type(m).__name__ == "Olmo2RMSNorm"],
     norm_rule=_norm_rule,
     activations=lambda model: [(b.mlp.act_fn, b.mlp.up_proj) for b in model.model.layers],
+    # post-norms: the branches are the norm outputs; mid (no pre-norm) is the MLP's own input
+    mid_input=lambda block: block.mlp,
+    attn_output=lambda block: block.post_attention_layernorm,
+    mlp_output=lambda block: block.post_feedforward_layernorm,
 ))

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from harness_xai.lrp.gradtricks import with_grad_of
+from harness_xai.lrp.gradtricks import with_grad_ratio
 
 
 def identity_activation(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """``value = f(x)`` with gradient ``f(x)/x`` (guarded at 0)."""
-    nonzero = x != 0
-    ratio = torch.where(nonzero, value / torch.where(nonzero, x, torch.ones_like(x)),
-                        torch.zeros_like(x)).detach()
-    return with_grad_of(value, x * ratio)
+    with torch.no_grad():
+        ratio = torch.where(x != 0, value / x, 0.0)  # (…,) f(x)/x; the 0/0 lanes are replaced
+    return with_grad_ratio(x, value, ratio)

@@ -1,0 +1,140 @@
+"""Store write throughput: rows/s of token-relevance rows and graph edges on each backend.
+
+Usage:
+    python bench/bench_store.py                                   # full: 1M rows each, 3 backends
+    python bench/bench_store.py --rows 100000 --backends duckdb   # quick
+
+For each backend (DuckDB file, SQLite file, PostgreSQL: a throwaway server from
+harness_xai.store.pgtemp with PostgreSQL's durable defaults, fsync on) and each workload:
+1. ``tokens``: ``--rows`` token_relevance rows written through ``Store.write_case``, in cases of
+   ``--tokens-per-case`` tokens (token ids, text, relevance, segment labels). Every case is its
+   own transaction (case row + rows + commit), exactly as a run writes them.
+2. ``edges``: ``--rows`` graph_edges rows through ``Store.write_case``, in cases of
+   ``--edges-per-case`` edges (plus the graphs summary row).
+3. ``bulk``: the raw bulk path alone (``bulk.insert_columns``): ``--rows`` graph-edge rows in
+   one statement and one transaction — the ceiling the per-case figures approach.
+4. ``nokeys``: the same as ``bulk`` into a scratch copy of graph_edges without primary or foreign
+   key: the share of the time that the key checks (index maintenance, FK probes) take.
+rows/s = rows / wall seconds of the writes (case construction excluded, commit included).
+The database starts empty; the schema (primary keys, foreign keys) is the real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+from harness_xai.records import ATTRIBUTED, CaseRecord, GraphRecord, RunRecord
+from harness_xai.store import Store, bulk, pgtemp
+from harness_xai.store.models import cases, graph_edges
+
+
+def _run() -> RunRecord:
+    return RunRecord(run_key="bench", model="hf", model_args="", pretrained="bench", revision=None,
+                     model_type="llama", n_params=1, tasks=["bench"], method="attnlrp",
+                     lm_eval_version="0", harness_xai_version="0")
+
+
+def _case(doc_id: int, rng: np.random.Generator, n_tokens: int = 0, n_edges: int = 0) -> CaseRecord:
+    case = CaseRecord(task="bench", doc_id=doc_id, doc_hash=f"d{doc_id}", prompt_hash="p",
+                      target_hash="t", filter="none", metric="acc", status=ATTRIBUTED)
+    if n_tokens:
+        case.tokens = [f" tok{i % 977}" for i in range(n_tokens)]
+        case.token_ids = rng.integers(0, 50_000, n_tokens).tolist()
+        case.token_relevance = rng.normal(size=n_tokens).astype(np.float32)  # (n,)
+        case.segments = ["fewshot"] * (n_tokens // 2) + ["question"] * (n_tokens - n_tokens // 2)
+    if n_edges:
+        width = 256
+        idx = np.arange(n_edges)  # edge i: (i // width, i % width) → (i // width + 1, (i * 7) % width)
+        case.graph = GraphRecord(
+            node_layers=[str(i) for i in range(n_edges // width + 2)],
+            node_relevance=np.zeros((n_edges // width + 2, width), np.float32),
+            source_layer=(idx // width).astype(np.int32), source_position=(idx % width).astype(np.int32),
+            target_layer=(idx // width + 1).astype(np.int32), target_position=((idx * 7) % width).astype(np.int32),
+            weight=rng.normal(size=n_edges).astype(np.float32), metrics={"mass_kept": 0.9})
+    return case
+
+
+def _timed_cases(db: str, make, n_cases: int) -> float:
+    rng = np.random.default_rng(0)
+    batch = [make(i, rng) for i in range(n_cases)]
+    with Store.open(db) as store:
+        run_id = store.ensure_run(_run())
+        start = time.perf_counter()
+        for case in batch:
+            store.write_case(run_id, case)
+        return time.perf_counter() - start
+
+
+def _timed_bulk(db: str, n_rows: int, keys: bool = True) -> float:
+    rng = np.random.default_rng(0)
+    width = 1024
+    idx = np.arange(n_rows)
+    columns = {"case_id": 1, "source_layer": (idx // width).astype(np.int32),
+               "source_position": (idx % width).astype(np.int32),
+               "target_layer": (idx // width + 1).astype(np.int32),
+               "target_position": ((idx * 7) % width).astype(np.int32), "weight": rng.normal(size=n_rows)}
+    with Store.open(db) as store:
+        run_id = store.ensure_run(_run())
+        with store.engine.begin() as conn:
+            conn.execute(sa.insert(cases).values(id=1, run_id=run_id, task="bulk", doc_id=0, doc_hash="h",
+                                                 filter="none", status=ATTRIBUTED))
+        table = graph_edges
+        if not keys:
+            table = sa.Table("bench_edges_nokeys", sa.MetaData(), *[sa.Column(c.name, c.type) for c in graph_edges.columns])
+            table.create(store.engine)
+        start = time.perf_counter()
+        with store.engine.begin() as conn:
+            bulk.insert_columns(conn, table, columns)
+        return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows per workload (default 1M)")
+    parser.add_argument("--tokens-per-case", type=int, default=2000)
+    parser.add_argument("--edges-per-case", type=int, default=20_000)
+    parser.add_argument("--backends", default="duckdb,sqlite,postgresql")
+    parser.add_argument("--workloads", default="tokens,edges,bulk,nokeys")
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    server = None
+    print(f"{'backend':<11} {'workload':<8} {'rows':>9} {'cases':>6} {'seconds':>8} {'rows/s':>11}")
+    try:
+        for backend in args.backends.split(","):
+            for workload in args.workloads.split(","):
+                if backend == "postgresql":
+                    if server is None:
+                        server = pgtemp.TempPostgres(fast=False).start()
+                    db = server.create_database()
+                else:
+                    db = str(tmp / f"{workload}.{backend}")
+                if workload == "tokens":
+                    n_cases = max(1, args.rows // args.tokens_per_case)
+                    rows = n_cases * args.tokens_per_case
+                    seconds = _timed_cases(db, lambda i, rng: _case(i, rng, n_tokens=args.tokens_per_case), n_cases)
+                elif workload == "edges":
+                    n_cases = max(1, args.rows // args.edges_per_case)
+                    rows = n_cases * args.edges_per_case
+                    seconds = _timed_cases(db, lambda i, rng: _case(i, rng, n_edges=args.edges_per_case), n_cases)
+                else:
+                    n_cases, rows = 1, args.rows
+                    seconds = _timed_bulk(db, rows, keys=workload == "bulk")
+                print(f"{backend:<11} {workload:<8} {rows:>9} {n_cases:>6} {seconds:>8.2f} {rows / seconds:>11,.0f}",
+                      flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

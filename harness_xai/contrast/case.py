@@ -1,0 +1,77 @@
+"""Shared pieces of every contrast builder: the options, a fresh case, skips, token segments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness_xai.contrast import segments as seg
+from harness_xai.errors import UserError
+from harness_xai.harness.prompts import PromptRecord
+from harness_xai.records import PENDING, SKIPPED, CaseRecord
+
+CONTRASTS = ("token", "sequence")
+MC_METRICS = ("acc", "acc_norm")
+
+
+@dataclass
+class Options:
+    """How contrasts are built for one run."""
+
+    metric: str = "acc"  # multiple choice: which metric decides "incorrect" (acc | acc_norm)
+    contrast: str = "token"  # token: one logit difference; sequence: Δ summed log-probs
+    #: context string → how lm-eval built it (``Captured.prompts[task]``); missing → fallback
+    prompts: dict[str, PromptRecord] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.contrast not in CONTRASTS:
+            raise UserError(f"unknown contrast {self.contrast!r}: use one of "
+                            f"{', '.join(CONTRASTS)} (--xai-contrast).")
+        if self.metric not in MC_METRICS:
+            raise UserError(f"unknown decision metric {self.metric!r}: use one of "
+                            f"{', '.join(MC_METRICS)} (--xai-metric).")
+
+
+def new_case(sample: dict, task_name: str, kind: str, metric: str, contrast: str,
+             prompt: str = "") -> CaseRecord:
+    return CaseRecord(task=task_name, doc_id=int(sample["doc_id"]),
+                      doc_hash=str(sample["doc_hash"]),
+                      prompt_hash=str(sample["prompt_hash"]),
+                      target_hash=str(sample["target_hash"]), filter=str(sample["filter"]),
+                      metric=metric, status=PENDING, prompt=prompt, output_type=kind,
+                      contrast=contrast)
+
+
+def skip(case: CaseRecord, reason: str) -> CaseRecord:
+    case.status, case.skip_reason = SKIPPED, reason
+    case.token_ids = []
+    case.segments, case.segment_index = [], []
+    return case
+
+
+def note(case: CaseRecord, **info) -> None:
+    """Record how the contrast was built (``method_params["contrast"]``)."""
+    case.method_params.setdefault("contrast", {}).update(info)
+
+
+def context_token_labels(lm, task, options: Options, context: str, ctx_ids: list[int],
+                         doc: dict, choice_index: int | None = None) -> list[seg.Label]:
+    """Segment label of each token of ``ctx_ids`` (the encoding of ``context``, or of a prefix /
+    left-truncated suffix of it)."""
+    if not ctx_ids:
+        return []
+    if context == "":  # lm-eval's prefix token, or the continuation's first token
+        prefix = getattr(lm, "prefix_token_id", None)
+        return [seg.SPECIAL if t == prefix else ("continuation", None) for t in ctx_ids]
+    record = options.prompts.get(context)
+    for attempt in (record, None):  # a prompt lm-eval built in an unforeseen way: no record
+        try:
+            chars = seg.context_labels(task, context, attempt, doc, choice_index)
+            return seg.token_labels(lm.tokenizer, context, list(ctx_ids), chars)
+        except Exception:  # segments must never lose a finished evaluation
+            continue
+    special = set(getattr(lm.tokenizer, "all_special_ids", []) or [])
+    return [seg.SPECIAL if t in special else ("question", None) for t in ctx_ids]
+
+
+def set_segments(case: CaseRecord, labels: list[seg.Label]) -> None:
+    case.segments, case.segment_index = seg.split(labels)

@@ -1,0 +1,250 @@
+"""Contrast cases for ``generate_until`` samples (GSM8K-style, with regex answer filters).
+
+Algorithm, per logged sample (one per filter) whose ``exact_match`` (or ``acc``) is 0:
+1. Regenerate greedily through the HFLM instance: ``lm.generate_until`` on the same context and
+   generation kwargs, with ``lm._model_generate`` shadowed for the call to keep the exact token
+   ids (context after lm-eval's left truncation, generated ids). Re-tokenizing decoded text does
+   not reproduce them. The regenerated text must equal the logged response, else skip
+   ``regeneration-mismatch`` (e.g. sampling, or a batch-dependent numerical flip). One
+   regeneration per document serves all its filters.
+2. Locate the answer span the filter extracted in the raw generation: a ``regex`` filter is
+   re-run with match positions (same ``group_select``, same group choice, same strip); otherwise
+   the first occurrence of the extracted text.
+3. Gold answer = the sample's target passed through the same filter pipeline (GSM8K:
+   "…#### 18" → "18"); if the filter finds nothing in it, the target itself. Several targets:
+   the one whose contrast has the smallest Δℓ (the gold closest to the model's choice).
+4. k = last generated-token boundary at or before the answer start; the model's tokens from k on
+   are compared with the tokenization of ``generation[boundary:answer start] + gold answer`` —
+   the gold answer written in the model's own context. j = first differing token; context =
+   prompt + the model's generated tokens before it; wrong = the model's token, gold = the gold
+   answer's token.
+5. Invalid extraction (the filter's fallback, e.g. ``[invalid]``; the model never wrote an
+   answer in the expected form). Documented fallback, rule ``invalid-extraction:full-target``:
+   the whole generation is compared with the full target as the task writes it after the prompt
+   (target delimiter + ``doc_to_target``), i.e. the first token where the model leaves the
+   reference solution.
+6. Other degenerate outcomes are skips: ``answer-not-located``, ``gold-answer-is-prefix`` (the
+   model's tokens agree with the whole gold answer and go on), ``generation-ended`` (the model
+   stopped inside the gold answer without a differing token), ``thinking-output-unsupported``.
+7. Sequence mode: Δ = log p(model's answer tokens from the divergence) − log p(gold tokens
+   from the divergence), same prefix (``SequenceTarget``). With the invalid-extraction rule both
+   sides are cut to the same number of tokens (at most what the model generated), so the two
+   sums are comparable.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from harness_xai.contrast.case import (Options, context_token_labels, new_case, note,
+                                       set_segments, skip)
+from harness_xai.contrast.scoring import first_difference, window_start
+from harness_xai.contrast.sequence import SequenceTarget
+from harness_xai.records import CaseRecord
+
+GEN = ("generated", None)
+
+
+@dataclass
+class Generation:
+    context_ids: list[int]  # (n_ctx,) after lm-eval's left truncation
+    ids: list[int]  # (n_gen,) generated token ids
+    text: str  # lm-eval's post-processed response
+
+
+def generation_case(sample: dict, task, task_name: str, lm, options: Options,
+                    cache: dict[int, Generation | None]) -> CaseRecord | None:
+    metric = next((m for m in ("exact_match", "acc") if m in sample), None)
+    if metric is None or float(sample[metric]) != 0.0:
+        return None
+    context, gen_kwargs = sample["arguments"][0][0], sample["arguments"][0][1]
+    raw, extracted = sample["resps"][0][0], sample["filtered_resps"][0]
+    case = new_case(sample, task_name, "generate_until", metric, options.contrast, prompt=context)
+    case.pred_text = extracted if isinstance(extracted, str) else str(extracted)
+    if getattr(lm, "think_end_token", None) is not None:
+        return skip(case, "thinking-output-unsupported")
+    doc_id = int(sample["doc_id"])
+    if doc_id not in cache:
+        cache[doc_id] = regenerate(lm, context, gen_kwargs)
+    gen = cache[doc_id]
+    if gen is None or gen.text != raw:
+        return skip(case, "regeneration-mismatch")
+    ensemble = next((f for f in getattr(task, "_filters", []) if f.name == sample["filter"]), None)
+    targets = _targets(task, sample)
+    span = locate_answer(raw, extracted, ensemble)
+    if span is not None:
+        rule, golds = "answer-span", [_filter_text(ensemble, t, sample["doc"]) for t in targets]
+    elif _is_fallback(extracted, ensemble) or not str(extracted).strip():
+        rule, span = "invalid-extraction:full-target", (0, 0)
+        golds = [_delimited(task, context, t) for t in targets]
+    else:
+        return skip(case, "answer-not-located")
+    dec = [lm.tok_decode(gen.ids[:i]) for i in range(len(gen.ids) + 1)]  # prefix decodings
+    full = dec[-1]
+    k = max(i for i in range(len(dec)) if len(dec[i]) <= span[0] and full.startswith(dec[i]))
+    bridge = raw[len(dec[k]): span[0]]
+    model = gen.ids[k:]
+    options_found, reasons = [], []
+    for gold in golds:
+        gold_ids = lm.tok_encode(bridge + gold, add_special_tokens=False)
+        j = first_difference(model, gold_ids)
+        if j is None:
+            reasons.append("gold-answer-is-prefix" if len(gold_ids) <= len(model)
+                           else "generation-ended")
+            continue
+        options_found.append((gold, gold_ids, j))
+    if not options_found:
+        return skip(case, reasons[0] if reasons else "no-gold-answer")
+    prefix_all = gen.context_ids + gen.ids
+    gold, gold_ids, j = _closest(lm, prefix_all, len(gen.context_ids) + k, model, options_found)
+    t = len(gen.context_ids) + k + j
+    case.gold_text = gold
+    labels = context_token_labels(lm, task, options, context, gen.context_ids, sample["doc"])
+    labels += [GEN] * len(gen.ids)
+    case.wrong_token_id, case.gold_token_id = model[j], gold_ids[j]
+    if options.contrast == "token":
+        case.token_ids = prefix_all[:t]
+        set_segments(case, labels[:t])
+        case.position = t
+        note(case, rule=rule, answer_start=span[0], answer_token=k, generated_prefix=k + j)
+        return case
+    if rule == "answer-span":
+        end, gold_rest = _answer_end(dec, full, span[1], k + j), gold_ids[j:]
+    else:  # equal numbers of tokens on both sides (comparable sums), at most the generation's
+        m = min(len(gold_ids), len(model)) - j
+        end, gold_rest = k + j + m, gold_ids[j: j + m]
+    wrong_full, gold_full = prefix_all[: end + len(gen.context_ids)], prefix_all[:t] + gold_rest
+    w0, g0 = (window_start(len(s), lm.max_length) for s in (wrong_full, gold_full))
+    spec = SequenceTarget(wrong_full[w0:], t - w0, gold_full[g0:], t - g0)
+    case.token_ids = spec.wrong_ids[:-1]
+    set_segments(case, labels[w0: len(wrong_full) - 1])
+    case.position = t - w0
+    note(case, rule=rule, answer_start=span[0], answer_token=k, generated_prefix=k + j,
+         target=spec.to_params(), truncated_tokens=w0)
+    return case
+
+
+class _Request:
+    def __init__(self, args: tuple) -> None:
+        self.args = args
+
+
+def regenerate(lm, context: str, gen_kwargs: dict) -> Generation | None:
+    """Step 1: the greedy generation of ``context`` with its exact token ids."""
+    seen: dict = {}
+    had_own = "_model_generate" in vars(lm)
+    original = lm._model_generate
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        seen["context"] = kwargs["context"] if "context" in kwargs else args[0]
+        seen["out"] = out
+        return out
+
+    lm._model_generate = recording
+    batch_size = getattr(lm, "batch_size_per_gpu", None)
+    if batch_size == "auto":  # one request: no batch-size detection passes
+        lm.batch_size_per_gpu = 1
+    try:
+        text = lm.generate_until([_Request((context, copy.deepcopy(gen_kwargs)))],
+                                 disable_tqdm=True)[0]
+    finally:
+        if had_own:
+            lm._model_generate = original
+        else:
+            del lm._model_generate
+        if batch_size == "auto":
+            lm.batch_size_per_gpu = batch_size
+    if "out" not in seen or seen["context"].shape[0] != 1:
+        return None
+    ctx = [int(x) for x in seen["context"][0]]
+    out = [int(x) for x in seen["out"][0]]
+    return Generation(context_ids=ctx, ids=out[len(ctx):], text=text)
+
+
+def locate_answer(raw: str, extracted, ensemble) -> tuple[int, int] | None:
+    """Step 2: character span of the extracted answer inside the raw generation."""
+    if not isinstance(extracted, str) or not extracted:
+        return None
+    from lm_eval.filters.extraction import MultiChoiceRegexFilter, RegexFilter
+
+    for make in getattr(ensemble, "filters", []) if ensemble is not None else []:
+        f = make()
+        if isinstance(f, RegexFilter) and not isinstance(f, MultiChoiceRegexFilter):
+            matches = list(f.regex.finditer(raw))
+            if not matches:
+                break
+            try:
+                m = matches[f.group_select]
+            except IndexError:
+                break
+            if f.regex.groups == 0:
+                s, e = m.span(0)
+            else:
+                found = [g for g in range(1, f.regex.groups + 1) if m.group(g)]
+                if not found:
+                    break
+                s, e = m.span(found[0] if f.regex.groups > 1 else 1)
+            text = raw[s:e]
+            s += len(text) - len(text.lstrip())
+            e = s + len(text.strip())
+            if raw[s:e] == extracted:
+                return s, e
+            break
+    at = raw.find(extracted)
+    return (at, at + len(extracted)) if at >= 0 else None
+
+
+def _targets(task, sample: dict) -> list[str]:
+    gold = sample["target"]
+    if task.config.doc_to_choice is not None:
+        choices = task.doc_to_choice(sample["doc"])
+        gold = [choices[g] for g in gold] if isinstance(gold, list) else choices[gold]
+    return [str(g) for g in (gold if isinstance(gold, list) else [gold])]
+
+
+def _filter_text(ensemble, text: str, doc: dict) -> str:
+    if ensemble is None:
+        return text
+    resps: object = [[text]]
+    for make in ensemble.filters:
+        resps = make().apply(resps, [doc])
+    out = list(resps)[0]
+    out = out[0] if isinstance(out, list) else out
+    return out if isinstance(out, str) and out and not _is_fallback(out, ensemble) else text
+
+
+def _is_fallback(text, ensemble) -> bool:
+    fallbacks = {getattr(make(), "fallback", None) for make in getattr(ensemble, "filters", [])}
+    return isinstance(text, str) and text in {f for f in fallbacks if isinstance(f, str)}
+
+
+def _delimited(task, context: str, target: str) -> str:
+    delim = task.config.target_delimiter or ""
+    if not context or context[-1].isspace() or (target and target[0].isspace()):
+        return target
+    return delim + target
+
+
+def _closest(lm, prefix_all, base, model, found):
+    """Step 3: among several gold answers, the one with the smallest Δℓ at its divergence."""
+    if len(found) == 1:
+        return found[0]
+    import torch
+
+    with torch.no_grad():
+        logits = lm._model_call(torch.tensor([prefix_all], device=lm.device))[0]  # (n, vocab)
+    def gap(item):
+        _, gold_ids, j = item
+        row = logits[base + j - 1]
+        return float(row[model[j]] - row[gold_ids[j]])
+    return min(found, key=gap)
+
+
+def _answer_end(dec: list[str], full: str, answer_end: int, at_least: int) -> int:
+    """Number of generated tokens that covers the answer (>= at_least + 1)."""
+    for i in range(at_least + 1, len(dec)):
+        if len(dec[i]) >= answer_end and full.startswith(dec[i][:answer_end]):
+            return i
+    return len(dec) - 1

@@ -1,0 +1,132 @@
+"""What a run attributes, and which rank does it: the budget and the token-balanced shards.
+
+``Budget`` holds the throughput options of a run (``--xai-max-cases``, ``--xai-max-tokens``,
+``--xai-time-budget``, ``--xai-batch-size``). ``plan_cases`` applies the first two to the cases
+that still need work:
+1. cases the contrast stage skipped are written as they are;
+2. a pending case whose attributed input is longer than ``max_tokens`` becomes a skipped case
+   with reason ``budget:max-tokens`` (written: the store says why it has no relevance);
+3. of the remaining pending cases the first ``max_cases`` (in the order the contrast stage built
+   them) are attributed; the rest are *left*: not written, so a re-run picks them up.
+``balance`` spreads the pending cases over the ranks by cost (the attributed token count, since
+attribution time grows with context length), greedy longest-first: sort by cost descending
+(ties by index) and give each case to the least-loaded rank (ties to the lowest rank) — the LPT
+rule, within 4/3 of the best possible makespan. Each rank's share keeps the original order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+from harness_xai.errors import UserError
+from harness_xai.records import PENDING, CaseRecord
+
+MAX_TOKENS_REASON = "budget:max-tokens"
+#: command-line names (``--xai-max-cases`` …) of the budget options, as argparse dests
+BUDGET_ARGS = ("xai_max_cases", "xai_max_tokens", "xai_time_budget", "xai_batch_size")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much attribution a run does, and in what pieces.
+
+    ``max_cases``: attribute at most this many pending cases, leave the rest for a re-run;
+    ``max_tokens``: skip (reason ``budget:max-tokens``) cases whose input is longer;
+    ``seconds``: each rank stops starting new attributions once this much wall time has passed
+    since it began attributing; what it did not reach is left for a re-run;
+    ``batch_size``: up to this many token-contrast cases per forward/backward pass (exact: right
+    padding, see ``batching``); 1 = one pass per case.
+    """
+
+    max_cases: int | None = None
+    max_tokens: int | None = None
+    seconds: float | None = None
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        for name, flag in (("max_cases", "--xai-max-cases"), ("max_tokens", "--xai-max-tokens")):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):
+                raise UserError(f"{flag} must be a whole number >= 0, got {value!r}.")
+        if self.seconds is not None and (not isinstance(self.seconds, (int, float))
+                                         or isinstance(self.seconds, bool)
+                                         or not math.isfinite(self.seconds) or self.seconds < 0):
+            raise UserError(f"--xai-time-budget must be a number of seconds >= 0, got "
+                            f"{self.seconds!r}.")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
+                or self.batch_size < 1:
+            raise UserError(f"--xai-batch-size must be a whole number >= 1, got "
+                            f"{self.batch_size!r}.")
+
+    @classmethod
+    def from_args(cls, values: dict) -> Budget:
+        """From the CLI's parsed ``xai_*`` values (``BUDGET_ARGS``)."""
+        return cls(max_cases=values.get("xai_max_cases"), max_tokens=values.get("xai_max_tokens"),
+                   seconds=values.get("xai_time_budget"),
+                   batch_size=values.get("xai_batch_size") or 1)
+
+
+def add_budget_arguments(group) -> None:
+    """The budget options on an argparse group (``harness-xai run``)."""
+    group.add_argument("--xai-max-cases", type=int, default=None, metavar="N",
+                       help="attribute at most N cases this run; the rest are left unwritten "
+                            "and a re-run resumes them")
+    group.add_argument("--xai-max-tokens", type=int, default=None, metavar="N",
+                       help="skip cases whose input is longer than N tokens "
+                            "(stored as skipped, reason budget:max-tokens)")
+    group.add_argument("--xai-time-budget", type=float, default=None, metavar="SECONDS",
+                       help="each rank stops attributing after SECONDS of attribution; the "
+                            "rest are left unwritten and a re-run resumes them")
+    group.add_argument("--xai-batch-size", type=int, default=1, metavar="N",
+                       help="attribute up to N short cases per forward/backward pass "
+                            "(exact; default 1)")
+
+
+def case_tokens(case: CaseRecord) -> int:
+    """Length of the attributed input (the ``max_tokens`` measure)."""
+    return len(case.token_ids)
+
+
+def case_cost(case: CaseRecord) -> int:
+    """Relative attribution cost: input tokens (a sequence contrast runs two passes)."""
+    return max(1, case_tokens(case)) * (2 if case.contrast == "sequence" else 1)
+
+
+@dataclass
+class CasePlan:
+    """The pending work of one run after the budget (see module docstring)."""
+
+    write: list[CaseRecord]  # skipped cases (contrast stage or budget): written as they are
+    attribute: list[CaseRecord]  # pending cases to attribute, in the original order
+    left: int  # pending cases cut by ``max_cases`` (not written)
+
+
+def plan_cases(todo: list[CaseRecord], budget: Budget) -> CasePlan:
+    from harness_xai.contrast.case import skip
+
+    write, pending = [], []
+    for case in todo:
+        if case.status == PENDING and budget.max_tokens is not None \
+                and case_tokens(case) > budget.max_tokens:
+            case.method_params["budget"] = {"max_tokens": budget.max_tokens,
+                                            "n_tokens": case_tokens(case)}
+            skip(case, MAX_TOKENS_REASON)  # like every skip: no token arrays
+        (pending if case.status == PENDING else write).append(case)
+    cut = len(pending) if budget.max_cases is None else min(budget.max_cases, len(pending))
+    return CasePlan(write=write, attribute=pending[:cut], left=len(pending) - cut)
+
+
+def balance(costs: list[int], n_ranks: int) -> list[list[int]]:
+    """Indices of ``costs`` per rank: greedy longest-first onto the least-loaded rank."""
+    if n_ranks < 1:
+        raise ValueError("n_ranks must be >= 1")
+    heap = [(0, rank) for rank in range(n_ranks)]  # (load, rank)
+    shares: list[list[int]] = [[] for _ in range(n_ranks)]
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        load, rank = heapq.heappop(heap)
+        shares[rank].append(index)
+        heapq.heappush(heap, (load + costs[index], rank))
+    return [sorted(share) for share in shares]

@@ -1,0 +1,131 @@
+"""Relevance of internal states: captured in the forward, reduced inside the one backward.
+
+Kinds (keyed by block, row ``l - 1`` = block ``l``):
+- ``out``: the residual stream after the block (the block's output);
+- ``mid``: the residual between attention and MLP (input of the adapter's ``mid_input``
+  module; absent for parallel-residual blocks);
+- ``attn`` / ``mlp``: the branch outputs added to the residual (after any post-norm);
+- ``heads``: each head's output = the input of the output projection, split by head.
+
+Algorithm:
+1. Forward hooks (``out``, ``attn``, ``mlp``: module outputs) and forward pre-hooks (``mid``,
+   ``heads``: module inputs) go on the modules the family adapter names.
+2. While recording, a hook keeps the state ``x`` (batch, n, d') and registers a gradient hook on
+   it. Forwards re-run inside the backward (gradient checkpointing) come after recording stopped
+   and are ignored: the gradient still arrives at the tensors of the recorded forward.
+3. When the backward reaches ``x`` with its (rule-modified) gradient ``g``, the gradient hook
+   reduces ``pair(x, g)`` (batch', n, d') in fp32: summed over the hidden dimension (split into
+   ``n_heads`` groups for ``heads``) and over the batch, giving (n,) or (n_heads, n). Results add
+   up across passes (integrated gradients runs several chunks). Gradients are never kept: the
+   extra memory is the captured states themselves, O(n·d) per state.
+4. ``stacked(kind)`` gives (n_layers, n) or (n_layers, n_heads, n) fp32; a state the gradient
+   never reached is zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from harness_xai.lrp.adapters import Adapter
+
+#: ``pair(x, g) -> (batch', n, d')`` products whose hidden-dimension sum is the relevance
+Pair = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+STATE_KINDS = ("mid", "attn", "mlp")
+ALL_KINDS = ("out", *STATE_KINDS, "heads")
+
+
+def lrp_pair(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Relevance = state ⊙ modified gradient (one forward, one backward)."""
+    return x.float() * g.float()
+
+
+def trapezoid_pair(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Integrated gradients along a path sampled in the batch: Σ_k Δx_k ⊙ (g_k + g_{k−1}) / 2.
+
+    Rows are consecutive path points; over a state ``h(α)`` of the network this is the
+    trapezoid rule for ``∫ ∂f/∂h · dh`` (conductance), so Σ over positions ≈ f(end) − f(start).
+    """
+    x, g = x.float(), g.float()
+    return (x[1:] - x[:-1]) * ((g[1:] + g[:-1]) * 0.5)
+
+
+class StateCapture:
+    """Context manager: hooks that turn internal states into relevance during the backward."""
+
+    def __init__(self, model: nn.Module, adapter: Adapter, kinds: Sequence[str], pair: Pair):
+        self.blocks = list(adapter.blocks(model))
+        self.adapter, self.kinds, self.pair = adapter, tuple(kinds), pair
+        self.n_heads = int(model.config.num_attention_heads)
+        self.results: dict[tuple[str, int], torch.Tensor] = {}
+        self.present: set[str] = set()  # kinds at least one block has
+        self.recording = False
+        self._handles: list = []
+        self._saved: dict[tuple[str, int], torch.Tensor] = {}
+
+    def __enter__(self) -> StateCapture:
+        a = self.adapter
+        for layer, block in enumerate(self.blocks):
+            targets = {"out": (block, False), "attn": (a.attn_output(block), False),
+                       "mlp": (a.mlp_output(block), False), "mid": (a.mid_input(block), True),
+                       "heads": (a.head_input(block), True)}
+            for kind in self.kinds:
+                module, is_input = targets[kind]
+                if module is None:
+                    continue
+                self.present.add(kind)
+                if is_input:
+                    hook = module.register_forward_pre_hook(self._hook(kind, layer, True))
+                else:
+                    hook = module.register_forward_hook(self._hook(kind, layer, False))
+                self._handles.append(hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.done()
+        self.recording = False
+
+    def _hook(self, kind: str, layer: int, is_input: bool):
+        def hook(module, inputs, output=None):
+            if not self.recording:
+                return
+            x = inputs[0] if is_input else output
+            x = x[0] if isinstance(x, (tuple, list)) else x  # attention modules: (out, weights)
+            if not (isinstance(x, torch.Tensor) and x.requires_grad):
+                return
+            key = (kind, layer)
+            self._saved[key] = x  # held here, not in the hook's closure (no reference cycle)
+            x.register_hook(self._reducer(key))
+        if is_input:
+            return lambda module, inputs: hook(module, inputs)
+        return hook
+
+    def _reducer(self, key: tuple[str, int]):
+        def on_grad(g: torch.Tensor) -> None:
+            x = self._saved.pop(key, None)  # freed as soon as its relevance is known
+            if x is None:
+                return
+            with torch.no_grad():
+                prod = self.pair(x.detach(), g)  # (batch', n, d')
+                if key[0] == "heads":  # (batch', n, H, d'/H) → (H, n)
+                    value = prod.reshape(*prod.shape[:2], self.n_heads, -1).sum((0, 3)).T
+                else:
+                    value = prod.sum((0, 2))  # (n,)
+                old = self.results.get(key)
+                self.results[key] = value if old is None else old + value
+        return on_grad
+
+    def done(self) -> None:
+        """End of one backward: drop states the gradient never reached."""
+        self._saved.clear()
+
+    def stacked(self, kind: str, n: int) -> torch.Tensor:
+        """(n_layers, n) — or (n_layers, n_heads, n) for heads — fp32 on the CPU."""
+        shape = (self.n_heads, n) if kind == "heads" else (n,)
+        rows = [self.results.get((kind, layer)) for layer in range(len(self.blocks))]
+        return torch.stack([torch.zeros(shape) if r is None else r.cpu() for r in rows])

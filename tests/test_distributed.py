@@ -1,0 +1,502 @@
+"""Scale-out: two CPU ranks (gloo) under torchrun / accelerate launch equal one process; the
+protocol between ranks; budgets and resume; batched passes; device-map hooks; shard files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness_xai.cli import main
+from harness_xai.distributed import Budget, plan, runner, shards
+from harness_xai.distributed.batching import attribute_batch, batches
+from harness_xai.errors import UserError
+from harness_xai.records import ATTRIBUTED, PENDING, SKIPPED, CaseRecord, GraphRecord, RunRecord
+
+TASKS = Path(__file__).resolve().parents[1] / "tasks"
+TOL = 1e-5
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _run_args(model: Path, db: str, out: Path | None = None, limit: int = 12) -> list[str]:
+    args = ["--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
+            "--tasks", "xai_arith,xai_kv,xai_kv_gen", "--include_path", str(TASKS),
+            "--device", "cpu", "--batch_size", "8", "--limit", str(limit),
+            "--attribute", "--xai-db", db, "--xai-no-progress"]
+    return args + (["--output_path", str(out), "--log_samples"] if out else [])
+
+
+def _snapshot(url: str) -> dict:
+    """Every table of a store keyed by content (unit keys instead of surrogate ids)."""
+    from sqlalchemy import text
+
+    from harness_xai.store.engine import make_engine
+    from harness_xai.store.models import ALL_TABLES
+
+    engine = make_engine(url, read_only=True)
+    snap: dict = {}
+    try:
+        with engine.connect() as conn:
+            snap["runs"] = {r.run_key: (r.model, r.model_args, r.tasks, r.method, r.config)
+                            for r in conn.execute(text("SELECT * FROM runs"))}
+            snap["task_results"] = {r.task: tuple(r)[1:] for r in
+                                    conn.execute(text("SELECT * FROM task_results"))}
+            unit = {}
+            for r in conn.execute(text("SELECT * FROM cases")).mappings():
+                unit[r["id"]] = (r["task"], r["doc_id"], r["doc_hash"], r["filter"])
+                snap.setdefault("cases", {})[unit[r["id"]]] = {
+                    k: v for k, v in r.items() if k not in ("id", "run_id")}
+            for table in ALL_TABLES:
+                if "case_id" not in table.c:
+                    continue
+                key_cols = [c.name for c in table.primary_key.columns if c.name != "case_id"]
+                rows = {}
+                for r in conn.execute(text(f"SELECT * FROM {table.name}")).mappings():
+                    key = (unit[r["case_id"]], *(r[c] for c in key_cols))
+                    rows[key] = {k: v for k, v in r.items() if k not in ("case_id", *key_cols)}
+                snap[table.name] = rows
+    finally:
+        engine.dispose()
+    return snap
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= TOL + TOL * abs(b)
+    return a == b
+
+
+def assert_same_store(got: dict, want: dict, only: set | None = None) -> None:
+    """Same rows everywhere (``only``: restrict case tables to these unit keys); floats ±1e-5."""
+    assert got["runs"].keys() == want["runs"].keys()
+    assert got["task_results"] == want["task_results"]
+    for table in want:
+        if table in ("runs", "task_results"):
+            continue
+        w = {k: v for k, v in want[table].items()
+             if only is None or (k if table == "cases" else k[0]) in only}
+        g = {k: v for k, v in got.get(table, {}).items()
+             if only is None or (k if table == "cases" else k[0]) in only}
+        assert g.keys() == w.keys(), table
+        for key, row in w.items():
+            bad = [c for c in row if not _close(g[key][c], row[c])]
+            assert not bad, (table, key, {c: (g[key][c], row[c]) for c in bad})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(launcher: list[str], argv: list[str], env: dict | None = None):
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", *launcher, "-m", "harness_xai", "run", *argv],
+                          capture_output=True, text=True, timeout=400, env=environment)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def reference(micro_model, tmp_path_factory):
+    """One process: the store and lm-eval's samples every other run is compared with."""
+    out = tmp_path_factory.mktemp("reference")
+    url = f"duckdb:///{out / 'ref.duckdb'}"
+    assert main(["run", *_run_args(micro_model, url, out / "results")]) == 0
+    return _snapshot(url), out / "results"
+
+
+def _samples(results: Path) -> dict:
+    """task → sorted (doc_id, filter, metric values, logged responses) of lm-eval's samples."""
+    found = {}
+    for path in results.rglob("samples_*.jsonl"):
+        task = re.match(r"samples_(.+)_\d{4}-", path.name).group(1)
+        found[task] = sorted(((s["doc_id"], s["filter"], [s[m] for m in s["metrics"]],
+                               [r[0] if isinstance(r, list) else r for r in s["filtered_resps"]])
+                              for s in map(json.loads, path.read_text().splitlines())),
+                             key=lambda row: row[:2])
+    return found
+
+
+def _same_samples(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for task in want:
+        assert [g[:3] for g in got[task]] == [w[:3] for w in want[task]], task
+        for g, w in zip(got[task], want[task]):  # log-likelihoods (other batching): ±1e-4
+            assert all(a == b or (isinstance(a, float) and abs(a - b) < 1e-4)
+                       for a, b in zip(g[3], w[3], strict=True)), (task, g, w)
+
+
+# -- two ranks end to end ---------------------------------------------------------------------
+def test_torchrun_two_cpu_ranks_equal_one_process(micro_model, reference, tmp_path):
+    """torchrun, 2 processes, Accelerate in multi-CPU mode (gloo): lm-eval shards and gathers
+    the evaluation, the cases are split over both ranks, rank 1 writes a shard file that rank 0
+    merges into the DuckDB store — which ends equal to the one-process store."""
+    want, want_results = reference
+    db = tmp_path / "two.duckdb"
+    output = _launch(["torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                      str(_free_port())],
+                     _run_args(micro_model, f"duckdb:///{db}", tmp_path / "results"),
+                     env={"ACCELERATE_USE_CPU": "true"})
+    assert "lm-eval evaluates data-parallel on 2 CPU processes" in output
+    ranks = re.search(r"attributed \(attnlrp\) on 2 ranks \((\d+)/(\d+)\)", output)
+    assert ranks and min(map(int, ranks.groups())) > 0, output[-2000:]
+    _same_samples(_samples(tmp_path / "results"), _samples(want_results))  # gathered on rank 0
+    assert_same_store(_snapshot(f"duckdb:///{db}"), want)
+    assert not (tmp_path / "two.duckdb.shards").exists()  # merged and removed
+
+
+def test_accelerate_launch_two_ranks_write_postgres_directly(micro_model, reference):
+    """accelerate launch, 2 processes: both ranks write the PostgreSQL store themselves
+    (batched passes on), and it ends equal to the one-process store."""
+    from harness_xai.store import pgtemp
+
+    want, _ = reference
+    url = pgtemp.fresh_database_url()
+    output = _launch(["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                      "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                      "--main_process_port", str(_free_port())],
+                     [*_run_args(micro_model, url), "--xai-batch-size", "4"])
+    ranks = re.search(r"on 2 ranks \((\d+)/(\d+)\)", output)
+    assert ranks and min(map(int, ranks.groups())) > 0, output[-2000:]
+    assert_same_store(_snapshot(url), want)
+
+
+# -- the protocol between ranks, with a stand-in attribution --------------------------------
+def _case(doc: int, n: int) -> CaseRecord:
+    return CaseRecord(task="t", doc_id=doc, doc_hash=f"h{doc}", prompt_hash="p", target_hash="g",
+                      filter="none", metric="acc", status=PENDING, prompt=f"doc {doc}",
+                      token_ids=list(range(1, n + 1)), wrong_token_id=1, gold_token_id=2,
+                      position=n, output_type="multiple_choice")
+
+
+def _fake_worker(options: dict, calls: list | None = None) -> runner.CaseWorker:
+    """Fills a case with values computed from its doc id (a stand-in for the engine)."""
+    def attribute(case: CaseRecord, result) -> None:
+        if case.doc_id in options.get("fail", ()):
+            raise RuntimeError(f"boom on doc {case.doc_id}")
+        if calls is not None:
+            calls.append(case.doc_id)
+        n = len(case.token_ids)
+        case.tokens = [str(t) for t in case.token_ids]
+        case.token_relevance = (np.arange(n) * 0.5 + case.doc_id).astype(np.float32)
+        case.layer_relevance = np.stack([case.token_relevance, -case.token_relevance])
+        case.delta, case.method, case.status = float(case.doc_id), "fake", ATTRIBUTED
+    return runner.CaseWorker(model=None, method="attnlrp", attribute=attribute)
+
+
+def _run_record() -> RunRecord:
+    return RunRecord(run_key="k", model="hf", model_args="", pretrained=None, revision=None,
+                     model_type="llama", n_params=1, tasks=["t"], method="fake",
+                     lm_eval_version="x", harness_xai_version="x")
+
+
+def _stored_docs(url: str) -> dict[int, tuple]:
+    from harness_xai.store import run_sql
+
+    return {d: (s, r) for d, s, r in run_sql(url, "SELECT doc_id, status, skip_reason "
+                                                   "FROM cases")[1]}
+
+
+def _protocol_rank(rank: int, port: int, db: str, out: str) -> None:
+    """One rank of ``test_two_rank_protocol`` (spawned): three runs on a file store."""
+    import torch.distributed as dist
+
+    from harness_xai.distributed import World, attribute_cases, follow
+    from harness_xai.store import Store
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    world = World.detect()
+    cases = lambda: [_case(d, 3 + d % 7) for d in range(12)]  # noqa: E731
+    share1 = plan.balance([3 + d % 7 for d in range(12)], 2)[1]
+    log = {}
+    calls: list[int] = []
+    # 1. rank 0 fails before planning: rank 1 is told to stop instead of waiting
+    if world.leader:
+        try:
+            with world.leading():
+                raise UserError("store refused")
+        except UserError:
+            log["abort"] = "raised"
+    else:
+        follow(world, _fake_worker)
+        log["abort"] = "returned"
+    # 2. rank 1 fails half-way through its share
+    options = {"method": "attnlrp", "fail": [share1[len(share1) // 2]]}
+    if world.leader:
+        with Store.open(db) as store:
+            run_id = store.ensure_run(_run_record())
+            try:
+                attribute_cases(store, run_id, cases(), lambda o: _fake_worker(o, calls),
+                                options, world=world, progress=False)
+            except RuntimeError as err:
+                log["error"] = str(err)
+    else:
+        follow(world, lambda o: _fake_worker(o, calls), progress=False)
+    log["calls_1"] = sorted(calls)
+    calls.clear()
+    # 3. the same run again, no failure: only what is missing is attributed
+    if world.leader:
+        with Store.open(db) as store:
+            outcome = attribute_cases(store, store.ensure_run(_run_record()), cases(),
+                                      lambda o: _fake_worker(o, calls), {"method": "attnlrp"},
+                                      world=world, progress=False)
+            log["outcome"] = [outcome.attributed, outcome.already_stored, outcome.per_rank]
+    else:
+        follow(world, lambda o: _fake_worker(o, calls), progress=False)
+    log["calls_2"] = sorted(calls)
+    Path(out, f"rank{rank}.json").write_text(json.dumps(log))
+    dist.destroy_process_group()
+
+
+def test_two_rank_protocol(tmp_path):
+    """Abort before the plan, a failing rank (reported by rank 0 after the finished cases of
+    both ranks are stored), and a re-run that attributes exactly the rest — two gloo ranks."""
+    import torch.multiprocessing as mp
+
+    db = str(tmp_path / "proto.sqlite")
+    mp.start_processes(_protocol_rank, args=(_free_port(), db, str(tmp_path)), nprocs=2,
+                       join=True, start_method="spawn")
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert (r0["abort"], r1["abort"]) == ("raised", "returned")
+    costs = [3 + d % 7 for d in range(12)]
+    share0, share1 = plan.balance(costs, 2)
+    fail = share1[len(share1) // 2]
+    assert r0["calls_1"] == share0
+    assert r1["calls_1"] == [d for d in share1 if d < fail]  # stopped at its failure
+    assert "rank 1" in r0["error"] and f"boom on doc {fail}" in r0["error"]
+    stored_first = set(share0) | {d for d in share1 if d < fail}
+    left = sorted(set(range(12)) - stored_first)
+    assert sorted(r0["calls_2"] + r1["calls_2"]) == left  # the re-run did only the rest
+    assert r0["outcome"][:2] == [len(left), len(stored_first)]
+    assert _stored_docs(f"sqlite:///{db}") == {d: ("attributed", None) for d in range(12)}
+    assert not list(tmp_path.glob("*.shards/*"))
+
+
+def test_one_process_budget_leftover_shards_and_errors(tmp_path, monkeypatch):
+    """``attribute_cases`` on one rank: a shard left by a killed rank is merged first (its cases
+    are not attributed again), max-tokens skips are written, max-cases and the time budget leave
+    cases unwritten, an attribution error keeps the cases finished before it."""
+    from harness_xai.store import Store
+
+    db = tmp_path / "one.sqlite"
+    cases = lambda: [_case(d, 2 + d) for d in range(10)]  # noqa: E731 — doc d has 2+d tokens
+    with Store.open(str(db)) as store:
+        run_id = store.ensure_run(_run_record())
+        killed = cases()[:2]
+        for case in killed:
+            _fake_worker({}).attribute(case, None)
+        writer = shards.ShardWriter(shards.shard_path(shards.shard_dir(db), run_id, 1, "x"),
+                                    run_id, 1)
+        for case in killed:
+            writer.write_case(case)
+        writer.close()
+        calls: list[int] = []
+        ticks = iter(range(1000))
+        monkeypatch.setattr(runner, "clock", lambda: float(next(ticks)))
+        outcome = runner.attribute_cases(
+            store, run_id, cases(), lambda o: _fake_worker(o, calls), {"method": "attnlrp"},
+            budget=Budget(max_tokens=9, max_cases=5, seconds=2.5), progress=False)
+        # docs 0, 1 from the shard; 8, 9 too long; docs 2..6 planned, clock ticks 1, 2 → 2 done
+        assert calls == [2, 3]
+        assert (outcome.attributed, outcome.already_stored, outcome.left) == (2, 2, 4)
+        assert dict(outcome.skipped) == {plan.MAX_TOKENS_REASON: 2}
+        monkeypatch.setattr(runner, "clock", time.monotonic)
+        calls.clear()
+        with pytest.raises(RuntimeError, match="boom on doc 6"):
+            runner.attribute_cases(store, run_id, cases(), lambda o: _fake_worker({"fail": [6]},
+                                                                                  calls),
+                                   {"method": "attnlrp"}, progress=False)
+        assert calls == [4, 5]
+    stored = _stored_docs(f"sqlite:///{db}")
+    assert stored == {**{d: ("attributed", None) for d in range(6)},
+                      8: ("skipped", "budget:max-tokens"), 9: ("skipped", "budget:max-tokens")}
+    assert not shards.shard_dir(db).exists() or not list(shards.shard_dir(db).iterdir())
+
+
+# -- budgets through the command line ---------------------------------------------------------
+def test_budget_options_then_resume_to_the_reference(micro_model, reference, tmp_path, capsys):
+    want, _ = reference
+    url = f"duckdb:///{tmp_path / 'budget.duckdb'}"
+    lengths = {k: v["n_tokens"] for k, v in want["cases"].items() if v["n_tokens"]}
+    limit = sorted(lengths.values())[len(lengths) // 2]  # about half the cases are longer
+    too_long = {k for k, n in lengths.items() if n > limit}
+    assert main(["run", *_run_args(micro_model, url), "--xai-max-tokens", str(limit),
+                 "--xai-max-cases", "3"]) == 0
+    line = capsys.readouterr().out
+    pending = len([k for k, v in want["cases"].items() if v["status"] == "attributed"])
+    assert f"{pending - len(too_long) - 3} left for a re-run (budget)" in line
+    first = _snapshot(url)
+    assert sum(v["status"] == "attributed" for v in first["cases"].values()) == 3
+    assert {k for k, v in first["cases"].items()
+            if v["skip_reason"] == "budget:max-tokens"} == too_long
+    # the re-run (batched passes) attributes exactly the rest
+    assert main(["run", *_run_args(micro_model, url), "--xai-max-tokens", str(limit),
+                 "--xai-batch-size", "8"]) == 0
+    assert "already stored" in capsys.readouterr().out
+    final = _snapshot(url)
+    assert final["cases"].keys() == want["cases"].keys()
+    assert_same_store(final, want, only=set(want["cases"]) - too_long)
+
+
+def test_time_budget_zero_writes_nothing_and_a_rerun_resumes(micro_model, tmp_path, capsys):
+    url = f"duckdb:///{tmp_path / 'time.duckdb'}"
+    assert main(["run", *_run_args(micro_model, url, limit=6), "--xai-time-budget", "0"]) == 0
+    line = capsys.readouterr().out
+    left = int(re.search(r"(\d+) left for a re-run", line).group(1))
+    assert left > 0 and "→ 0 attributed" in line
+    assert not _snapshot(url).get("token_relevance")
+    assert main(["run", *_run_args(micro_model, url, limit=6)]) == 0
+    assert f"→ {left} attributed" in capsys.readouterr().out
+
+
+def test_bad_budget_values_are_one_line_errors(micro_model, tmp_path, capsys):
+    for flag, value in (("--xai-batch-size", "0"), ("--xai-max-tokens", "-1"),
+                        ("--xai-time-budget", "nan"), ("--xai-max-cases", "-3")):
+        argv = ["run", *_run_args(micro_model, str(tmp_path / "x.duckdb")), flag, value]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0], err
+    assert not (tmp_path / "x.duckdb").exists()
+    with pytest.raises(UserError):
+        Budget(batch_size=True)
+
+
+# -- pieces -----------------------------------------------------------------------------------
+def test_balance_is_greedy_longest_first():
+    costs = [7, 3, 9, 1, 4, 4, 8, 2]
+    # longest first onto the least loaded: 9→r0, 8→r1, 7→r1, 4→r0, 4→r0, 3→r1, 2→r0, 1→r1
+    shares = plan.balance(costs, 2)
+    assert shares == [[2, 4, 5, 7], [0, 1, 3, 6]]
+    assert [sum(costs[i] for i in s) for s in shares] == [19, 19]
+    rng = np.random.default_rng(0)
+    for n_ranks, n in product((1, 2, 3), (0, 1, 5, 8)):
+        c = [int(x) for x in rng.integers(1, 100, n)]
+        got = plan.balance(c, n_ranks)
+        assert sorted(i for s in got for i in s) == list(range(n))
+        makespan = max(sum(c[i] for i in s) for s in got)
+        best = min((max(sum(x for x, r in zip(c, assign) if r == k) for k in range(n_ranks))
+                    for assign in product(range(n_ranks), repeat=n)), default=0)
+        assert makespan <= (4 / 3 - 1 / (3 * n_ranks)) * best + 1e-9  # Graham's LPT bound
+
+
+def test_batches_group_similar_lengths_within_limits():
+    lengths = [5, 40, 6, 7, 39, 100, 5]
+    assert batches(lengths, 1) == [[0], [6], [2], [3], [4], [1], [5]]
+    assert batches(lengths, 3) == [[0, 6, 2], [3, 4, 1], [5]]
+    assert batches(lengths, 8, max_tokens=120) == [[0, 6, 2, 3], [4, 1], [5]]
+    assert sorted(i for b in batches(lengths, 4) for i in b) == list(range(7))
+
+
+FAMILIES = ("llama", "qwen2", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text", "gpt_neox",
+            "gpt2", "mistral")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_pass_equals_one_pass_per_case(family):
+    """Right-padded rows of different lengths in one pass = ``attribute`` of each alone:
+    tokens, every layer, mid/attn/mlp states, heads and Δℓ within 1e-5."""
+    from tiny_models import random_ids, tiny_model
+
+    from harness_xai.lrp import attribute
+
+    model = tiny_model(family, attn="eager" if family == "gemma2" else "sdpa")
+    items = [(random_ids(n, seed=i)[0].tolist(), (7 * i) % 97, (11 * i + 3) % 97)
+             for i, n in enumerate((5, 17, 12, 17, 30))]
+    for method in ("attnlrp", "cp-lrp") if family in ("llama", "gpt2") else ("attnlrp",):
+        got = attribute_batch(model, items, method)
+        for (ids, target, foil), g in zip(items, got):
+            ref = attribute(model, None, ids, target, foil, method=method)
+            assert g.delta == pytest.approx(ref.delta, abs=TOL)
+            assert g.layers.shape == ref.layers.shape == (model.config.num_hidden_layers + 1,
+                                                          len(ids))
+            torch.testing.assert_close(g.layers, ref.layers, atol=TOL, rtol=0)
+            assert g.states.keys() == ref.states.keys() and ref.states
+            for kind in ref.states:
+                torch.testing.assert_close(g.states[kind], ref.states[kind], atol=TOL, rtol=0)
+            torch.testing.assert_close(g.heads, ref.heads, atol=TOL, rtol=0)
+            assert g.tokens.abs().sum() > 0
+
+
+def test_device_map_hooks_attribute_like_the_plain_model(micro_model):
+    """A model dispatched block by block with accelerate's device-map hooks (what
+    ``parallelize=True`` / ``device_map`` builds; every execution device is the CPU here):
+    the rules and captures compose with the hooks, results equal the plain model's, and the
+    hooks are intact afterwards."""
+    from accelerate import dispatch_model
+    from transformers import AutoModelForCausalLM
+
+    from harness_xai.lrp import attribute
+
+    plain = AutoModelForCausalLM.from_pretrained(micro_model, dtype=torch.float32)
+    hooked = AutoModelForCausalLM.from_pretrained(micro_model, dtype=torch.float32)
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu",
+                  "lm_head": "cpu", **{f"model.layers.{i}": "cpu"
+                                       for i in range(plain.config.num_hidden_layers)}}
+    hooked = dispatch_model(hooked, device_map=device_map, force_hooks=True)
+    blocks = hooked.model.layers
+    wrapped = [b.forward for b in blocks]
+    assert all(hasattr(b, "_hf_hook") for b in blocks)
+    ids = list(range(3, 40))
+    for method in ("attnlrp", "cp-lrp"):
+        want = attribute(plain, None, ids, 5, 7, method=method)
+        got = attribute(hooked, None, ids, 5, 7, method=method)
+        (batched, _) = attribute_batch(hooked, [(ids, 5, 7), (ids[:9], 5, 7)], method)
+        for g in (got, batched):
+            torch.testing.assert_close(g.layers, want.layers, atol=TOL, rtol=0)
+            torch.testing.assert_close(g.heads, want.heads, atol=TOL, rtol=0)
+            assert g.delta == pytest.approx(want.delta, abs=TOL)
+    assert [b.forward for b in blocks] == wrapped  # accelerate's forwards restored
+    with torch.no_grad():
+        torch.testing.assert_close(hooked(torch.tensor([ids])).logits,
+                                   plain(torch.tensor([ids])).logits)
+
+
+def test_shard_file_round_trip_torn_tail_and_restricted_unpickling(tmp_path):
+    case = _case(3, 4)
+    _fake_worker({}).attribute(case, None)
+    case.state_relevance = {"mid": np.ones((2, 4), np.float32)}
+    case.head_relevance = np.zeros((2, 4, 4), np.float32)
+    case.method_params = {"note": {"x": [1, 2.5, None]}}
+    case.graph = GraphRecord(node_layers=["emb", "1"], node_relevance=np.ones((2, 4), np.float32),
+                             source_layer=np.zeros(1, np.int32), source_position=np.ones(1, np.int32),
+                             target_layer=np.ones(1, np.int32), target_position=np.ones(1, np.int32),
+                             weight=np.full(1, 0.5, np.float32))
+    other = _case(4, 2)
+    _fake_worker({}).attribute(other, None)
+    path = shards.shard_path(tmp_path, 9, 1, "n")
+    with shards.ShardWriter(path, 9, 1) as writer:
+        assert shards.leftover_shards(tmp_path, 9) == []  # held by a live writer
+        writer.write_case(case)
+        writer.write_case(other)
+    assert shards.leftover_shards(tmp_path, 9) == [path] and shards.leftover_shards(tmp_path, 8) == []
+    back = list(shards.read_shard(path))
+    assert [c.unit_key for c in back] == [case.unit_key, other.unit_key]
+    np.testing.assert_array_equal(back[0].token_relevance, case.token_relevance)
+    np.testing.assert_array_equal(back[0].graph.weight, case.graph.weight)
+    assert back[0].state_relevance["mid"].dtype == np.float32
+    assert back[0].method_params == case.method_params
+    data = path.read_bytes()
+    path.write_bytes(data[:-5])  # killed while writing the last case
+    assert [c.doc_id for c in shards.read_shard(path)] == [3]
+    import pickle
+    import struct
+    import zlib
+
+    evil = pickle.dumps(os.system)
+    path.write_bytes(data + struct.pack("<QI", len(evil), zlib.crc32(evil)) + evil)
+    with pytest.raises(pickle.UnpicklingError, match="disallowed"):
+        list(shards.read_shard(path))

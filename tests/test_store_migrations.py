@@ -1,0 +1,206 @@
+"""Schema migrations in the pytest-alembic style, on DuckDB, SQLite and PostgreSQL: one head,
+base → head, step-wise up/down/up of every revision, downgrade to base leaves nothing, the models
+match the migrated schema, data survives an upgrade, and a store behind head is refused until
+`harness-xai db upgrade`.
+
+DuckDB limits (documented in the migrations): no reflection (alembic autogenerate cannot compare
+models and schema there, so the comparison reads information_schema instead), no ADD FOREIGN KEY
+(new tables declare their keys at CREATE time), DROP COLUMN only for un-indexed columns (the
+columns 0002 adds are such, so its downgrade works on DuckDB too)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from harness_xai.errors import UserError
+from harness_xai.store import Store, migrate, normalize_url, run_sql, writer
+from harness_xai.store.cli import db_main
+from harness_xai.store.engine import display_url
+from harness_xai.store.models import ALL_TABLES, Base
+from test_store_support import backend, counts, db, make_case, make_run  # noqa: F401
+
+VIEWS = {"case_overview", "token_ranks", "segment_shares", "faithfulness_summary"}
+
+
+def _revisions() -> list[str]:
+    """Revisions from base to head."""
+    return [rev.revision for rev in reversed(list(migrate.script_directory().walk_revisions()))]
+
+
+def _engine(db: str) -> sa.Engine:
+    return writer.make_engine(normalize_url(db))
+
+
+def _tables(conn: sa.Connection) -> set[str]:
+    return set(sa.inspect(conn).get_table_names())
+
+
+def _views(conn: sa.Connection) -> set[str]:
+    if conn.dialect.name == "sqlite":
+        q = "SELECT name FROM sqlite_master WHERE type = 'view'"
+    elif conn.dialect.name == "duckdb":
+        q = "SELECT view_name FROM duckdb_views() WHERE NOT internal"
+    else:
+        q = "SELECT table_name FROM information_schema.views WHERE table_schema IN ('main', 'public')"
+    return {r[0] for r in conn.execute(sa.text(q))}
+
+
+def test_single_head_and_linear_history() -> None:
+    scripts = migrate.script_directory()
+    assert scripts.get_heads() == [migrate.head_revision()] == ["0003"]
+    assert _revisions() == ["0001", "0002", "0003"]
+    for rev in scripts.walk_revisions():
+        assert rev.doc and rev.doc.strip()  # every revision says what it does (db history shows it)
+
+
+def test_upgrade_base_to_head_then_downgrade_to_base_leaves_nothing(db: str) -> None:
+    engine = _engine(db)
+    try:
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "head")
+        with engine.connect() as conn:
+            assert migrate.current_revision(conn) == "0003"
+            assert {t.name for t in ALL_TABLES} <= _tables(conn) and _views(conn) == VIEWS
+        with engine.begin() as conn:
+            migrate.downgrade(conn, "base")
+        with engine.connect() as conn:
+            assert migrate.current_revision(conn) is None
+            assert _tables(conn) - {"alembic_version"} == set() and _views(conn) == set()
+    finally:
+        engine.dispose()
+
+
+def test_stepwise_up_down_up(db: str) -> None:
+    """For every revision: up to it, down to its parent, up again (pytest-alembic's
+    up_down_consistency), each step in its own transaction."""
+    engine = _engine(db)
+    try:
+        previous = "base"
+        for rev in _revisions():
+            for action, target in (("up", rev), ("down", previous), ("up", rev)):
+                with engine.begin() as conn:
+                    (migrate.upgrade if action == "up" else migrate.downgrade)(conn, target)
+                with engine.connect() as conn:
+                    assert migrate.current_revision(conn) == (None if target == "base" else target), (action, target)
+            previous = rev
+    finally:
+        engine.dispose()
+    with Store.open(db) as store:  # the re-created schema (sequences, views) is usable
+        run_id = store.ensure_run(make_run())
+        assert store.write_case(run_id, make_case()) >= 1
+    assert run_sql(db, "SELECT count(*) FROM token_ranks WHERE relevance_rank = 1")[1] == [(1,)]
+
+
+_DUCKDB_TYPES = {sa.Integer: "INTEGER", sa.BigInteger: "BIGINT", sa.Double: "DOUBLE", sa.Text: "VARCHAR",
+                 sa.DateTime: "TIMESTAMP"}
+
+
+def test_models_match_migrated_schema(db: str) -> None:
+    """pytest-alembic's model_definitions_match_ddl: autogenerate finds no difference between the
+    models and the migrated database (SQLite, PostgreSQL); on DuckDB, whose reflection is broken,
+    columns, types, nullability and primary keys are compared through information_schema."""
+    with Store.open(db) as store, store.engine.connect() as conn:
+        if conn.dialect.name != "duckdb":
+            diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+            assert diffs == []
+            return
+        got = {(t, c): (ty, nullable) for t, c, ty, nullable in conn.execute(sa.text(
+            "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_schema = 'main'"))}
+        pks = {t: list(cols) for t, cols in conn.execute(sa.text(
+            "SELECT table_name, constraint_column_names FROM duckdb_constraints() "
+            "WHERE constraint_type = 'PRIMARY KEY'"))}
+    want = {}
+    for table in Base.metadata.sorted_tables:
+        for col in table.columns:
+            want[(table.name, col.name)] = (_DUCKDB_TYPES[type(col.type)], "YES" if col.nullable else "NO")
+        assert pks[table.name] == [c.name for c in table.primary_key.columns], table.name
+    assert {k: v for k, v in got.items() if k[0] in Base.metadata.tables} == want
+
+
+def test_upgrade_from_0001_keeps_data(db: str) -> None:
+    engine = _engine(db)
+    try:
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "0001")
+        with engine.begin() as conn:  # rows written by the 0001-era store
+            conn.execute(sa.text("INSERT INTO runs (run_key, model) VALUES ('old', 'hf')"))
+            run_id = conn.execute(sa.text("SELECT id FROM runs")).scalar()
+            conn.execute(sa.text("INSERT INTO cases (run_id, task, doc_id, doc_hash, filter, status, delta) "
+                                 "VALUES (:r, 't', 1, 'h', 'none', 'attributed', 2.5)"), {"r": run_id})
+            case_id = conn.execute(sa.text("SELECT id FROM cases")).scalar()
+            conn.execute(sa.text("INSERT INTO token_relevance VALUES (:c, 0, 5, 'x', 0.25)"), {"c": case_id})
+    finally:
+        engine.dispose()
+    with pytest.raises(UserError, match="db upgrade"):  # a run refuses to write into it
+        Store.open(db)
+    assert db_main(["upgrade", "--db", db]) == 0
+    assert run_sql(db, "SELECT run_key, step FROM runs") == (["run_key", "step"], [("old", None)])
+    assert run_sql(db, "SELECT delta, contrast, aopc FROM cases")[1] == [(2.5, None, None)]
+    assert run_sql(db, "SELECT token, relevance, segment FROM token_relevance")[1] == [("x", 0.25, None)]
+    with Store.open(db) as store:  # and the upgraded store takes new cases (sequences continue)
+        new_run = store.ensure_run(make_run())
+        assert new_run != run_id and store.write_case(new_run, make_case()) != case_id
+        assert counts(store)["cases"] == 2
+
+
+@pytest.fixture
+def migrations_with_0004(tmp_path: Path) -> Path:
+    """A copy of the shipped migrations plus an additive revision 0004 (a newer harness-xai)."""
+    target = tmp_path / "migrations_next"
+    shutil.copytree(migrate.MIGRATIONS_DIR, target, ignore=shutil.ignore_patterns("__pycache__"))
+    (target / "versions" / "0004_extra.py").write_text(
+        '"""extra table for tests"""\n'
+        "import sqlalchemy as sa\nfrom alembic import op\n"
+        "revision = '0004'\ndown_revision = '0003'\nbranch_labels = None\ndepends_on = None\n"
+        "def upgrade():\n    op.create_table('extra_test', sa.Column('x', sa.Integer))\n"
+        "def downgrade():\n    op.drop_table('extra_test')\n"
+    )
+    return target
+
+
+def test_schema_behind_head_is_refused_then_upgraded(
+    db: str, migrations_with_0004: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    Store.open(db).close()  # at 0003
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", migrations_with_0004)  # now head is 0004
+    url = display_url(normalize_url(db))
+    with pytest.raises(UserError) as err:
+        Store.open(db)
+    message = str(err.value)
+    assert f"run `harness-xai db upgrade --db {url}`" in message and "0003" in message and "\n" not in message
+    assert db_main(["current", "--db", db]) == 0
+    assert capsys.readouterr().out.startswith("0003 (behind head 0004")
+    assert db_main(["upgrade", "--db", db]) == 0
+    assert capsys.readouterr().out.strip() == f"{url}: upgraded 0003 -> 0004 (head)"
+    with Store.open(db) as store, store.engine.connect() as conn:
+        assert "extra_test" in _tables(conn)
+    monkeypatch.undo()  # back to the shipped scripts (head 0003)
+    with pytest.raises(UserError, match="unknown revision 0004"):  # DB newer than this code
+        Store.open(db)
+
+
+def test_views_answer_on_empty_and_filled_store(db: str) -> None:
+    Store.open(db).close()
+    for view in sorted(VIEWS):
+        assert run_sql(db, f"SELECT * FROM {view}")[1] == []
+    with Store.open(db) as store:
+        run_id = store.ensure_run(make_run())
+        case = make_case(n_tokens=12)
+        store.write_case(run_id, case)
+    cols, rows = run_sql(db, "SELECT position, relevance_rank, share FROM token_ranks ORDER BY relevance_rank")
+    order = np.argsort(-case.token_relevance.astype(np.float64), kind="stable")
+    assert [r[0] for r in rows] == order.tolist() and [r[1] for r in rows] == list(range(1, 13))
+    assert sum(abs(r[2]) for r in rows) == pytest.approx(1.0)
+    shares = dict(run_sql(db, "SELECT segment, share FROM segment_shares")[1])
+    assert set(shares) == set(case.segments) and sum(shares.values()) == pytest.approx(1.0)
+    (row,) = run_sql(db, "SELECT n_cases, mean_aopc, mean_gap, frac_beats_random FROM faithfulness_summary")[1]
+    assert row == (1, pytest.approx(0.5), pytest.approx(0.3), pytest.approx(1.0))
+    assert run_sql(db, "SELECT step, n_params, doc_id FROM case_overview")[1] == [(3000, 123_456_789_012, 7)]

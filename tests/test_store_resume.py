@@ -1,0 +1,92 @@
+"""Reliability of a real `harness-xai run --attribute` against the store (DuckDB, the default):
+an identical second run does zero attribution passes and leaves every table identical; a run
+SIGKILLed at random points during attribution (≥ 3 kills, ≥ 20 cases) resumes to exactly the
+result of an uninterrupted run, with no partial case, orphan row or duplicate at any point.
+The bench-sized variant (25 kills, 200 cases) is bench/bench_resume.py."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+import harness_xai.pipeline as pipeline
+from harness_xai.cli import main as cli_main
+from harness_xai.store import run_sql
+from test_store_support import dump, integrity_problems, keyed_content, run_and_kill, run_command
+
+TASKS = "xai_arith,xai_kv"
+LIMIT = 20
+
+
+@pytest.fixture(scope="module")
+def reference(micro_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str], int]:
+    """An uninterrupted run (in-process): its database, argv and number of cases."""
+    out = tmp_path_factory.mktemp("reference")
+    db = f"duckdb:///{out / 'ref.duckdb'}"
+    argv = run_command(micro_model, out / "results", db, TASKS, LIMIT, out / "cache")[3:] + ["--xai-no-progress"]
+    assert cli_main(argv) == 0
+    (n_cases,) = run_sql(db, "SELECT count(*) FROM cases")[1][0]
+    assert n_cases >= 20, f"the micro model failed only {n_cases} samples: raise LIMIT"
+    return db, argv, n_cases, out / "cache"
+
+
+def test_identical_second_run_does_nothing(reference, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    db, argv, n_cases, _ = reference
+    before = dump(db)
+    passes: list[object] = []
+    real = pipeline._attribute_case
+    monkeypatch.setattr(pipeline, "_attribute_case", lambda case, *a, **k: passes.append(case) or real(case, *a, **k))
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    assert passes == []  # zero attribution passes
+    assert dump(db) == before  # every table, every column (ids and timestamps included)
+    assert f"{n_cases} already stored" in capsys.readouterr().out
+
+
+def _same(a: dict[str, list[tuple]], b: dict[str, list[tuple]]) -> None:
+    """Equal contents; floats (relevance, Δℓ, log-likelihoods) within float tolerance."""
+    assert a.keys() == b.keys()
+    for table in a:
+        assert len(a[table]) == len(b[table]), table
+        for row_a, row_b in zip(a[table], b[table]):
+            assert len(row_a) == len(row_b)
+            for x, y in zip(row_a, row_b):
+                if isinstance(x, float) and isinstance(y, float):
+                    assert x == pytest.approx(y, rel=1e-5, abs=1e-6), (table, row_a, row_b)
+                else:
+                    assert x == y, (table, row_a, row_b)
+
+
+def test_kill_9_during_attribution_then_resume(reference, micro_model: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    ref_db, _, n_cases, cache = reference
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    db = f"duckdb:///{tmp_path / 'resumed.duckdb'}"
+    cmd = run_command(micro_model, tmp_path / "results", db, TASKS, LIMIT, cache)
+    kills: list[tuple[int, float]] = []
+    for _attempt in range(8):
+        if len(kills) >= 3:
+            break
+        stored = run_sql(db, "SELECT count(*) FROM cases")[1][0][0] if (tmp_path / "resumed.duckdb").exists() else 0
+        kill_after, delay = rng.randint(0, max(0, (n_cases - stored) // 4)), rng.uniform(0.0, 0.2)
+        killed, done, todo = run_and_kill(cmd, kill_after, delay)
+        assert integrity_problems(db) == [], (seed, kills)  # never a partial case, orphan or duplicate
+        if killed:
+            kills.append((done, delay))
+            assert todo == n_cases - stored, (seed, "a resumed run must only attribute the missing cases")
+    assert len(kills) >= 3, (seed, kills)
+    before_final = run_sql(db, "SELECT count(*) FROM cases")[1][0][0]
+    assert 0 < before_final < n_cases, (seed, kills)
+    capsys.readouterr()
+    assert cli_main(cmd[3:] + ["--xai-no-progress"]) == 0  # the finishing run (in-process: no startup cost)
+    summary = capsys.readouterr().out
+    assert f"{n_cases} incorrect → {n_cases - before_final} attributed" in summary, summary
+    assert f"{before_final} already stored" in summary, summary
+    assert integrity_problems(db) == []
+    assert run_sql(db, "SELECT count(*), count(DISTINCT doc_id || task) FROM cases")[1] == [(n_cases, n_cases)]
+    _same(keyed_content(db), keyed_content(ref_db))  # equal to the uninterrupted run

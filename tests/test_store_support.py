@@ -1,0 +1,270 @@
+"""Shared fixtures and record factories of the store tests (no tests in this module).
+
+``db`` is parametrized over the three backends: a DuckDB file, an SQLite file, and a fresh
+database on a real PostgreSQL server (harness_xai.store.pgtemp: initdb + pg_ctl on loopback, one
+server per test process, or $HARNESS_XAI_TEST_PG_URL).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from harness_xai.records import ATTRIBUTED, CaseRecord, Faithfulness, GraphRecord, RunRecord
+from harness_xai.store import Store, pgtemp
+from harness_xai.store.models import ALL_TABLES
+
+BACKENDS = ("duckdb", "sqlite", "postgresql")
+FILE_BACKENDS = ("duckdb", "sqlite")
+
+NASTY = [
+    "'; DROP TABLE cases; --",
+    "<script>alert('x')</script>",
+    'say "hi"',
+    "naïve ☃ 日本語 🙂",
+    "\n",
+    "",
+    " back\\slash %s :param ? $1 $$",
+]
+
+
+def new_db(backend: str, tmp_path: Path, name: str = "results") -> str:
+    """A not-yet-existing DuckDB/SQLite file path, or a fresh empty PostgreSQL database URL."""
+    if backend == "postgresql":
+        return pgtemp.fresh_database_url()
+    return str(tmp_path / f"{name}.{backend}")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def db(backend: str, tmp_path: Path) -> str:
+    return new_db(backend, tmp_path)
+
+
+@pytest.fixture(params=FILE_BACKENDS)
+def db_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    return tmp_path / f"results.{request.param}"
+
+
+def make_run(key: str = "run-1", *, step: int | None = 3000, n_params: int = 123_456_789_012,
+             pretrained: str = "/models/tiny") -> RunRecord:
+    return RunRecord(
+        run_key=key,
+        model="hf",
+        model_args=f"pretrained={pretrained},dtype=float32",
+        pretrained=pretrained,
+        revision=None if step is None else f"step{step}",
+        model_type="llama",
+        n_params=n_params,
+        tasks=["arc_easy", "tiny_mc"],
+        method="attnlrp",
+        lm_eval_version="0.4.13",
+        harness_xai_version="0.1.0",
+        config={"num_fewshot": 2, "limit": None, "nested": {"a": [1, 2.5, "x"]}, "text": NASTY[0]},
+        created_at=dt.datetime(2026, 11, 24, 9, 30, 15, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        step=step,
+    )
+
+
+def make_case(doc_id: int = 7, n_tokens: int = len(NASTY), n_layers: int = 3, seed: int = 0,
+              *, full: bool = True, task: str = "tiny_mc", n_heads: int = 2) -> CaseRecord:
+    """An attributed case; ``full`` adds segments, states, heads, faithfulness and a graph."""
+    rng = np.random.default_rng(seed)
+    tokens = [NASTY[i % len(NASTY)] for i in range(n_tokens)]
+    case = CaseRecord(
+        task=task,
+        doc_id=doc_id,
+        doc_hash=f"dh{doc_id}",
+        prompt_hash="ph",
+        target_hash="th",
+        filter="none",
+        metric="acc",
+        status=ATTRIBUTED,
+        prompt="Q: " + " | ".join(NASTY),
+        pred_index=np.int64(2),  # numpy scalars must be accepted
+        gold_index=0,
+        pred_text=" <b>wrong</b>",
+        gold_text=" right'",
+        position=n_tokens,
+        wrong_token_id=11,
+        gold_token_id=12,
+        wrong_token=" <b>",
+        gold_token=" r'",
+        delta=np.float32(1.25) + seed,
+        ll_pred=-0.5,
+        ll_gold=-1.75,
+        method="attnlrp",
+        token_ids=[int(t) for t in rng.integers(0, 50_000, n_tokens)],
+        tokens=tokens,
+        token_relevance=rng.normal(size=n_tokens).astype(np.float32),  # (n_tokens,)
+        layer_relevance=rng.normal(size=(n_layers + 1, n_tokens)).astype(np.float32),  # (L+1, n)
+    )
+    if not full:
+        return case
+    labels = ["special", "instruction", "fewshot", "question", "option", "continuation"]
+    case.output_type = "multiple_choice"
+    case.contrast = "token"
+    case.ll_error = 1e-6 * (seed + 1)
+    case.method_params = {"eps": 1e-6, "note": NASTY[0]}
+    case.segments = [labels[min(i * len(labels) // n_tokens, len(labels) - 1)] for i in range(n_tokens)]
+    case.segment_index = [i % 2 if case.segments[i] in ("fewshot", "option") else None for i in range(n_tokens)]
+    case.state_relevance = {k: rng.normal(size=(n_layers, n_tokens)).astype(np.float32) for k in ("mid", "attn", "mlp")}
+    case.head_relevance = rng.normal(size=(n_layers, n_heads, n_tokens)).astype(np.float32)  # (L, H, n)
+    steps = 4
+    case.faithfulness = Faithfulness(
+        fractions=[0.1 * (s + 1) for s in range(steps)], n_removed=[s + 1 for s in range(steps)],
+        delta_relevance=rng.normal(size=steps).tolist(), delta_random=rng.normal(size=steps).tolist(),
+        aopc=0.5 + 0.1 * seed, aopc_random=0.2, baseline_token_id=0, params={"orders": 3})
+    nodes = rng.normal(size=(n_layers + 1, n_tokens)).astype(np.float32)  # (L+1, n)
+    nodes[:, 0] = 0.0  # pruned nodes are zero
+    src = np.arange(n_layers).repeat(2)
+    case.graph = GraphRecord(
+        node_layers=["emb"] + [str(l) for l in range(1, n_layers + 1)], node_relevance=nodes,
+        source_layer=src.astype(np.int32), source_position=np.tile([1, 2], n_layers).astype(np.int32),
+        target_layer=(src + 1).astype(np.int32), target_position=np.tile([2, 3], n_layers).astype(np.int32),
+        weight=rng.normal(size=2 * n_layers).astype(np.float32), params={"top_k": 2},
+        metrics={"mass_kept": 0.8, "formation_layer": 2, "n_edges": 2 * n_layers})
+    return case
+
+
+def counts(store: Store) -> dict[str, int]:
+    with store.engine.connect() as conn:
+        return {t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar() for t in ALL_TABLES}
+
+
+def dump(db_or_store: str | Store) -> dict[str, list[tuple]]:
+    """Full content of every table, rows sorted by primary key (for byte-for-byte comparisons)."""
+    store = Store.open(db_or_store, create=False) if isinstance(db_or_store, str) else db_or_store
+    try:
+        with store.engine.connect() as conn:
+            out = {}
+            for t in ALL_TABLES:
+                order = list(t.primary_key.columns) or list(t.columns)
+                out[t.name] = [tuple(r) for r in conn.execute(sa.select(t).order_by(*order))]
+            return out
+    finally:
+        if isinstance(db_or_store, str):
+            store.close()
+
+
+# -- kill -9 / resume harness (tests/test_store_resume.py and bench/bench_resume.py) --------------
+#: progress of the attribution loop on stderr: "… 3/22 cases" (a postfix of the token bar), or a
+#: bar counting cases, "attributing: 14%|█  | 3/22 [00:01<00:05, 2.6case/s]"
+_PROGRESS = (re.compile(rb"(\d+)/(\d+) cases"),
+             re.compile(rb"attributing[^:\r\n]*:[^\r\n|]*\|[^|]*\|\s*(\d+)/(\d+) \[[^\]\r\n]*case/s"))
+
+
+def run_command(model: Path, out: Path, db: str, tasks: str, limit: int, cache: Path | None = None) -> list[str]:
+    """`python -m harness_xai run … --attribute` on the bundled tasks (progress bar on stderr).
+    ``cache``: lm-eval's --use_cache (model answers reused by later runs; not part of the run key)."""
+    from harness_xai.zoo import tasks_dir
+
+    extra = ["--use_cache", str(cache)] if cache is not None else []
+    return [sys.executable, "-m", "harness_xai", "run", "--model", "hf", "--model_args",
+            f"pretrained={model},dtype=float32", "--tasks", tasks, "--include_path", str(tasks_dir()),
+            "--device", "cpu", "--batch_size", "8", "--limit", str(limit), "--output_path", str(out),
+            *extra, "--attribute", "--xai-db", db]
+
+
+def run_env() -> dict[str, str]:
+    # every progress update printed (tqdm reads TQDM_* defaults from the environment)
+    return {**os.environ, "TQDM_MININTERVAL": "0", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def _progress(buf: bytes, done: int, todo: int) -> tuple[int, int]:
+    for pattern in _PROGRESS:
+        found = pattern.findall(buf)
+        if found:
+            return int(found[-1][0]), int(found[-1][1])
+    return done, todo
+
+
+def run_and_kill(cmd: list[str], kill_after: int, delay: float, timeout: float = 600) -> tuple[bool, int, int]:
+    """Start ``cmd``; once its progress bar shows ``kill_after`` cases done, wait ``delay`` s and
+    SIGKILL it. Returns (killed during attribution, cases done at the kill, todo of this run)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=run_env())
+    fd = proc.stderr.fileno()
+    buf, done, todo = b"", -1, -1
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            chunk = os.read(fd, 65536) if ready else b""
+            if ready and not chunk:  # stderr closed: the run ended by itself
+                if proc.wait() == 0:
+                    return False, done, todo
+                break
+            buf = (buf + chunk)[-4096:]
+            done, todo = _progress(buf, done, todo)
+            if done >= kill_after:
+                time.sleep(delay)
+                while select.select([fd], [], [], 0)[0]:  # what it printed while we slept
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        break
+                    buf = (buf + chunk)[-4096:]
+                done, todo = _progress(buf, done, todo)
+                alive = proc.poll() is None
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return alive and done < todo, done, todo
+        raise AssertionError(f"run failed or timed out before {kill_after} cases (rc={proc.poll()}): "
+                             f"{buf.decode(errors='replace')[-800:]}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+def integrity_problems(db: str) -> list[str]:
+    """Partial cases, orphan rows or duplicate unit keys in a store (empty list: consistent)."""
+    from harness_xai.store import run_sql
+
+    checks = {
+        "duplicate unit keys": "SELECT count(*) - (SELECT count(*) FROM (SELECT DISTINCT run_id, task, doc_id, "
+                               "doc_hash, filter FROM cases) AS k) FROM cases",
+        "attributed case with missing token rows": "SELECT count(*) FROM cases AS c WHERE c.status = 'attributed' "
+            "AND c.n_tokens <> (SELECT count(*) FROM token_relevance AS t WHERE t.case_id = c.id)",
+        "attributed case with partial layer rows": "SELECT count(*) FROM cases AS c WHERE c.status = 'attributed' "
+            "AND (SELECT count(*) FROM layer_relevance AS l WHERE l.case_id = c.id) <> c.n_tokens * "
+            "(SELECT max(layer) + 1 FROM layer_relevance)",
+        "skipped case with rows": "SELECT count(*) FROM cases AS c WHERE c.status = 'skipped' "
+            "AND EXISTS (SELECT 1 FROM token_relevance AS t WHERE t.case_id = c.id)",
+    }
+    for table in ALL_TABLES[3:]:
+        checks[f"orphan {table.name} rows"] = (f"SELECT count(*) FROM {table.name} AS x "
+                                               "WHERE NOT EXISTS (SELECT 1 FROM cases AS c WHERE c.id = x.case_id)")
+    return [name for name, q in checks.items() if run_sql(db, q)[1][0][0]]
+
+
+def keyed_content(db: str) -> dict[str, list[tuple]]:
+    """Table contents with surrogate ids replaced by the case's (task, doc_id, filter) and the
+    run's key, and without created_at: comparable across two databases of the same run."""
+    content = dump(db)
+    run_cols = [c.name for c in ALL_TABLES[0].columns]
+    case_cols = [c.name for c in ALL_TABLES[2].columns]
+    key = {r[0]: (r[case_cols.index("task")], r[case_cols.index("doc_id")], r[case_cols.index("filter")])
+           for r in content["cases"]}
+    out = {"runs": [tuple(v for c, v in zip(run_cols, r) if c not in ("id", "created_at")) for r in content["runs"]],
+           "task_results": [r[1:] for r in content["task_results"]],
+           "cases": sorted(tuple(v for c, v in zip(case_cols, r) if c not in ("id", "run_id")) for r in content["cases"])}
+    for table in ALL_TABLES[3:]:
+        out[table.name] = sorted((key[r[0]],) + tuple(r[1:]) for r in content[table.name])
+    return out
