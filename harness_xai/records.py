@@ -148,6 +148,10 @@ class CaseRecord:
     head_relevance: np.ndarray | None = None  # (n_layers, n_heads, n_tokens) head outputs
     faithfulness: Faithfulness | None = None
     graph: GraphRecord | None = None
+    #: input positions holding the evidence the answer needs, when the task's docs record it
+    evidence_positions: list[int] = field(default_factory=list)
+    #: per-case analysis metrics (segment shares, concentration, evidence rank, triage label …)
+    analysis: dict[str, Any] = field(default_factory=dict)
 
     @property
     def unit_key(self) -> tuple[str, int, str, str]:
