@@ -29,7 +29,9 @@ commands:
   sql       run SQL on a store:  sql --db xai.duckdb "SELECT task, count(*) FROM cases GROUP BY task"
   db        store schema:  db upgrade|current|history --db URL
   export    dump every table of a store:  export --format parquet --db xai.duckdb --out DIR
-  zoo       build the project's own trained models:  zoo build [--out zoo]
+  sweep     run --attribute over models × checkpoints × tasks into one store (resumable):
+            sweep --zoo zoo --models all --checkpoints all --xai-db xai.duckdb [-- RUN FLAGS]
+  zoo       build the project's own trained models:  zoo build [--out zoo] | zoo list
   demo      offline demo: zoo → run --attribute on the bundled tasks → DuckDB → HTML report
   ls, validate   lm-eval's own commands
 """
@@ -64,6 +66,9 @@ def _dispatch(argv: list[str]) -> int:
     if command == "zoo":
         from harness_xai.zoo.cli import zoo_main
         return zoo_main(rest)
+    if command == "sweep":
+        from harness_xai.sweep import sweep_main
+        return sweep_main(rest)
     if command == "demo":
         return demo(rest)
     if command in {"ls", "validate"}:
@@ -72,7 +77,7 @@ def _dispatch(argv: list[str]) -> int:
         return run(rest)
     if command.startswith("-"):  # lm-eval's flag-only style: `harness-xai --model hf …`
         return run(argv)
-    raise UserError(f"unknown command '{command}'. Commands: run, report, sql, db, export, zoo, demo, "
+    raise UserError(f"unknown command '{command}'. Commands: run, report, sql, db, export, sweep, zoo, demo, "
                     "ls, validate (see `harness-xai --help`).")
 
 
@@ -180,16 +185,22 @@ def _validate(args, xai: dict) -> dict:
 def _check_pretrained(model_args) -> None:
     """A local-looking ``pretrained=`` that does not exist fails before anything loads."""
     if isinstance(model_args, dict):
-        pretrained = model_args.get("pretrained")
+        pairs = model_args
     else:
         pairs = dict(p.split("=", 1) for p in str(model_args or "").split(",") if "=" in p)
-        pretrained = pairs.get("pretrained")
+    pretrained = pairs.get("pretrained")
     if not isinstance(pretrained, str):
         return
     looks_local = pretrained.startswith(("/", "./", "../", "~")) or pretrained.count("/") > 1
     if looks_local and not Path(pretrained).expanduser().exists():
         raise UserError(f"model directory not found: pretrained={pretrained} (in --model_args). "
                         "Give an existing directory or a hub id like EleutherAI/pythia-160m.")
+    revision = pairs.get("revision")
+    if revision not in (None, "", "main") and Path(pretrained).expanduser().is_dir():
+        # transformers ignores revision= for a local directory and loads the directory itself
+        raise UserError(f"revision={revision} has no effect on the local directory {pretrained}: "
+                        f"select a checkpoint with subfolder={revision} or pretrained="
+                        f"{pretrained.rstrip('/')}/{revision}.")
 
 
 @contextmanager
@@ -241,30 +252,57 @@ def _execute(args) -> None:
 
 
 def demo(argv: list[str]) -> int:
-    """Offline demo: build the zoo if needed, evaluate with attribution, render the report."""
+    """Offline demo: build the zoo if needed, sweep it with attribution (every model × checkpoint ×
+    bundled task, ``--limit`` docs per task), explain the main model's final checkpoint on every doc
+    with graphs and faithfulness, render the report."""
     import argparse
+
+    from harness_xai.zoo import DEMO_LIMIT, DEMO_MAIN, DEMO_TASKS, ZOO_MODELS
+    from harness_xai.zoo.cli import default_jobs
 
     parser = argparse.ArgumentParser(prog="harness-xai demo")
     parser.add_argument("--out", default="demo", help="output directory (default: demo)")
     parser.add_argument("--zoo", default="zoo", help="zoo directory (default: zoo)")
     parser.add_argument("--method", default="attnlrp")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="zoo training steps (default: the bounded demo schedule)")
+    parser.add_argument("--models", default=",".join(ZOO_MODELS),
+                        help="zoo models to sweep (default: all six)")
+    parser.add_argument("--checkpoints", default="all", help="all (default), final or steps")
+    parser.add_argument("--limit", type=int, default=DEMO_LIMIT,
+                        help=f"docs per task in the sweep (default {DEMO_LIMIT}; 0: all)")
+    parser.add_argument("--main", default=DEMO_MAIN,
+                        help=f"model explained on every doc with graphs and faithfulness "
+                             f"(default {DEMO_MAIN}; 'none' to skip)")
+    parser.add_argument("--jobs", type=int, default=default_jobs(),
+                        help="zoo models trained in parallel (default: up to 2 cores)")
     opts = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from harness_xai.zoo import DEMO_STEPS, DEMO_TASKS, build_model, tasks_dir
+    from harness_xai.sweep import _task_index_once, sweep_main
+    from harness_xai.zoo import build_zoo, tasks_dir
 
-    tasks = tasks_dir()
-    model_dir = build_model(opts.zoo, steps=opts.steps or DEMO_STEPS)
+    models = [m.strip() for m in opts.models.split(",") if m.strip()]
+    if opts.main != "none" and opts.main not in models:
+        raise UserError(f"--main {opts.main} is not among --models ({opts.models}).")
+    zoo = build_zoo(opts.zoo, models, jobs=max(1, opts.jobs))
     out = Path(opts.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    return run(["--model", "hf", "--model_args", f"pretrained={Path(model_dir).resolve()},dtype=float32",
-                "--tasks", ",".join(DEMO_TASKS), "--include_path", str(tasks),
-                "--device", "cpu", "--batch_size", "16", "--output_path", str(out / "results"),
-                "--log_samples", "--attribute", "--xai-db", f"duckdb:///{out / 'xai.duckdb'}",
-                "--xai-method", opts.method, "--xai-graph", "--xai-faithfulness",
-                "--xai-report", str(out / "report")])
+    db = f"duckdb:///{out / 'xai.duckdb'}"
+    common = ["--device", "cpu", "--batch_size", "16", "--xai-method", opts.method]
+    with _task_index_once():  # lm-eval indexes its task YAMLs once for the whole demo
+        sweep_main(["--zoo", opts.zoo, "--models", ",".join(models), "--checkpoints",
+                    opts.checkpoints, "--tasks", ",".join(DEMO_TASKS), "--xai-db", db,
+                    "--model_args", "dtype=float32", "--", *common, "--xai-no-progress",
+                    *(["--limit", str(opts.limit)] if opts.limit > 0 else [])])
+        if opts.main == "none":
+            from harness_xai.report import render_report
+            print(f"report → {render_report(db, str(out / 'report'))}", flush=True)
+            return 0
+        main = Path(zoo[opts.main]).resolve()
+        return run(["--model", "hf", "--model_args", f"pretrained={main},dtype=float32",
+                    "--tasks", ",".join(DEMO_TASKS), "--include_path", str(tasks_dir()),
+                    *common, "--output_path", str(out / "results"), "--log_samples",
+                    "--attribute", "--xai-db", db, "--xai-graph", "--xai-faithfulness",
+                    "--xai-report", str(out / "report")])
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import numpy as np
 from harness_xai import __version__
 from harness_xai.contrast import (Options, attribute_case, cases_for_task, decision_metric,
                                   output_type)
-from harness_xai.distributed import Budget, World, enable_cpu_data_parallel
+from harness_xai.distributed import Budget, World, prepare_launch
 from harness_xai.errors import UserError
 from harness_xai.harness.capture import capture_evaluate
 from harness_xai.lrp import adapter_for, attribute, get_method
@@ -112,7 +112,7 @@ def _check_attributable(lm) -> None:
         raise UserError(f"--attribute needs a Hugging Face model (--model hf); got "
                         f"{type(lm).__name__}. Run without --attribute or use --model hf.")
     adapter_for(lm.model)
-    enable_cpu_data_parallel(lm)  # Accelerate multi-CPU: lm-eval shards as on GPUs
+    prepare_launch(lm)  # no tensor parallel; Accelerate multi-CPU: lm-eval shards as on GPUs
 
 
 def explain(results: dict, lm, tasks: dict, url: str, method: str, metric: str,
@@ -152,18 +152,23 @@ def explain(results: dict, lm, tasks: dict, url: str, method: str, metric: str,
 
 def _case_worker(lm, method: str, graph: dict | None = None, faithfulness: bool = False):
     """How every rank attributes a case (``distributed.CaseWorker``); faithfulness curves are
-    batched, ``FAITHFULNESS_BATCH`` cases per group."""
+    batched, ``FAITHFULNESS_BATCH`` cases per group; then each case's analysis (metrics, triage:
+    ``harness_xai.analysis``, after faithfulness, which its "uninformative" rule reads)."""
+    from harness_xai.analysis import analyse_case
     from harness_xai.distributed.runner import CaseWorker
 
     def finish(cases: list[CaseRecord]) -> None:
-        from harness_xai.faithfulness import fill_faithfulness
-        fill_faithfulness(cases, lm.model, lm.tokenizer)
+        if faithfulness:
+            from harness_xai.faithfulness import fill_faithfulness
+            fill_faithfulness(cases, lm.model, lm.tokenizer)
+        for case in cases:
+            analyse_case(case)
 
     return CaseWorker(
         model=lm.model, method=method,
         attribute=lambda case, result: _attribute_case(case, lm.model, lm.tokenizer, method,
                                                        graph, result=result),
-        finish=finish if faithfulness else None, group=FAITHFULNESS_BATCH if faithfulness else 1)
+        finish=finish, group=FAITHFULNESS_BATCH if faithfulness else 1)
 
 
 def _attribute_case(case: CaseRecord, model, tokenizer, method: str,
@@ -218,12 +223,16 @@ def _run_record(results, lm, tasks, method, metric, run_kwargs, contrast="token"
     blob = json.dumps(identity, sort_keys=True, default=str)
     model = lm.model
     model_args = config.get("model_args")
+    pretrained = str(getattr(lm, "pretrained", None) or model.config._name_or_path)
+    from harness_xai.sweep import checkpoint_step
+    subfolder = (model_args if isinstance(model_args, dict) else {}).get("subfolder")
     return RunRecord(
         run_key=hashlib.sha256(blob.encode()).hexdigest(),
         model=str(config.get("model")), model_args=json.dumps(model_args, default=str)
         if not isinstance(model_args, str) else model_args,
-        pretrained=str(getattr(lm, "pretrained", None) or model.config._name_or_path),
+        pretrained=pretrained,
         revision=getattr(lm, "revision", None), model_type=model.config.model_type,
         n_params=sum(p.numel() for p in model.parameters()), tasks=tasks, method=method,
         lm_eval_version=lm_eval.__version__, harness_xai_version=__version__,
-        config=json.loads(json.dumps(identity, default=str)))
+        config=json.loads(json.dumps(identity, default=str)),
+        step=checkpoint_step(pretrained, getattr(lm, "revision", None), subfolder))

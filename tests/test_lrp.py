@@ -365,3 +365,25 @@ def test_integrated_gradients_options_are_checked():
         attribute(model, None, ids, 1, 2, method="integrated-gradients", steps="8")
     with pytest.raises(UserError, match="must be one of mean-embedding, zero"):
         attribute(model, None, ids, 1, 2, method="integrated-gradients", baseline="pad")
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_offloaded_model_attributes_like_the_plain_one(family, tmp_path):
+    """accelerate's offload hooks (weights on `meta`, moved in per forward) stay in charge: the
+    rules patch `_old_forward`, the result equals the plain model's, the hooks survive."""
+    from accelerate import cpu_offload
+    from tiny_models import random_ids, tiny_model
+
+    from harness_xai import attribute
+
+    plain = tiny_model(family)
+    offloaded = tiny_model(family)
+    cpu_offload(offloaded, execution_device=torch.device("cpu"))
+    assert any(p.device.type == "meta" for p in offloaded.parameters())
+    ids = random_ids(20)
+    want = attribute(plain, None, ids, 5, 7, method="attnlrp")
+    got = attribute(offloaded, None, ids, 5, 7, method="attnlrp")
+    torch.testing.assert_close(got.layers, want.layers, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.heads, want.heads, rtol=1e-5, atol=1e-6)
+    hooked = [m for m in offloaded.modules() if "_old_forward" in vars(m)]
+    assert hooked and not any(getattr(m._old_forward, "_xai_rule", False) for m in hooked)

@@ -363,9 +363,9 @@ def test_db_upgrade_current_history(db: str, capsys: pytest.CaptureFixture) -> N
     assert capsys.readouterr().out == f"{head} (head)\n"
     db_main(["history"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"0002 -> {head} (head): ") and lines[-1].startswith("<base> -> 0001: initial schema")
+    assert lines[0].startswith(f"0003 -> {head} (head): ") and lines[-1].startswith("<base> -> 0001: initial schema")
     db_main(["history", "--db", db])
-    assert capsys.readouterr().out.startswith(f"0002 -> {head} (head, current): ")
+    assert capsys.readouterr().out.startswith(f"0003 -> {head} (head, current): ")
 
 
 def test_db_argument_errors(tmp_path: Path) -> None:

@@ -54,8 +54,8 @@ def _views(conn: sa.Connection) -> set[str]:
 
 def test_single_head_and_linear_history() -> None:
     scripts = migrate.script_directory()
-    assert scripts.get_heads() == [migrate.head_revision()] == ["0003"]
-    assert _revisions() == ["0001", "0002", "0003"]
+    assert scripts.get_heads() == [migrate.head_revision()] == ["0004"]
+    assert _revisions() == ["0001", "0002", "0003", "0004"]
     for rev in scripts.walk_revisions():
         assert rev.doc and rev.doc.strip()  # every revision says what it does (db history shows it)
 
@@ -66,7 +66,7 @@ def test_upgrade_base_to_head_then_downgrade_to_base_leaves_nothing(db: str) -> 
         with engine.begin() as conn:
             migrate.upgrade(conn, "head")
         with engine.connect() as conn:
-            assert migrate.current_revision(conn) == "0003"
+            assert migrate.current_revision(conn) == "0004"
             assert {t.name for t in ALL_TABLES} <= _tables(conn) and _views(conn) == VIEWS
         with engine.begin() as conn:
             migrate.downgrade(conn, "base")
@@ -152,14 +152,14 @@ def test_upgrade_from_0001_keeps_data(db: str) -> None:
 
 
 @pytest.fixture
-def migrations_with_0004(tmp_path: Path) -> Path:
-    """A copy of the shipped migrations plus an additive revision 0004 (a newer harness-xai)."""
+def migrations_with_0005(tmp_path: Path) -> Path:
+    """A copy of the shipped migrations plus an additive revision 0005 (a newer harness-xai)."""
     target = tmp_path / "migrations_next"
     shutil.copytree(migrate.MIGRATIONS_DIR, target, ignore=shutil.ignore_patterns("__pycache__"))
-    (target / "versions" / "0004_extra.py").write_text(
+    (target / "versions" / "0005_extra.py").write_text(
         '"""extra table for tests"""\n'
         "import sqlalchemy as sa\nfrom alembic import op\n"
-        "revision = '0004'\ndown_revision = '0003'\nbranch_labels = None\ndepends_on = None\n"
+        "revision = '0005'\ndown_revision = '0004'\nbranch_labels = None\ndepends_on = None\n"
         "def upgrade():\n    op.create_table('extra_test', sa.Column('x', sa.Integer))\n"
         "def downgrade():\n    op.drop_table('extra_test')\n"
     )
@@ -167,23 +167,23 @@ def migrations_with_0004(tmp_path: Path) -> Path:
 
 
 def test_schema_behind_head_is_refused_then_upgraded(
-    db: str, migrations_with_0004: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    db: str, migrations_with_0005: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    Store.open(db).close()  # at 0003
-    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", migrations_with_0004)  # now head is 0004
+    Store.open(db).close()  # at 0004
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", migrations_with_0005)  # now head is 0005
     url = display_url(normalize_url(db))
     with pytest.raises(UserError) as err:
         Store.open(db)
     message = str(err.value)
-    assert f"run `harness-xai db upgrade --db {url}`" in message and "0003" in message and "\n" not in message
+    assert f"run `harness-xai db upgrade --db {url}`" in message and "0004" in message and "\n" not in message
     assert db_main(["current", "--db", db]) == 0
-    assert capsys.readouterr().out.startswith("0003 (behind head 0004")
+    assert capsys.readouterr().out.startswith("0004 (behind head 0005")
     assert db_main(["upgrade", "--db", db]) == 0
-    assert capsys.readouterr().out.strip() == f"{url}: upgraded 0003 -> 0004 (head)"
+    assert capsys.readouterr().out.strip() == f"{url}: upgraded 0004 -> 0005 (head)"
     with Store.open(db) as store, store.engine.connect() as conn:
         assert "extra_test" in _tables(conn)
-    monkeypatch.undo()  # back to the shipped scripts (head 0003)
-    with pytest.raises(UserError, match="unknown revision 0004"):  # DB newer than this code
+    monkeypatch.undo()  # back to the shipped scripts (head 0004)
+    with pytest.raises(UserError, match="unknown revision 0005"):  # DB newer than this code
         Store.open(db)
 
 

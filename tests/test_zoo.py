@@ -151,3 +151,110 @@ def test_phase_one_restarts_on_a_plateau_and_stops_at_the_target(monkeypatch):
     monkeypatch.setattr(zoo_train, "retrieval_accuracy", lambda *a: 1.0)
     _, _, stats = zoo_train.train(TrainSpec(**tiny), progress=False)
     assert (stats["attempts"], stats["kv_only_steps"], stats["steps"]) == (1, 1, 4)
+
+
+# --- the zoo family: two architectures × sizes, checkpoints saved while training -----------------
+
+FAMILY_MICRO = dict(steps=4, kv_only_steps=2, checkpoints=(0, 2, 4), kv_batch=4, arith_batch=4,
+                    tokenizer_texts=1000, kv_records=(4, 8))
+
+
+@pytest.fixture(scope="module")
+def family_zoo(tmp_path_factory) -> Path:
+    from harness_xai.zoo import build_zoo
+
+    root = tmp_path_factory.mktemp("family")
+    build_zoo(root, ["llama-s", "neox-m"], progress=False, **FAMILY_MICRO)
+    return root
+
+
+def test_family_checkpoints_are_hf_directories_selected_by_subfolder(family_zoo):
+    from lm_eval.models.huggingface import HFLM
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from harness_xai.zoo.build import checkpoints
+
+    for name, model_type in (("llama-s", "llama"), ("neox-m", "gpt_neox")):
+        root = family_zoo / name
+        assert checkpoints(root) == [0, 2, 4]
+        states = [json.loads((root / f"step{s}" / "trainer_state.json").read_text())
+                  for s in (0, 2, 4)]
+        assert [s["global_step"] for s in states] == [0, 2, 4]
+        weights = [load_file(root / f"step{s}" / "model.safetensors") for s in (0, 2, 4)]
+        for earlier, later in zip(weights, weights[1:]):  # every checkpoint is another state
+            assert any(not torch.equal(earlier[k], later[k]) for k in earlier)
+        final = load_file(root / "model.safetensors")  # the directory itself: the final model
+        assert all(torch.equal(final[k], weights[-1][k]) for k in final)
+        assert AutoConfig.from_pretrained(root, subfolder="step2").model_type == model_type
+        lm = HFLM(pretrained=str(root), subfolder="step2", device="cpu", dtype="float32")
+        loaded = {k: v for k, v in lm.model.state_dict().items() if k in weights[1]}
+        assert loaded and all(torch.equal(v, weights[1][k]) for k, v in loaded.items())
+    neox = AutoConfig.from_pretrained(family_zoo / "neox-m")
+    assert neox.use_parallel_residual and neox.rope_parameters["partial_rotary_factor"] == 0.25
+
+
+def test_family_build_is_cached_deterministic_and_independent_of_jobs(family_zoo, tmp_path,
+                                                                      monkeypatch):
+    from safetensors.torch import load_file
+
+    from harness_xai.zoo import build as zoo_build
+    from harness_xai.zoo import build_zoo
+
+    again = build_zoo(tmp_path, ["llama-s", "neox-m"], jobs=2, progress=False, **FAMILY_MICRO)
+    for name, path in again.items():
+        for step in (0, 2, 4):
+            a = load_file(family_zoo / name / f"step{step}" / "model.safetensors")
+            b = load_file(path / f"step{step}" / "model.safetensors")
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (name, step)
+    monkeypatch.setattr(zoo_build, "_build_family_model",
+                        lambda *a: pytest.fail("retrained on a cache hit"))
+    assert build_zoo(tmp_path, ["llama-s"], progress=False, **FAMILY_MICRO) == {
+        "llama-s": tmp_path / "llama-s"}
+
+
+def test_interrupted_family_build_leaves_the_cached_one(family_zoo, monkeypatch):
+    from harness_xai.zoo import build_zoo
+    from harness_xai.zoo import family
+
+    before = (family_zoo / "llama-s" / "zoo_build.json").read_text()
+
+    def interrupted(spec, tokenizer, on_checkpoint, progress=True):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(family, "train_family", interrupted)
+    with pytest.raises(RuntimeError):
+        build_zoo(family_zoo, ["llama-s"], progress=False, **{**FAMILY_MICRO, "lr": 2e-3})
+    assert (family_zoo / "llama-s" / "zoo_build.json").read_text() == before
+    assert [p.name for p in family_zoo.iterdir() if p.name.startswith(".")] == []
+
+
+def test_phase_one_restart_keeps_only_the_accepted_attempts_checkpoints(monkeypatch):
+    from harness_xai.zoo import family
+    from harness_xai.zoo.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(512, 1000)
+    spec = family.family_spec("llama-m", **{**FAMILY_MICRO, "kv_attempts": 3})
+    saved: list[tuple[int, dict]] = []
+    monkeypatch.setattr(family, "retrieval_accuracy", lambda *a: 0.0)
+    stats = family.train_family(spec, tok, lambda s, m, i: saved.append((s, i)), progress=False)
+    assert [a["seed"] for a in stats["attempts"]] == [spec.seed, spec.seed + 1, spec.seed + 2]
+    assert [s for s, _ in saved] == [0, 2, 4] and stats["seed"] == spec.seed + 2
+    saved.clear()
+    monkeypatch.setattr(family, "retrieval_accuracy", lambda *a: 1.0)
+    stats = family.train_family(spec, tok, lambda s, m, i: saved.append((s, i)), progress=False)
+    assert len(stats["attempts"]) == 1 and [s for s, _ in saved] == [0, 2, 4]
+
+
+def test_family_spec_rejects_bad_names_and_grids():
+    from harness_xai.errors import UserError
+    from harness_xai.zoo.family import ZOO_MODELS, family_spec
+
+    assert len(ZOO_MODELS) == 6 and {n.split("-")[0] for n in ZOO_MODELS} == {"llama", "neox"}
+    sizes = [family_spec(f"llama-{s}") for s in "sml"]
+    assert [(s.hidden_size, s.num_hidden_layers) for s in sizes] == sorted(
+        (s.hidden_size, s.num_hidden_layers) for s in sizes)
+    with pytest.raises(UserError, match="unknown zoo model"):
+        family_spec("gpt-xl")
+    with pytest.raises(UserError, match="checkpoints"):
+        family_spec("llama-s", checkpoints=(0, 100))  # the last one must be the final step

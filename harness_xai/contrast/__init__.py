@@ -12,7 +12,8 @@ Two contrast modes (``Options.contrast``): ``token`` (one logit difference at on
 attributed by the engine) and ``sequence`` (difference of the two continuations' summed
 log-probs, attributed by ``sequence.attribute_sequence``). Every case carries ``output_type``,
 ``contrast``, token ``segments``, ``ll_error`` where lm-eval logged log-likelihoods, and how it was
-built in ``method_params["contrast"]``; nothing incorrect is dropped silently.
+built in ``method_params["contrast"]``; nothing incorrect is dropped silently. Docs that record an
+``evidence_span`` give ``evidence_positions`` (``evidence``).
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ def skip(case: CaseRecord, reason: str) -> CaseRecord:
     case.status, case.skip_reason = SKIPPED, reason
     case.token_ids = []
     case.segments, case.segment_index = [], []
+    case.evidence_positions = []
     return case
 
 
@@ -75,3 +76,14 @@ def context_token_labels(lm, task, options: Options, context: str, ctx_ids: list
 
 def set_segments(case: CaseRecord, labels: list[seg.Label]) -> None:
     case.segments, case.segment_index = seg.split(labels)
+
+
+def set_evidence(case: CaseRecord, lm, task, doc: dict, context: str, ctx_ids: list[int],
+                 offset: int = 0) -> None:
+    """``case.evidence_positions`` from the doc's ``evidence_span`` (``contrast.evidence``);
+    ``ctx_ids`` encode ``context``, the attributed input is ``ids[offset:]`` (``case.token_ids``
+    already set)."""
+    from harness_xai.contrast.evidence import evidence_positions
+
+    case.evidence_positions = evidence_positions(lm.tokenizer, task, doc, context, ctx_ids,
+                                                 offset, len(case.token_ids))

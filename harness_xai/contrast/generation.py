@@ -38,7 +38,7 @@ import copy
 from dataclasses import dataclass
 
 from harness_xai.contrast.case import (Options, context_token_labels, new_case, note,
-                                       set_segments, skip)
+                                       set_evidence, set_segments, skip)
 from harness_xai.contrast.scoring import first_difference, window_start
 from harness_xai.contrast.sequence import SequenceTarget
 from harness_xai.records import CaseRecord
@@ -106,6 +106,7 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     if options.contrast == "token":
         case.token_ids = prefix_all[:t]
         set_segments(case, labels[:t])
+        set_evidence(case, lm, task, sample["doc"], context, gen.context_ids)
         case.position = t
         note(case, rule=rule, answer_start=span[0], answer_token=k, generated_prefix=k + j)
         return case
@@ -119,6 +120,7 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     spec = SequenceTarget(wrong_full[w0:], t - w0, gold_full[g0:], t - g0)
     case.token_ids = spec.wrong_ids[:-1]
     set_segments(case, labels[w0: len(wrong_full) - 1])
+    set_evidence(case, lm, task, sample["doc"], context, gen.context_ids, w0)
     case.position = t - w0
     note(case, rule=rule, answer_start=span[0], answer_token=k, generated_prefix=k + j,
          target=spec.to_params(), truncated_tokens=w0)

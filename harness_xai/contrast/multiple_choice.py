@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness_xai.contrast.case import (Options, context_token_labels, new_case, note,
-                                       set_segments, skip)
+                                       set_evidence, set_segments, skip)
 from harness_xai.contrast.scoring import Scored, build, first_difference, score
 from harness_xai.contrast.sequence import SequenceTarget
 from harness_xai.records import CaseRecord
@@ -102,6 +102,7 @@ def multiple_choice_case(sample: dict, task, task_name: str, lm, options: Option
     set_segments(case, labels[seq_p.start:t])
     case.position = len(case.token_ids)
     case.wrong_token_id, case.gold_token_id = seq_p.ids[t], seq_g.ids[t]
+    set_evidence(case, lm, task, doc, args[pred][0], seq_p.ids[:seq_p.n_ctx], seq_p.start)
     note(case, rule="first-divergent-token", truncated_tokens=seq_p.start)
     return case
 
@@ -153,6 +154,7 @@ def _sequence(case, task, lm, options, doc, args, idx, seqs, weights):
     labels = _labels(lm, task, options, doc, args[pred][0], seq_p, pred)
     case.token_ids = target.wrong_ids[:-1]
     set_segments(case, labels[seq_p.start: len(seq_p.ids) - 1])
+    set_evidence(case, lm, task, doc, args[pred][0], seq_p.ids[:seq_p.n_ctx], seq_p.start)
     if t is not None:
         case.position = t
         case.wrong_token_id, case.gold_token_id = target.wrong_ids[t], target.gold_ids[t]

@@ -16,10 +16,10 @@ Imports here stay light (no torch), since the CLI imports the budget options at 
 from __future__ import annotations
 
 from harness_xai.distributed.plan import BUDGET_ARGS, MAX_TOKENS_REASON, Budget, add_budget_arguments
-from harness_xai.distributed.world import World, enable_cpu_data_parallel
+from harness_xai.distributed.world import World, enable_cpu_data_parallel, prepare_launch
 
 __all__ = ["BUDGET_ARGS", "MAX_TOKENS_REASON", "Budget", "World", "add_budget_arguments",
-           "attribute_cases", "enable_cpu_data_parallel", "follow"]
+           "attribute_cases", "enable_cpu_data_parallel", "follow", "prepare_launch"]
 
 
 def __getattr__(name: str):

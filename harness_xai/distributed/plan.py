@@ -66,7 +66,8 @@ class Budget:
         """From the CLI's parsed ``xai_*`` values (``BUDGET_ARGS``)."""
         return cls(max_cases=values.get("xai_max_cases"), max_tokens=values.get("xai_max_tokens"),
                    seconds=values.get("xai_time_budget"),
-                   batch_size=values.get("xai_batch_size") or 1)
+                   batch_size=1 if values.get("xai_batch_size") is None
+                   else values["xai_batch_size"])
 
 
 def add_budget_arguments(group) -> None:

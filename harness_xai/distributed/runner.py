@@ -130,8 +130,13 @@ def attribute_cases(store, run_id: int, cases: list[CaseRecord], make_worker: Ma
     world.plan_sent = True
     world.scatter([(header, [plan.attribute[i] for i in share]) for share in shares])
     _agree(world, header)
-    mine = work([plan.attribute[i] for i in shares[0]], make_worker(options), budget,
-                lambda c: store.write_case(run_id, c), rank=0, progress=progress)
+    try:
+        worker = make_worker(options)
+    except Exception as exc:  # noqa: BLE001 — the other ranks still wait for the outcomes
+        mine = _Work(rank=0, left=len(shares[0]), error=_describe(exc), exc=exc)
+    else:
+        mine = work([plan.attribute[i] for i in shares[0]], worker, budget,
+                    lambda c: store.write_case(run_id, c), rank=0, progress=progress)
     reports: list[_Work] = world.gather(_sendable(mine))  # type: ignore[assignment]
     files = {Path(r.shard) for r in reports if r.shard}
     if header["shard_dir"]:  # also the file of a rank that failed half-way
@@ -250,9 +255,12 @@ def _describe(exc: BaseException) -> str:
 
 
 def _batchable(worker: CaseWorker) -> bool:
+    """Batched passes: one-backward methods on models on one device (the positions of a
+    multi-device ``device_map`` model's last hidden states live on its last device)."""
     from harness_xai.lrp import get_method
 
-    return not get_method(worker.method).integrate
+    devices = set((getattr(worker.model, "hf_device_map", None) or {}).values())
+    return not get_method(worker.method).integrate and len(devices) <= 1
 
 
 def _agree(world: World, header: dict) -> bool:

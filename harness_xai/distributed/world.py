@@ -8,6 +8,8 @@
 3. control messages (the plan, the per-rank outcomes) are Python objects sent over a gloo
    group: the default group when it is gloo, else a new gloo group on the same ranks — so they
    never go through NCCL, whatever the model's devices.
+``prepare_launch(lm)`` (before lm-eval computes anything): refuses tensor-parallel models
+(``tp_plan``: every rank would have to run every case together; not supported), then
 ``enable_cpu_data_parallel(lm)``: lm-eval's HFLM only shards the evaluation when it counts more
 than one GPU (``torch.cuda.device_count()``); with Accelerate in multi-CPU mode
 (``ACCELERATE_USE_CPU=true``, gloo) it evaluates every request on every rank. When the HFLM holds
@@ -97,6 +99,17 @@ class World:
                 except Exception:  # the original error matters more
                     pass
             raise
+
+
+def prepare_launch(lm) -> None:
+    """Checks and settings for a (possibly launched) attributed run; see module docstring."""
+    from harness_xai.errors import UserError
+
+    if (getattr(getattr(lm, "model", None), "tp_size", None) or 1) > 1:
+        raise UserError("--attribute does not support tensor-parallel models (tp_plan): spread "
+                        "the layers with --model_args parallelize=True, or run data-parallel "
+                        "with accelerate launch / torchrun.")
+    enable_cpu_data_parallel(lm)
 
 
 def enable_cpu_data_parallel(lm) -> bool:

@@ -77,8 +77,7 @@ def attribute(model: nn.Module, tokenizer, input_ids, target_id, foil_id,
     for name, tok in (("target_id", target), ("foil_id", foil)):
         if not 0 <= tok < vocab:
             raise UserError(f"{name}={tok} is outside the model's vocabulary (0..{vocab - 1}).")
-    device = next(model.parameters()).device
-    ids = ids.to(device)
+    ids = ids.to(input_device(model))
     n = ids.shape[1]
     kinds = ALL_KINDS if states else ("out",)
 
@@ -134,6 +133,18 @@ def _frozen(model: nn.Module) -> Iterator[None]:
     finally:
         for p in frozen:
             p.requires_grad_(True)
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where the input ids must live: the embedding's execution device under accelerate's hooks
+    (``device_map`` / offload: weights may sit on ``meta`` until the forward), else its weight's."""
+    embedding = model.get_input_embeddings()
+    for module in (embedding, model):
+        hook = getattr(module, "_hf_hook", None)
+        device = getattr(hook, "execution_device", None)
+        if device is not None:
+            return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+    return embedding.weight.device
 
 
 def _as_ids(input_ids, tokenizer) -> torch.Tensor:

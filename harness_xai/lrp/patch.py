@@ -62,18 +62,26 @@ def lrp(model: nn.Module, method: str | Method = "attnlrp",
 
 
 def _override_forward(module: nn.Module, make: Callable[[Callable], Callable], undo: ExitStack):
-    """Shadow ``module.forward`` with ``make(original_forward)`` on this instance only."""
-    if getattr(module.forward, "_xai_rule", False):  # a module shared by several blocks
+    """Shadow ``module.forward`` with ``make(original_forward)`` on this instance only.
+
+    A module dispatched by accelerate (``device_map``, CPU/disk offload) keeps its hook: the hook
+    lives in ``forward`` and calls ``_old_forward`` once the weights are on the execution device,
+    so the rule replaces ``_old_forward`` instead.
+    """
+    name = "_old_forward" if ("_old_forward" in module.__dict__
+                              and hasattr(module, "_hf_hook")) else "forward"
+    current = getattr(module, name)
+    if getattr(current, "_xai_rule", False):  # a module shared by several blocks
         return
-    had_own = "forward" in module.__dict__  # a user's own instance patch, restored on exit
-    previous = module.__dict__.get("forward")
-    patched = make(module.forward)
+    had_own = name in module.__dict__  # a user's own instance patch, restored on exit
+    previous = module.__dict__.get(name)
+    patched = make(current)
     patched._xai_rule = True
-    module.forward = patched
+    setattr(module, name, patched)
     if had_own:
-        undo.callback(setattr, module, "forward", previous)
+        undo.callback(setattr, module, name, previous)
     else:
-        undo.callback(module.__dict__.pop, "forward", None)
+        undo.callback(module.__dict__.pop, name, None)
 
 
 def _install_layer_rules(model: nn.Module, adapter: Adapter, undo: ExitStack) -> None:

@@ -3,7 +3,7 @@
 Every function returns a plain dict of SVG primitives that a template draws; numbers are
 formatted here, text is escaped by Jinja's autoescape in the template.
 
-1. ``matrix_grid`` — any labelled matrix (rows × columns) as coloured rectangles with the
+1. ``matrix_grid`` — any labelled matrix (``layer_grid``: the layer × position one) (rows × columns) as coloured rectangles with the
    red/blue relevance scale; used for internal states (kind × layer × position, positions binned)
    and for heads (layer × head, summed over positions).
 2. ``curve_chart`` — the faithfulness deletion curve: Δℓ after removing the top-k relevant
@@ -35,11 +35,15 @@ def _bin(matrix: np.ndarray, max_cols: int) -> tuple[np.ndarray, int]:
 
 
 def matrix_grid(matrix: np.ndarray, row_labels: list[str], col_labels: list[str],
-                what: str, max_cols: int = 160) -> dict[str, Any]:
-    """Coloured grid of ``matrix`` (n_rows, n_cols); columns binned to ``max_cols``."""
+                what: str, max_cols: int = 160, skip_first: bool = False) -> dict[str, Any]:
+    """Coloured grid of ``matrix`` (n_rows, n_cols); columns binned to ``max_cols``.
+
+    ``skip_first``: leave column 0 (a BOS / attention-sink token) out of the colour scale.
+    """
     binned, size = _bin(np.asarray(matrix, dtype=float), max_cols)
     n_rows, n_cols = binned.shape
-    finite = np.abs(binned[np.isfinite(binned)])
+    scaled = binned[:, 1:] if (skip_first and size == 1 and n_cols > 1) else binned
+    finite = np.abs(scaled[np.isfinite(scaled)])
     scale = float(finite.max()) if finite.size else 0.0
     cell_w = max(3, min(22, 900 // max(n_cols, 1)))
     cell_h, label_w, top = 16, 84, 4
@@ -61,6 +65,14 @@ def matrix_grid(matrix: np.ndarray, row_labels: list[str], col_labels: list[str]
              for c in range(0, n_cols, step)]
     return {"rects": rects, "labels": labels, "ticks": ticks, "bin_size": size, "scale": scale,
             "width": label_w + n_cols * cell_w + 24, "height": axis_y + 6}
+
+
+def layer_grid(layers: np.ndarray, layer_ids: list[int], positions: list[int],
+               skip_first: bool, max_cols: int = 160) -> dict[str, Any]:
+    """The layer × position heatmap (n_layers + 1, n_positions): row 0 the embeddings."""
+    labels = ["emb (0)" if layer == 0 else f"layer {layer}" for layer in layer_ids]
+    return matrix_grid(layers, labels, [str(p) for p in positions], "position", max_cols,
+                       skip_first)
 
 
 def curve_chart(fractions: list[float], relevance: list[float], random: list[float],

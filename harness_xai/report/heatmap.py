@@ -11,8 +11,7 @@ Steps:
   3. ``token_cells`` — one dict per input token: visible-but-faithful display text (newlines shown
      as "↵" followed by the real newline, tabs as "⇥" + tab, empty tokens as "∅"), exact value,
      inline style.
-  4. ``layer_grid`` — the layer × position matrix, binned to at most ``max_cols`` columns by
-     summing neighbouring positions, as SVG rectangles.
+  (The layer × position grid and the other SVG figures live in ``figures``.)
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ from __future__ import annotations
 import math
 import re
 from typing import Any
-
-import numpy as np
 
 RED = (200, 30, 30)
 BLUE = (25, 95, 200)
@@ -137,56 +134,3 @@ def token_cells(tokens: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], flo
             }
         )
     return cells, scale, first_special
-
-
-def layer_grid(
-    layers: np.ndarray,  # (n_layers + 1, n_positions)
-    layer_ids: list[int],
-    positions: list[int],
-    skip_first: bool,
-    max_cols: int = 160,
-) -> dict[str, Any]:
-    """SVG-ready layer × position heatmap, positions binned to at most ``max_cols`` columns."""
-    n_rows, n_pos = layers.shape
-    bin_size = max(1, math.ceil(n_pos / max_cols))
-    n_cols = math.ceil(n_pos / bin_size)
-    binned = np.full((n_rows, n_cols), np.nan)  # (n_layers + 1, n_cols)
-    for c in range(n_cols):
-        block = layers[:, c * bin_size : (c + 1) * bin_size]
-        ok = ~np.isnan(block)
-        binned[:, c] = np.where(ok.any(axis=1), np.where(ok, block, 0.0).sum(axis=1), np.nan)
-    scaled = binned[:, 1:] if (skip_first and bin_size == 1 and n_cols > 1) else binned
-    finite = np.abs(scaled[np.isfinite(scaled)])
-    scale = float(finite.max()) if finite.size else 0.0
-    cell_w = max(3, min(22, 900 // max(n_cols, 1)))
-    cell_h, label_w, top = 16, 64, 4
-    rects = []
-    for ri in range(n_rows):
-        for c in range(n_cols):
-            v = binned[ri, c]
-            v = None if not np.isfinite(v) else float(v)
-            lo = positions[c * bin_size]
-            hi = positions[min((c + 1) * bin_size, n_pos) - 1]
-            span = f"position {lo}" if lo == hi else f"positions {lo}–{hi}"
-            (cr, cg, cb), _ = colour(v, scale)
-            rects.append(
-                {
-                    "x": label_w + c * cell_w, "y": top + ri * cell_h, "w": cell_w, "h": cell_h,
-                    "fill": f"rgb({cr},{cg},{cb})",
-                    "title": f"layer {layer_ids[ri]}, {span}: {fmt(v, 6, signed=True)}",
-                }
-            )
-    labels = [
-        {"y": top + ri * cell_h + cell_h - 4, "text": "emb (0)" if l == 0 else f"layer {l}"}
-        for ri, l in enumerate(layer_ids)
-    ]
-    step = max(1, math.ceil(n_cols / 12))
-    axis_y = top + n_rows * cell_h + 14
-    ticks = [
-        {"x": label_w + c * cell_w, "y": axis_y, "text": str(positions[c * bin_size])}
-        for c in range(0, n_cols, step)
-    ]
-    return {
-        "rects": rects, "labels": labels, "ticks": ticks, "bin_size": bin_size, "scale": scale,
-        "width": label_w + n_cols * cell_w + 24, "height": axis_y + 6,
-    }

@@ -109,7 +109,7 @@ def _render_case(env: Environment, conn: Connection, run: dict, case_id: int, ta
     cells, scale, first_special = heatmap.token_cells(case["tokens"])
     grid = None
     if case["layers"] is not None and case["layers"].size:
-        grid = heatmap.layer_grid(
+        grid = figures.layer_grid(
             case["layers"], case["layer_ids"], case["layer_positions"], skip_first=first_special
         )
     total = sum(float(t["relevance"]) for t in case["tokens"] if t["relevance"] is not None)

@@ -1,7 +1,9 @@
 """A CaseRecord as database rows: validation, the ``cases`` row, and column-wise child rows.
 
 1. ``validate_case`` checks every array's shape against the case's token count (and segment
-   labels against ``records.SEGMENTS``) before anything touches the database.
+   labels against ``records.SEGMENTS``, evidence positions against the tokens, ``analysis``
+   values: numbers, plus the ``triage`` label and ``flags`` list) before anything touches the
+   database.
 2. ``case_values`` maps the record onto the ``cases`` columns: numpy scalars become Python
    scalars, ``method_params`` becomes JSON (with the faithfulness baseline and parameters under
    ``"faithfulness"``), AOPC values come from ``case.faithfulness``.
@@ -13,7 +15,10 @@
    - head_relevance: n_layers × n_heads × n rows, layer 1-based, head 0-based;
    - faithfulness: one row per deletion step;
    - graphs: one summary row; graph_nodes: the finite, non-zero entries of ``node_relevance``
-     (pruned nodes are zero); graph_edges: one row per COO edge.
+     (pruned nodes are zero); graph_edges: one row per COO edge;
+   - token_relevance.evidence: 1 at ``evidence_positions``, 0 elsewhere, NULL without evidence;
+   - case_metrics: one row per number in ``case.analysis`` (sorted by name); case_labels: the
+     primary label (kind 'triage') and each flag (kind 'flag') of ``case.analysis``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import sqlalchemy as sa
 
 from harness_xai.records import SEGMENTS, CaseRecord
 from harness_xai.store.models import (
+    case_labels,
+    case_metrics,
     faithfulness,
     graph_edges,
     graph_nodes,
@@ -102,6 +109,29 @@ def validate_case(case: CaseRecord) -> None:
             _fail(case, "faithfulness curves of different lengths")
     if case.graph is not None:
         _validate_graph(case)
+    if case.token_relevance is not None and any(not 0 <= int(p) < n
+                                                for p in case.evidence_positions or []):
+        _fail(case, f"evidence positions {list(case.evidence_positions)} outside 0..{n - 1}")
+    _validate_analysis(case)
+
+
+#: keys of ``CaseRecord.analysis`` that are labels, not metrics
+LABEL_KEYS = {"triage": "triage", "flags": "flag"}
+
+
+def _validate_analysis(case: CaseRecord) -> None:
+    for key, value in (case.analysis or {}).items():
+        if not isinstance(key, str) or not key:
+            _fail(case, f"analysis key {key!r} is not a name")
+        if key == "triage":
+            if value is not None and not isinstance(value, str):
+                _fail(case, f"analysis triage {value!r} is not a label")
+        elif key == "flags":
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                _fail(case, f"analysis flags {value!r} are not a list of labels")
+        elif value is not None and (isinstance(value, bool) or
+                                    not isinstance(value, (int, float, np.integer, np.floating))):
+            _fail(case, f"analysis metric {key!r} = {value!r} is not a number")
 
 
 def _validate_graph(case: CaseRecord) -> None:
@@ -174,6 +204,7 @@ def child_rows(case_id: int, case: CaseRecord) -> Rows:
             "relevance": np.asarray(case.token_relevance, dtype=np.float64),  # (n,)
             "segment": list(case.segments) if case.segments else None,
             "segment_index": [opt_int(i) for i in case.segment_index] if case.segment_index else None,
+            "evidence": _evidence_column(case, n),
         }))
     if case.layer_relevance is not None:
         rel = np.asarray(case.layer_relevance, dtype=np.float64)  # (n_layers + 1, n)
@@ -216,6 +247,31 @@ def child_rows(case_id: int, case: CaseRecord) -> Rows:
         }))
     if case.graph is not None:
         out += _graph_rows(case_id, case)
+    out += _analysis_rows(case_id, case)
+    return out
+
+
+def _evidence_column(case: CaseRecord, n: int) -> np.ndarray | None:
+    if not case.evidence_positions:
+        return None  # unknown: NULL
+    column = np.zeros(n, dtype=np.int32)  # (n,)
+    column[sorted({int(p) for p in case.evidence_positions})] = 1
+    return column
+
+
+def _analysis_rows(case_id: int, case: CaseRecord) -> Rows:
+    analysis = case.analysis or {}
+    metrics = sorted((k, float(v)) for k, v in analysis.items()
+                     if k not in LABEL_KEYS and v is not None and np.isfinite(float(v)))
+    labels = ([("triage", analysis["triage"])] if analysis.get("triage") else []) + \
+        [("flag", f) for f in dict.fromkeys(analysis.get("flags") or [])]
+    out: Rows = []
+    if metrics:
+        out.append((case_metrics, {"case_id": case_id, "name": [k for k, _ in metrics],
+                                   "value": np.array([v for _, v in metrics], dtype=np.float64)}))
+    if labels:
+        out.append((case_labels, {"case_id": case_id, "kind": [k for k, _ in labels],
+                                  "label": [v for _, v in labels]}))
     return out
 
 

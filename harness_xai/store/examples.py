@@ -100,7 +100,8 @@ TABLES = (
     ("cases", "id; unique (run_id, task, doc_id, doc_hash, filter)",
      "one wrong answer: status/skip_reason, hashes, prompt, predicted vs gold, contrast tokens, delta (Δℓ), "
      "ll_pred/ll_gold/ll_error, method + method_params (JSON), n_tokens, aopc/aopc_random"),
-    ("token_relevance", "case_id, position", "token id and text, relevance, segment label and index"),
+    ("token_relevance", "case_id, position", "token id and text, relevance, segment label and index, "
+                                             "evidence (1/0; NULL when the doc records no evidence)"),
     ("layer_relevance", "case_id, layer, position", "residual-stream relevance; layer 0 = embeddings"),
     ("state_relevance", "case_id, kind, layer, position", "kind mid/attn/mlp; layer 1..L = block"),
     ("head_relevance", "case_id, layer, head, position", "relevance of each attention head's output"),
@@ -109,6 +110,9 @@ TABLES = (
                           "formation_layer, params/metrics (JSON)"),
     ("graph_nodes", "case_id, layer, position", "kept nodes (layer indexes graphs.node_layers) and relevance"),
     ("graph_edges", "case_id, source_layer, source_position, target_layer, target_position", "edge weights"),
+    ("case_metrics", "case_id, name", "per-case analysis metrics (segment totals, concentration, position "
+                                      "and layer profile, evidence rank; see harness_xai.analysis)"),
+    ("case_labels", "case_id, kind, label", "triage: kind 'triage' = primary label, kind 'flag' = each rule that fired"),
 )
 
 VIEWS = (

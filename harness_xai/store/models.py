@@ -1,9 +1,10 @@
-"""SQLAlchemy 2 declarative models of the harness-xai result schema (eleven tables).
+"""SQLAlchemy 2 declarative models of the harness-xai result schema (thirteen tables).
 
 The schema is fixed (the report reads it directly); the migrations in ``migrations/versions``
 create exactly these tables (0001: the first five; 0002: ``runs.step``, the case columns of the
 engine/contrast issues, token segments and the six tables of internal states, heads, faithfulness
-curves and graphs; 0003: read-only views, see ``views.py``). Notes:
+curves and graphs; 0003: read-only views, see ``views.py``; 0004: ``case_metrics``,
+``case_labels`` and ``token_relevance.evidence`` of the per-case analysis). Notes:
 
 1. Integer surrogate keys (``runs.id``, ``cases.id``) take their values from explicit sequences:
    DuckDB has no SERIAL, and the PostgreSQL dialect (which duckdb-engine builds on) would emit
@@ -143,6 +144,7 @@ class TokenRelevance(Base):
     relevance: Mapped[float | None] = mapped_column(Double)
     segment: Mapped[str | None] = mapped_column(Text)  # records.SEGMENTS label (0002)
     segment_index: Mapped[int | None] = mapped_column(Integer)  # which demo / option (0002)
+    evidence: Mapped[int | None] = mapped_column(Integer)  # 1 evidence, 0 not, NULL unknown (0004)
 
 
 class LayerRelevance(Base):
@@ -232,6 +234,26 @@ class GraphEdge(Base):
     weight: Mapped[float | None] = mapped_column(Double)
 
 
+class CaseMetric(Base):
+    """One per-case analysis metric (``harness_xai.analysis``), e.g. ``evidence.rank_abs``."""
+
+    __tablename__ = "case_metrics"
+
+    case_id: Mapped[int] = mapped_column(Integer, ForeignKey("cases.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[float | None] = mapped_column(Double)
+
+
+class CaseLabel(Base):
+    """Triage of a case: kind 'triage' = the primary label, kind 'flag' = each rule that fired."""
+
+    __tablename__ = "case_labels"
+
+    case_id: Mapped[int] = mapped_column(Integer, ForeignKey("cases.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    label: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
 runs = Run.__table__
 task_results = TaskResult.__table__
 cases = Case.__table__
@@ -243,7 +265,10 @@ faithfulness = FaithfulnessStep.__table__
 graphs = Graph.__table__
 graph_nodes = GraphNode.__table__
 graph_edges = GraphEdge.__table__
+case_metrics = CaseMetric.__table__
+case_labels = CaseLabel.__table__
 
 #: every table, parents first (export order; reverse for deletes)
 ALL_TABLES = (runs, task_results, cases, token_relevance, layer_relevance, state_relevance,
-              head_relevance, faithfulness, graphs, graph_nodes, graph_edges)
+              head_relevance, faithfulness, graphs, graph_nodes, graph_edges, case_metrics,
+              case_labels)

@@ -14,8 +14,9 @@
 1. validate every array's shape before touching the database (caserows.validate_case);
 2. return the existing id if the unit key (run, task, doc_id, doc_hash, filter) is stored;
 3. insert the ``cases`` row (its presence is the case's "done" mark), then the child rows of
-   every array the record carries (tokens with segments, layers, states, heads, faithfulness
-   curve, graph summary/nodes/edges) through each backend's bulk path (bulk.py: DuckDB from
+   every array the record carries (tokens with segments and evidence marks, layers, states,
+   heads, faithfulness curve, graph summary/nodes/edges, analysis metrics and triage labels)
+   through each backend's bulk path (bulk.py: DuckDB from
    Arrow, PostgreSQL binary COPY, SQLite executemany);
 4. commit. Any failure rolls the whole case back, so a killed or failed run leaves either the
    complete case or nothing, and a re-run attributes exactly the missing cases.

@@ -1,0 +1,278 @@
+"""Attribution and graph cost of a 7B-shaped model on one GPU; a CPU smoke mode; a memory model.
+
+Usage:
+    python bench/bench_gpu.py                    # GPU: 7B shape, bf16, SDPA; attribution at
+                                                 # 4k and 32k tokens, graph at 32k and 128k
+    python bench/bench_gpu.py --tiny             # CPU, tiny shape, seconds: proves the script
+    python bench/bench_gpu.py --project          # CPU: bytes/token of attribution and graph on a
+                                                 # 7B-proportional narrow model → 7B projection
+    options: --attr-lengths N… --graph-lengths N… --repeats R --layers L --json FILE
+
+1. Model: a Llama config of Mistral-7B's shape (hidden 4096, 32 layers, 32 heads, 8 KV heads,
+   MLP 14336, vocab 32000, RoPE θ 1e6, 131072 positions; ``--layers`` shrinks the depth),
+   random weights built directly on the device, bf16, ``attn_implementation="sdpa"``.
+2. Per input length n (random token ids, fixed seed), each measured ``--repeats`` times after one
+   warm-up (median seconds; peak memory of the first timed call):
+   - ``plain``: one forward + backward of logit[a] − logit[b] to the input embeddings
+     (parameters frozen, as ``attribute`` freezes them) — the cost floor of any gradient method;
+   - ``attnlrp``: ``harness_xai.attribute`` (one forward + one backward under the AttnLRP rules,
+     internal states and heads captured), ``attnlrp-ckpt`` with gradient checkpointing, and
+     ``attnlrp-ckpt-nostates`` also without the mid/attn/mlp/head states (the leanest path);
+   - ``graph``: ``harness_xai.graph`` with the CLI's pruning defaults (mass 0.85, ≤1000 edges per
+     block), when the package has it.
+   ratio = seconds / plain seconds. GPU peak memory: ``torch.cuda.max_memory_allocated`` minus the
+   memory held before the call (weights); CPU: peak RSS delta (kernel high-water mark reset
+   before the call, freed heap returned first), since torch's CPU allocations are invisible to
+   tracemalloc. CPU modes re-run themselves with ``MALLOC_MMAP_THRESHOLD_=65536`` so every
+   block above 64 KiB is its own mapping, returned to the system when freed: RSS then follows
+   the live tensors (with glibc's adaptive threshold, freed blocks stay resident and the
+   figures were off by ±20 %). Out-of-memory is recorded as such and the run goes on.
+3. ``--project``: the same measurements on a narrow model with 7B's ratios (hidden 512, 8 heads /
+   2 KV heads of 64, MLP 1792, bf16) at two lengths and two depths (2 and 4 blocks). The slope
+   between the lengths is the memory per token s(L) at depth L; s(L) = α + β·L separates what
+   every block keeps (β: saved activations, captured states) from what is paid once (α: the
+   embeddings, the one block a checkpointed backward recomputes, the head). At fixed ratios
+   activations are linear in the width, so bytes/token(7B) ≈ (4096 / 512) · (α + 32 β).
+   Printed as a PROJECTION, next to the measured figures.
+Output: a Markdown table on stdout (paste into bench/README.md with date and machine) and, with
+``--json``, the raw records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SHAPE_7B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
+                max_position_embeddings=131072, rope_theta=1e6)
+SHAPE_NARROW = dict(hidden_size=512, intermediate_size=1792, num_hidden_layers=4,
+                    num_attention_heads=8, num_key_value_heads=2, vocab_size=32000,
+                    max_position_embeddings=131072, rope_theta=1e6)  # 7B's ratios, 1/8 wide
+SHAPE_TINY = dict(hidden_size=64, intermediate_size=224, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=1, vocab_size=512,
+                  max_position_embeddings=4096, rope_theta=1e6)
+
+
+def build_model(shape: dict, device: str, dtype: torch.dtype, seed: int = 0):
+    """Random-weight Llama of ``shape`` built on ``device`` (no host copy of the weights)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**{k: v for k, v in shape.items() if k != "rope_theta"},
+                         rope_parameters={"rope_type": "default", "rope_theta": shape["rope_theta"]},
+                         tie_word_embeddings=False, attn_implementation="sdpa")
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype).eval()
+    with torch.no_grad():  # random init leaves norm weights at 1: perturb them
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+# -- memory ------------------------------------------------------------------------------------
+def _rss(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+
+def peak_memory(fn, device: str) -> tuple[float, int]:
+    """(seconds, peak bytes above the memory held before ``fn()``)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return time.perf_counter() - start, torch.cuda.max_memory_allocated() - base
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = _rss("VmRSS")
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start, _rss("VmHWM") - base
+
+
+def measure(fn, device: str, repeats: int) -> dict:
+    """Median seconds over ``repeats`` (after a warm-up) and peak memory of the first one."""
+    try:
+        fn()  # warm-up (kernels, allocator)
+        seconds, peak = peak_memory(fn, device)
+        times = [seconds]
+        for _ in range(repeats - 1):
+            times.append(peak_memory(fn, device)[0])
+        return {"seconds": statistics.median(times), "peak_bytes": peak}
+    except torch.OutOfMemoryError:
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        return {"seconds": None, "peak_bytes": None, "error": "out of memory"}
+
+
+# -- the measured calls ------------------------------------------------------------------------
+def plain(model, ids, a: int, b: int) -> None:
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        logits = model(inputs_embeds=emb, use_cache=False, logits_to_keep=1).logits[0, -1].float()
+        torch.autograd.grad(logits[a] - logits[b], emb)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def calls(model, graph_lengths: set[int], n: int) -> dict:
+    from harness_xai import attribute
+
+    ids = torch.randint(3, model.config.vocab_size, (1, n),
+                        generator=torch.Generator().manual_seed(n)).to(model.device)
+    a, b = 1, 2
+    out = {"plain": lambda: plain(model, ids, a, b),
+           "attnlrp": lambda: attribute(model, None, ids, a, b, method="attnlrp"),
+           "attnlrp-ckpt": lambda: attribute(model, None, ids, a, b, method="attnlrp",
+                                             checkpoint=True),
+           "attnlrp-ckpt-nostates": lambda: attribute(model, None, ids, a, b, method="attnlrp",
+                                                      checkpoint=True, states=False)}
+    if n in graph_lengths:
+        try:
+            from harness_xai.graph import graph
+        except ImportError:
+            graph = None
+        if graph is not None:
+            out["graph"] = lambda: graph(model, None, ids, a, b, method="attnlrp",
+                                         prune={"mass": 0.85, "max_edges": 1000})
+    return out
+
+
+def run(shape: dict, device: str, dtype: torch.dtype, attr_lengths, graph_lengths,
+        repeats: int) -> list[dict]:
+    model = build_model(shape, device, dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+    records = []
+    for n in sorted(set(attr_lengths) | set(graph_lengths)):
+        fns = calls(model, set(graph_lengths), n)
+        if n not in attr_lengths:
+            fns = {k: v for k, v in fns.items() if k in ("plain", "graph")}
+        base = None
+        for name, fn in fns.items():
+            rec = {"n": n, "call": name, **measure(fn, device, repeats)}
+            if name == "plain":
+                base = rec["seconds"]
+            rec["ratio"] = (rec["seconds"] / base) if base and rec["seconds"] else None
+            rec["bytes_per_token"] = rec["peak_bytes"] / n if rec["peak_bytes"] else None
+            records.append(rec)
+            print(_row(rec), flush=True)
+    for rec in records:
+        rec.update(params=n_params, dtype=str(dtype).replace("torch.", ""), device=device)
+    return records
+
+
+def _fmt_bytes(x) -> str:
+    return "—" if x is None else f"{x / 2**30:.2f} GiB" if x >= 2**30 else f"{x / 2**20:.1f} MiB"
+
+
+def _row(rec: dict) -> str:
+    sec = "OOM" if rec.get("error") else f"{rec['seconds']:.3f}"
+    ratio = "" if rec.get("ratio") is None else f"{rec['ratio']:.2f}"
+    return f"| {rec['n']} | {rec['call']} | {sec} | {ratio} | {_fmt_bytes(rec['peak_bytes'])} |"
+
+
+def project(shallow: list[dict], deep: list[dict], depths: tuple[int, int], width: int,
+            target: dict) -> list[str]:
+    """Per call: bytes/token slope at two depths → α + β·L → scaled to ``target`` (module doc)."""
+    def slope(records, call):
+        pts = sorted((r["n"], r["peak_bytes"]) for r in records
+                     if r["call"] == call and r["peak_bytes"])
+        return (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0]) if len(pts) > 1 else None
+
+    lines = []
+    for call in dict.fromkeys(r["call"] for r in deep):
+        s0, s1 = slope(shallow, call), slope(deep, call)
+        if s0 is None or s1 is None:
+            continue
+        beta = (s1 - s0) / (depths[1] - depths[0])
+        alpha = s0 - beta * depths[0]
+        per_token = target["hidden_size"] / width * (alpha + beta * target["num_hidden_layers"])
+        lines.append(f"| {call} | {s0 / 1024:.1f} / {s1 / 1024:.1f} KiB | {alpha / 1024:.1f} KiB | "
+                     f"{beta / 1024:.1f} KiB | {per_token / 2**20:.2f} MiB | "
+                     f"{_fmt_bytes(per_token * 4096)} | {_fmt_bytes(per_token * 32768)} | "
+                     f"{_fmt_bytes(per_token * 131072)} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke mode (tiny shape)")
+    parser.add_argument("--project", action="store_true",
+                        help="CPU: bytes/token on a 7B-proportional narrow model → 7B projection")
+    parser.add_argument("--attr-lengths", type=int, nargs="+", default=None)
+    parser.add_argument("--graph-lengths", type=int, nargs="+", default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=None, help="override the depth")
+    parser.add_argument("--json", default=None, help="also write the raw records here")
+    opts = parser.parse_args(argv)
+    if (opts.tiny or opts.project) and os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # glibc reads it at start-up
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__),
+                                   *(sys.argv[1:] if argv is None else argv)], env)
+    if opts.tiny or opts.project:
+        device, dtype = "cpu", torch.bfloat16 if opts.project else torch.float32
+        shape = dict(SHAPE_NARROW if opts.project else SHAPE_TINY)
+        attr = opts.attr_lengths or ([1024, 4096] if opts.project else [128, 512])
+        graphs = opts.graph_lengths or ([1024, 2048] if opts.project else [128, 256])
+    else:
+        if not torch.cuda.is_available():
+            print("no GPU: run with --tiny (smoke test) or --project (CPU memory model)",
+                  file=sys.stderr)
+            return 2
+        device, dtype, shape = "cuda", torch.bfloat16, dict(SHAPE_7B)
+        attr = opts.attr_lengths or [4096, 32768]
+        graphs = opts.graph_lengths or [32768, 131072]
+    if opts.layers:
+        shape["num_hidden_layers"] = opts.layers
+    machine = (torch.cuda.get_device_name() if device == "cuda"
+               else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                    f"{torch.get_num_threads()} threads")
+    print(f"# bench_gpu {datetime.date.today()} — {machine}; torch {torch.__version__}; "
+          f"shape {shape}; {dtype}")
+    print("| n | call | seconds | ratio to plain | peak memory |\n|---|---|---|---|---|")
+    records = run(shape, device, dtype, attr, graphs, max(1, opts.repeats))
+    if opts.project:
+        depths = (2, shape["num_hidden_layers"])
+        print(f"\n(again at depth {depths[0]}, for the per-block term)")
+        shallow = run({**shape, "num_hidden_layers": depths[0]}, device, dtype, attr, graphs,
+                      max(1, opts.repeats))
+        for rec in shallow:
+            rec["layers"] = depths[0]
+        print("\nPROJECTION to the 7B shape (memory per token = width ratio × (α + 32·β)):")
+        print(f"| call | measured / token (L={depths[0]} / L={depths[1]}) | α once | β per block "
+              "| 7B / token | 7B at 4k | 7B at 32k | 7B at 128k |")
+        print("|---|---|---|---|---|---|---|---|")
+        print("\n".join(project(shallow, records, depths, shape["hidden_size"], SHAPE_7B)))
+        records += shallow
+    if opts.json:
+        Path(opts.json).write_text(json.dumps({"machine": machine, "shape": shape,
+                                               "date": str(datetime.date.today()),
+                                               "records": records}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
