@@ -77,7 +77,8 @@ def _dispatch(argv: list[str]) -> int:
         return run(rest)
     if command.startswith("-"):  # lm-eval's flag-only style: `harness-xai --model hf …`
         return run(argv)
-    raise UserError(f"unknown command '{command}'. Commands: run, report, sql, db, export, sweep, zoo, demo, "
+    raise UserError(f"unknown command '{command}'. Commands: run, report, sql, db, export, sweep, "
+                    "zoo, demo, "
                     "ls, validate (see `harness-xai --help`).")
 
 
@@ -252,12 +253,12 @@ def _execute(args) -> None:
 
 
 def demo(argv: list[str]) -> int:
-    """Offline demo: build the zoo if needed, sweep it with attribution (every model × checkpoint ×
-    bundled task, ``--limit`` docs per task), explain the main model's final checkpoint on every doc
-    with graphs and faithfulness, render the report."""
+    """Offline demo: build the zoo if needed, sweep it with attribution (every model × checkpoint
+    × bundled task, ``--limit`` docs per task), explain the main model's final checkpoint on every
+    doc with graphs and faithfulness, render the report."""
     import argparse
 
-    from harness_xai.zoo import DEMO_LIMIT, DEMO_MAIN, DEMO_TASKS, ZOO_MODELS
+    from harness_xai.zoo import DEMO_CHECKPOINTS, DEMO_LIMIT, DEMO_MAIN, DEMO_TASKS, ZOO_MODELS
     from harness_xai.zoo.cli import default_jobs
 
     parser = argparse.ArgumentParser(prog="harness-xai demo")
@@ -266,7 +267,8 @@ def demo(argv: list[str]) -> int:
     parser.add_argument("--method", default="attnlrp")
     parser.add_argument("--models", default=",".join(ZOO_MODELS),
                         help="zoo models to sweep (default: all six)")
-    parser.add_argument("--checkpoints", default="all", help="all (default), final or steps")
+    parser.add_argument("--checkpoints", default=DEMO_CHECKPOINTS,
+                        help=f"steps to sweep (default {DEMO_CHECKPOINTS}), all or final")
     parser.add_argument("--limit", type=int, default=DEMO_LIMIT,
                         help=f"docs per task in the sweep (default {DEMO_LIMIT}; 0: all)")
     parser.add_argument("--main", default=DEMO_MAIN,

@@ -12,9 +12,9 @@ Algorithm:
    model gives one cell per checkpoint (``--checkpoints``): ``pretrained=<zoo>/<name>,
    subfolder=step<N>``; any other model one cell per ``--revisions`` entry
    (``pretrained=<id>,revision=<rev>``, e.g. Pythia's ``step3000``), or a single cell.
-2. Every cell is one ``harness-xai run --model hf --model_args … --tasks … --attribute --xai-db …``
-   plus the flags after ``--`` (any lm-eval or harness-xai run flag); they are parsed once up
-   front, so a bad flag fails before any work. The checkpoint step and the parameter count of
+2. Every cell is one ``harness-xai run --model hf --model_args … --tasks … --attribute
+   --xai-db …`` plus the flags after ``--`` (any lm-eval or harness-xai run flag); they are
+   parsed once up front, so a bad flag fails before any work. The checkpoint step and the parameter count of
    each run are recorded by the pipeline (``runs.step``, ``runs.n_params``; ``checkpoint_step``).
 3. Resume. Before a cell runs, the store is read: a cell is finished when the store holds a run
    with the same model arguments, tasks, limit, seeds, generation and chat settings, few-shot
@@ -46,7 +46,7 @@ from harness_xai.errors import UserError
 _STEP_REVISION = re.compile(r"^step(\d+)(?:$|[-_])")
 #: flags the sweep sets for every cell (one of them after ``--`` would contradict the matrix)
 _OWN_FLAGS = ("--model", "--model_args", "--tasks", "--include_path", "--attribute", "--xai-db",
-              "--xai-report", "-t", "-a")
+              "--xai-report", "--config", "-M", "-t", "-a", "-C")
 STATE_FILE = "trainer_state.json"
 
 
@@ -85,7 +85,8 @@ def sweep_main(argv: list[str]) -> int:
     clash = [f for f in run_flags if f.split("=", 1)[0] in _OWN_FLAGS]
     if clash:
         raise UserError(f"{clash[0]} after `--` is set by the sweep itself; use the sweep's own "
-                        "--models/--tasks/--include_path/--model_args/--xai-db/--report.")
+                        "--models/--tasks/--include_path/--model_args/--xai-db/--report "
+                        "(a --config file is not supported in a sweep).")
     url = normalize_url(opts.xai_db or DEFAULT_DB)
     tasks = _csv(opts.tasks) or list(DEMO_TASKS)
     include = opts.include_path or (str(tasks_dir()) if set(tasks) <= set(DEMO_TASKS) else None)
@@ -142,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the store (default duckdb:///xai.duckdb)")
     p.add_argument("--model_args", default="",
                    help="extra model arguments for every cell, e.g. dtype=float32")
-    p.add_argument("--report", default=None, metavar="DIR", help="render the HTML report at the end")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="render the HTML report at the end")
     p.add_argument("--dry-run", dest="dry_run", action="store_true",
                    help="print the cells' run commands and exit")
     return p
@@ -192,7 +194,8 @@ def plan(opts, tasks: list[str]) -> list[Cell]:
                            f"{name}@{r}" if r else name) for r in revisions]
         else:
             raise UserError(f"model '{name}' (in --models) is neither a zoo model in {zoo} nor a "
-                            "path or hub id: build the zoo (`harness-xai zoo build`) or fix the name.")
+                            "path or hub id: build the zoo (`harness-xai zoo build`) or fix the "
+                            "name.")
     return cells
 
 
@@ -277,9 +280,9 @@ def _finished_runs(url: str) -> list[dict[str, Any]]:
     from harness_xai.store import run_sql
 
     _, runs = run_sql(url, "SELECT id, config, tasks FROM runs")
-    _, counts = run_sql(url, "SELECT t.run_id, t.task, t.n_incorrect, count(c.id) FROM task_results t "
-                             "LEFT JOIN cases c ON c.run_id = t.run_id AND c.task = t.task "
-                             "GROUP BY t.run_id, t.task, t.n_incorrect")
+    _, counts = run_sql(url, "SELECT t.run_id, t.task, t.n_incorrect, count(c.id) "
+                             "FROM task_results t LEFT JOIN cases c ON c.run_id = t.run_id "
+                             "AND c.task = t.task GROUP BY t.run_id, t.task, t.n_incorrect")
     complete: dict[int, set[str]] = {}
     incomplete: set[int] = set()
     for run_id, task, n_incorrect, stored in counts:

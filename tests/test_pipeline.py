@@ -238,3 +238,28 @@ def test_graph_faithfulness_states_reach_the_store(micro_model, tmp_path):
     stored = _sql(db, "SELECT count(*), sum(weight) FROM graph_edges WHERE case_id = :c", {"c": case_id})[0]
     assert stored[0] == len(g.weight)
     assert abs(stored[1] - float(g.weight.sum())) <= 1e-4 * max(1.0, abs(float(g.weight.sum())))
+
+
+@pytest.mark.parametrize("method", ["grad-x-input", "integrated-gradients"])
+def test_every_method_runs_from_the_cli(micro_model, tmp_path, method):
+    """`--xai-method` reaches the engine: stored relevance equals harness_xai.attribute's."""
+    from transformers import AutoModelForCausalLM
+
+    from harness_xai import attribute
+
+    db = tmp_path / "m.duckdb"
+    argv = [*_args(micro_model, tmp_path / "res", "xai_arith", limit=12), "--attribute",
+            "--xai-db", f"duckdb:///{db}", "--xai-no-progress", "--xai-method", method]
+    assert main(["run", *argv]) == 0
+    rows = _sql(db, "SELECT id, method, wrong_token_id, gold_token_id, method_params FROM cases "
+                    "WHERE status = 'attributed' ORDER BY id")
+    assert rows and {r[1] for r in rows} == {method}
+    case_id, _, wrong, gold, params = rows[0]
+    if method == "integrated-gradients":
+        assert json.loads(params)["steps"] > 0
+    tokens = _sql(db, "SELECT token_id, relevance FROM token_relevance WHERE case_id = :c "
+                      "ORDER BY position", {"c": case_id})
+    model = AutoModelForCausalLM.from_pretrained(micro_model, dtype=torch.float32)
+    ref = attribute(model, None, [t for t, _ in tokens], wrong, gold, method=method)
+    got = torch.tensor([r for _, r in tokens], dtype=torch.float32)
+    torch.testing.assert_close(got, ref.tokens.float(), rtol=1e-4, atol=1e-5)

@@ -118,7 +118,8 @@ def test_unfinished_or_different_cells_run_again(swept, zoo, monkeypatch, tmp_pa
         children = conn.execute(sa.text(
             "SELECT DISTINCT c.table_name FROM information_schema.columns c JOIN "
             "information_schema.tables t ON t.table_name = c.table_name WHERE c.column_name = "
-            "'case_id' AND t.table_type = 'BASE TABLE' AND c.table_name <> 'graphs'")).scalars().all()
+            "'case_id' AND t.table_type = 'BASE TABLE' AND c.table_name <> 'graphs'")
+        ).scalars().all()
         for table in [*children, "graphs"]:  # fixed schema names, not user text
             conn.execute(sa.text(f"DELETE FROM {table} WHERE case_id = :c"), {"c": case_id})
     with engine.begin() as conn:  # DuckDB checks foreign keys against the transaction's start
@@ -179,9 +180,13 @@ def test_dry_run_lists_the_cells(zoo, tmp_path, capsys):
     assert "subfolder=step4" in out[0] and "--limit 2" in out[0] and not db.exists()
 
 
-def test_revision_on_a_local_directory_is_refused(zoo, tmp_path):
+def test_revision_on_a_local_directory_is_refused(zoo, tmp_path, capsys):
     """transformers would silently load the final model: the run stops with a pointer instead."""
+    from harness_xai.zoo import tasks_dir
+
+    db = tmp_path / "x.duckdb"
     err = cli.main(["run", "--model", "hf", "--model_args",
                     f"pretrained={zoo / 'llama-s'},revision=step2", "--tasks", "xai_kv",
-                    "--include_path", "tasks", "--attribute", "--xai-db", str(tmp_path / "x.duckdb")])
-    assert err == 2 and not (tmp_path / "x.duckdb").exists()
+                    "--include_path", str(tasks_dir()), "--attribute", "--xai-db", str(db)])
+    assert err == 2 and not db.exists()
+    assert "subfolder=step2" in capsys.readouterr().err

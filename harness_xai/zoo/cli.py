@@ -1,7 +1,7 @@
 """``harness-xai zoo build|list|tasks``: train the zoo (cached), show it, regenerate the task data.
 
-``zoo build`` trains the zoo family (``llama``/``neox`` × ``s``/``m``/``l``, checkpoints saved while
-training) or, with ``--models llama-tiny``, the single model of the first demo.
+``zoo build`` trains the zoo family (``llama``/``neox`` × ``s``/``m``/``l``, checkpoints saved
+while training) or, with ``--models llama-tiny``, the single model of the first demo.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def _list(out: str) -> int:
 
     rows = zoo_table(out)
     if not rows:
-        raise UserError(f"no zoo models in {out}: build them with `harness-xai zoo build --out {out}`.")
+        raise UserError(f"no zoo models in {out}: build them with "
+                        f"`harness-xai zoo build --out {out}`.")
     print(f"{'model':<11} {'arch':<9} {'params':>8}  checkpoints (held-out kv retrieval)")
     for row in rows:
         steps = "  ".join(f"{s}:{a:.2f}" for s, a in row["checkpoints"])
