@@ -61,6 +61,7 @@ def store_db(tmp_path: Path) -> tuple[str, dict]:
         pretrained="/zoo/tiny", revision="step3000", model_type="llama", n_params=12345,
         tasks=["arc_fixture", ODD_TASK], method="attnlrp", lm_eval_version="0.4.13",
         harness_xai_version="0.1.0", created_at=dt.datetime(2026, 11, 24, 8, 0, tzinfo=dt.timezone.utc),
+        step=3000,
     )
     cases = {
         "arc_fixture": [_attributed("arc_fixture", 3, 0.5, 1), _attributed("arc_fixture", 1, 2.25, 2),
@@ -144,6 +145,7 @@ def test_render_structure_links_and_escaping(store_db: tuple[str, dict], tmp_pat
 
     idx = index.read_text("utf-8")
     assert "step3000" in idx and "attnlrp" in idx and "0.4.13" in idx
+    assert '<span class="tag">step 3000</span>' in idx
     assert "identical_sequences: 2" in idx and "prefix_of_other: 1" in idx
     assert "&lt;b&gt;Task&lt;/b&gt;" in idx and "<b>Task</b>" not in idx
     assert idx.count("<script") == 1  # only the report's own script

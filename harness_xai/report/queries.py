@@ -52,7 +52,7 @@ def list_runs(conn: Connection) -> list[dict[str, Any]]:
     rows = conn.execute(
         text(
             "SELECT id, run_key, created_at, model, model_args, pretrained, revision, model_type, "
-            "n_params, tasks, method, lm_eval_version, harness_xai_version FROM runs ORDER BY id"
+            "n_params, tasks, method, lm_eval_version, harness_xai_version, step FROM runs ORDER BY id"
         )
     ).mappings()
     return [dict(r) for r in rows]
