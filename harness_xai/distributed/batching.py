@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from harness_xai.lrp import Attribution, adapter_for, get_method, lrp
+from harness_xai.lrp.capture import state_sites
 
 #: padded tokens per batched pass (bounds activation memory like one case of this length)
 MAX_BATCH_TOKENS = 8192
@@ -71,9 +72,7 @@ class _RowCapture:
     def __enter__(self) -> _RowCapture:
         a = self.adapter
         for layer, block in enumerate(self.blocks):
-            where = {"out": (block, False), "attn": (a.attn_output(block), False),
-                     "mlp": (a.mlp_output(block), False), "mid": (a.mid_input(block), True),
-                     "heads": (a.head_input(block), True)}
+            where = state_sites(a, block)
             for kind in self.kinds:
                 module, is_input = where[kind]
                 if module is None:

@@ -52,6 +52,14 @@ def trapezoid_pair(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (x[1:] - x[:-1]) * ((g[1:] + g[:-1]) * 0.5)
 
 
+def state_sites(adapter: Adapter, block: nn.Module) -> dict[str, tuple[nn.Module | None, bool]]:
+    """kind → (module whose output — or, when the flag is True, whose input — is that state of
+    ``block``; None where the family has no such state)."""
+    return {"out": (block, False), "attn": (adapter.attn_output(block), False),
+            "mlp": (adapter.mlp_output(block), False), "mid": (adapter.mid_input(block), True),
+            "heads": (adapter.head_input(block), True)}
+
+
 class StateCapture:
     """Context manager: hooks that turn internal states into relevance during the backward."""
 
@@ -68,9 +76,7 @@ class StateCapture:
     def __enter__(self) -> StateCapture:
         a = self.adapter
         for layer, block in enumerate(self.blocks):
-            targets = {"out": (block, False), "attn": (a.attn_output(block), False),
-                       "mlp": (a.mlp_output(block), False), "mid": (a.mid_input(block), True),
-                       "heads": (a.head_input(block), True)}
+            targets = state_sites(a, block)
             for kind in self.kinds:
                 module, is_input = targets[kind]
                 if module is None:
