@@ -71,8 +71,8 @@ def attribute(model: nn.Module, tokenizer, input_ids, target_id, foil_id,
     spec = get_method(method)
     params = spec.configure(options)
     adapter = adapter_for(model)  # fails before any work for unsupported families
-    ids = _as_ids(input_ids, tokenizer)  # (1, n)
-    target, foil = _as_token(target_id, tokenizer), _as_token(foil_id, tokenizer)
+    ids = as_ids(input_ids, tokenizer)  # (1, n)
+    target, foil = as_token(target_id, tokenizer), as_token(foil_id, tokenizer)
     vocab = model.get_output_embeddings().weight.shape[0]
     for name, tok in (("target_id", target), ("foil_id", foil)):
         if not 0 <= tok < vocab:
@@ -147,7 +147,7 @@ def input_device(model: nn.Module) -> torch.device:
     return embedding.weight.device
 
 
-def _as_ids(input_ids, tokenizer) -> torch.Tensor:
+def as_ids(input_ids, tokenizer) -> torch.Tensor:
     if isinstance(input_ids, str):
         if tokenizer is None:
             raise UserError("input_ids is a string but no tokenizer was given.")
@@ -160,7 +160,7 @@ def _as_ids(input_ids, tokenizer) -> torch.Tensor:
     return ids
 
 
-def _as_token(token, tokenizer) -> int:
+def as_token(token, tokenizer) -> int:
     if isinstance(token, str):
         if tokenizer is None:
             raise UserError(f"token {token!r} is a string but no tokenizer was given.")
