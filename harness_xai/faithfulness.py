@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from harness_xai.errors import UserError
+from harness_xai.lrp.attribute import input_device
 from harness_xai.records import ATTRIBUTED, CaseRecord, Faithfulness
 
 FRACTIONS = (0.01, 0.02, 0.05, 0.10, 0.20, 0.30, 0.50)
@@ -156,7 +157,7 @@ def _aopc(d0: float, curve: list[float]) -> float:
 @torch.inference_mode()
 def _deltas(model, rows: list[list[int]], cases: list[DeletionCase], pad_id: int) -> np.ndarray:
     """Δℓ at each row's last token, all rows in one left-padded forward: (n_rows,) float64."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
     mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)

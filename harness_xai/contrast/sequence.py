@@ -73,13 +73,14 @@ def attribute_sequence(model, target: SequenceTarget, method: str = "attnlrp"):
     import torch
 
     from harness_xai.lrp import Attribution, adapter_for, get_method, lrp
+    from harness_xai.lrp.attribute import input_device
 
     spec = get_method(method)
     if getattr(spec, "integrate", False):
         raise UserError(f"--xai-contrast sequence does not support method {spec.name!r}; use "
                         "attnlrp, cp-lrp or grad-x-input, or --xai-contrast token.")
     adapter = adapter_for(model)
-    device = next(model.parameters()).device
+    device = input_device(model)
     embed = model.get_input_embeddings()
     passes = ((target.wrong_ids, target.wrong_from, target.wrong_weight),
               (target.gold_ids, target.gold_from, -target.gold_weight))

@@ -37,7 +37,7 @@ from harness_xai.graph.prune import (Collector, Edges, Prune, ancestors, as_prun
                                      prune_dense, target_nodes)
 from harness_xai.graph.reference import reference_edges
 from harness_xai.lrp.adapters import adapter_for
-from harness_xai.lrp.attribute import as_ids, as_token
+from harness_xai.lrp.attribute import as_ids, as_token, input_device
 from harness_xai.lrp.methods import get_method
 from harness_xai.lrp.patch import lrp
 from harness_xai.records import GraphRecord
@@ -123,7 +123,7 @@ def graph(model: nn.Module, tokenizer, input_ids, target_id, foil_id, method: st
     for name, tok in (("target_id", target), ("foil_id", foil)):
         if not 0 <= tok < vocab:
             raise UserError(f"{name}={tok} is outside the model's vocabulary (0..{vocab - 1}).")
-    ids = ids.to(next(model.parameters()).device)
+    ids = ids.to(input_device(model))
     n = ids.shape[1]
 
     started = time.perf_counter()
