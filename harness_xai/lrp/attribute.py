@@ -138,7 +138,10 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 def input_device(model: nn.Module) -> torch.device:
     """Where the input ids must live: the embedding's execution device under accelerate's hooks
     (``device_map`` / offload: weights may sit on ``meta`` until the forward), else its weight's."""
-    embedding = model.get_input_embeddings()
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    if get_embeddings is None:  # not a transformers model: its first parameter decides
+        return next(model.parameters()).device
+    embedding = get_embeddings()
     for module in (embedding, model):
         hook = getattr(module, "_hf_hook", None)
         device = getattr(hook, "execution_device", None)
