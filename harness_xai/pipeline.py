@@ -4,7 +4,8 @@ Algorithm of ``evaluate``:
 1. Validate the xai options (method, store URL) before anything runs.
 2. Run ``lm_eval.simple_evaluate`` unchanged, with samples logged, capturing the HFLM instance and
    the Task objects; the model family is checked before the first request is computed.
-3. For each task, each incorrect sample becomes a contrast case (or a skip with a reason).
+3. For each task, each incorrect sample becomes a contrast case (or a skip with a reason);
+   every sample's outcome (correct or not) goes into the task summary (store: doc_outcomes).
 4. Open the store, find the run by its key; cases already stored are not attributed again.
 5. Attribute each pending case (one forward + one backward), write it in its own transaction;
    under torchrun / accelerate launch the cases are sharded over the ranks, within the budget
@@ -28,7 +29,7 @@ from harness_xai.distributed import Budget, World, prepare_launch
 from harness_xai.errors import UserError
 from harness_xai.harness.capture import capture_evaluate
 from harness_xai.lrp import adapter_for, attribute, get_method
-from harness_xai.records import ATTRIBUTED, CaseRecord, RunRecord, TaskSummary
+from harness_xai.records import ATTRIBUTED, CaseRecord, DocOutcome, RunRecord, TaskSummary
 
 DEFAULT_DB = "duckdb:///xai.duckdb"
 #: cases per batched faithfulness pass (one forward per deletion step covers the batch)
@@ -201,7 +202,23 @@ def _task_summary(name, task, results, samples, metric, n_cases) -> TaskSummary:
     value = next((v for k, v in row.items() if k.split(",")[0] == used
                   and isinstance(v, (int, float))), None)
     return TaskSummary(task=name, metric=used, value=None if value is None else float(value),
-                       n_samples=len(samples), n_incorrect=n_cases, output_type=kind)
+                       n_samples=len(samples), n_incorrect=n_cases, output_type=kind,
+                       outcomes=[_doc_outcome(task, s, metric) for s in samples])
+
+
+def _doc_outcome(task, sample: dict, metric: str) -> DocOutcome:
+    """One logged sample's outcome (``store: doc_outcomes``). ``correct`` follows the contrast
+    builders' rule exactly: a sample is a case iff its decision metric is 0, so correct = 0 for
+    the cases, 1 otherwise; no decision metric (perplexity) → metric = the first logged metric
+    (as its skipped case records it), correct None. ``value``: None when not a number or NaN."""
+    used = decision_metric(task, sample, metric)
+    name = used if used is not None else next(iter(sample.get("metrics") or []), None)
+    raw = sample.get(name) if name is not None else None
+    value = float(raw) if isinstance(raw, (int, float, np.number, np.bool_)) else None
+    return DocOutcome(doc_id=int(sample["doc_id"]), doc_hash=str(sample["doc_hash"]),
+                      filter=str(sample["filter"]), metric=None if name is None else str(name),
+                      value=None if value is None or value != value else value,  # NaN → None
+                      correct=None if used is None else int(float(sample[used]) != 0.0))
 
 
 _RUN_KEY_DROP = {"batch_size", "batch_sizes", "device", "use_cache", "bootstrap_iters"}

@@ -43,6 +43,23 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class DocOutcome:
+    """How one evaluated document fared under one filter (every logged sample, right or wrong).
+
+    ``correct`` is 0 exactly for the samples that became cases (the contrast builders' rule:
+    the decision metric's value is 0), 1 for the others, ``None`` when the task has no notion
+    of correct (perplexity: ``loglikelihood_rolling``).
+    """
+
+    doc_id: int
+    doc_hash: str  # lm-eval's doc hash (the same as ``CaseRecord.doc_hash``)
+    filter: str  # lm-eval filter name, e.g. "none" or "strict-match"
+    metric: str | None  # the decision metric, e.g. "acc", "acc_norm", "exact_match"
+    value: float | None  # its per-sample value (None when not a number)
+    correct: int | None  # 1 / 0 / None (see above)
+
+
+@dataclass(frozen=True)
 class TaskSummary:
     """Per-task outcome of the evaluation, for the report index."""
 
@@ -52,6 +69,8 @@ class TaskSummary:
     n_samples: int
     n_incorrect: int
     output_type: str  # lm-eval output type, e.g. "multiple_choice"
+    #: one outcome per logged sample (document × filter); the store replaces a task's rows
+    outcomes: list[DocOutcome] = field(default_factory=list)
 
 
 #: token segment labels (``CaseRecord.segments``)

@@ -151,9 +151,40 @@ def test_random_baseline_is_the_mean_over_all_orders(n, m):
     for order in itertools.permutations(range(n)):  # every relevance order of n distinct values
         rel = np.array(order, dtype=np.float64)
         ranks.append(evidence_recovery(rel, list(range(m)), [])["evidence.rank_abs"])
+    precisions = [evidence_recovery(np.array(order, dtype=np.float64), list(range(m)),
+                                    [])["evidence.precision"]
+                  for order in itertools.permutations(range(n))]
     any_case = evidence_recovery(np.arange(n, dtype=float), list(range(m)), [])
     assert np.mean(ranks) == pytest.approx(any_case["evidence.random_rank"])
     assert np.mean(np.array(ranks) == 1) == pytest.approx(any_case["evidence.random_top1"])
+    assert np.mean(precisions) == pytest.approx(any_case["evidence.random_precision"])
+    assert any_case["evidence.random_precision"] == pytest.approx(m / n)
+
+
+def test_several_evidence_tokens_best_rank_and_top_m_precision():
+    """Every operand of a sum is evidence: the rank asks for the best one, precision for all."""
+    rel = np.array([9.0, 0.1, 3.0, -2.5, 0.2, 1.0, 0.05])
+    seg = ["special"] + ["question"] * 6  # the BOS' 9.0 is no candidate
+    all_top = evidence_recovery(rel, [2, 3, 5], seg)
+    assert all_top["evidence.rank_abs"] == 1 and all_top["evidence.precision"] == 1.0
+    assert all_top["evidence.n"] == 3 and all_top["evidence.candidates"] == 6
+    assert all_top["evidence.random_top1"] == pytest.approx(3 / 6)
+    assert all_top["evidence.random_precision"] == pytest.approx(3 / 6)
+    assert all_top["evidence.random_rank"] == pytest.approx(7 / 4)
+    assert all_top["evidence.share"] == pytest.approx(6.5 / 6.85)
+    # the best operand is first but the other two sit below two non-evidence tokens
+    one_top = evidence_recovery(rel, [2, 1, 6], seg)
+    assert one_top["evidence.rank_abs"] == 1 and one_top["evidence.precision"] == pytest.approx(1 / 3)
+    # by sign: toward the target (R) the best evidence 3.0 is first, toward the foil (−R) −2.5
+    assert evidence_recovery(rel, [3, 5], seg)["evidence.rank_pos"] == 2  # 1.0 below 3.0
+    assert evidence_recovery(rel, [3, 5], seg)["evidence.rank_neg"] == 1
+    # ties count against the evidence here too
+    tied = evidence_recovery(np.ones(6), [0, 1], [])
+    assert tied["evidence.precision"] == 0.0 and tied["evidence.rank_abs"] == 5
+    # one evidence token: precision is top1
+    for pos in range(1, 7):
+        single = evidence_recovery(rel, [pos], seg)
+        assert single["evidence.precision"] == single["evidence.top1"]
 
 
 # -- 4. triage --------------------------------------------------------------------------------
@@ -374,3 +405,40 @@ def test_run_stores_evidence_metrics_and_triage(micro_model, tmp_path):
         (label,) = run_sql(url, "SELECT label FROM case_labels WHERE case_id = :c AND kind = "
                                 "'triage'", {"c": case_id})[1]
         assert label[0] in tri.LABELS
+
+
+def test_arith_run_marks_every_operand_of_the_current_sum_as_evidence(micro_model, tmp_path):
+    """xai_arith docs carry evidence_span = all operands: through a real few-shot run, each
+    attributed case's evidence positions are exactly the operand tokens of the current question
+    (not the demo's digits, nor '+', '=' or the sum), and its evidence metrics use m = #operands."""
+    import harness_xai
+    from lm_eval.tasks import TaskManager
+
+    from harness_xai.zoo import taskgen
+
+    docs = taskgen.test_docs("xai_arith")
+    url = f"sqlite:///{tmp_path / 'arith.sqlite'}"
+    harness_xai.evaluate(
+        model="hf", model_args=f"pretrained={micro_model},dtype=float32", tasks=["xai_arith"],
+        num_fewshot=1, task_manager=TaskManager(include_path=str(TASKS)), device="cpu", limit=8,
+        attribute=True, db=url, method="attnlrp", progress=False)
+    cases = run_sql(url, "SELECT id, doc_id FROM cases WHERE status = 'attributed'")[1]
+    assert len(cases) >= 3  # the micro model gets most sums wrong
+    for case_id, doc_id in cases:
+        doc = docs[doc_id]
+        tokens = run_sql(url, "SELECT position, token, segment, evidence FROM token_relevance "
+                              "WHERE case_id = :c ORDER BY position", {"c": case_id})[1]
+        demo_end = max(p for p, _, s, _ in tokens if s == "fewshot")
+        # the current question's operand tokens, found independently of the evidence code
+        question = [(p, tok) for p, tok, s, _ in tokens if p > demo_end and s == "question"]
+        operands = [p for p, tok in question if tok.strip().isdigit()]
+        assert [tok.strip() for p, tok in question if p in operands] == \
+            [str(x) for x in doc["operands"]]
+        assert [p for p, _, _, e in tokens if e == 1] == operands
+        assert any(tok.strip().isdigit() for p, tok, s, _ in tokens if s == "fewshot")
+        metrics = dict(run_sql(url, "SELECT name, value FROM case_metrics WHERE case_id = :c",
+                               {"c": case_id})[1])
+        assert metrics["evidence.n"] == len(doc["operands"])
+        assert metrics["evidence.random_top1"] == pytest.approx(
+            len(doc["operands"]) / metrics["evidence.candidates"])
+        assert 0.0 <= metrics["evidence.precision"] <= 1.0

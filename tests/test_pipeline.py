@@ -126,7 +126,7 @@ def test_stored_case_is_exactly_what_lm_eval_scored(attributed_run, micro_model)
 
 def test_second_identical_run_adds_nothing(attributed_run, monkeypatch):
     out, db, argv = attributed_run
-    tables = ("runs", "task_results", "cases", "token_relevance", "layer_relevance")
+    tables = ("runs", "task_results", "doc_outcomes", "cases", "token_relevance", "layer_relevance")
     before = {t: sorted(map(repr, _sql(db, f"SELECT * FROM {t}"))) for t in tables}
     calls = []
     import harness_xai.pipeline as pipeline
@@ -137,6 +137,91 @@ def test_second_identical_run_adds_nothing(attributed_run, monkeypatch):
     after = {t: sorted(map(repr, _sql(db, f"SELECT * FROM {t}"))) for t in tables}
     assert calls == []  # zero attribution passes
     assert after == before
+
+
+def _outcomes_match_samples_and_cases(db_url: str, task: str, samples: list[dict], metric: str | None):
+    """doc_outcomes of ``task``: one row per logged sample with its doc_hash and ``metric`` value;
+    correct = 0 exactly for the stored cases (attributed or skipped), per (doc_id, filter);
+    ``metric`` None: no notion of correct (every row NULL). Returns the rows."""
+    from harness_xai.store import run_sql
+
+    rows = run_sql(db_url, "SELECT doc_id, doc_hash, filter, metric, value, correct FROM doc_outcomes "
+                           "WHERE task = :t ORDER BY doc_id, filter", {"t": task})[1]
+    (n_samples,) = run_sql(db_url, "SELECT n_samples FROM task_results WHERE task = :t", {"t": task})[1][0]
+    assert len(rows) == n_samples == len(samples) > 0, task
+    by_key = {(s["doc_id"], s["filter"]): s for s in samples}
+    assert {(r[0], r[2]) for r in rows} == set(by_key), task
+    cases = set(run_sql(db_url, "SELECT doc_id, filter FROM cases WHERE task = :t", {"t": task})[1])
+    for doc_id, doc_hash, filter_, used, value, correct in rows:
+        sample = by_key[(doc_id, filter_)]
+        assert doc_hash == sample["doc_hash"], task
+        if metric is None:
+            assert correct is None and value is None, task
+            continue
+        assert used == metric and value == float(sample[metric]), task
+        assert correct == (0 if sample[metric] == 0 else 1), task
+        assert (correct == 0) == ((doc_id, filter_) in cases), (task, doc_id, filter_)
+    assert {(r[0], r[2]) for r in rows if r[5] == 0 or metric is None} == cases, task
+    # every case joins its outcome row by the full unit key
+    (unjoined,) = run_sql(db_url, "SELECT count(*) FROM cases AS c LEFT JOIN doc_outcomes AS o ON o.run_id = "
+                                  "c.run_id AND o.task = c.task AND o.doc_id = c.doc_id AND o.doc_hash = "
+                                  "c.doc_hash AND o.filter = c.filter WHERE c.task = :t AND o.doc_id IS NULL",
+                          {"t": task})[1][0]
+    assert unjoined == 0, task
+    return rows
+
+
+def test_doc_outcomes_record_every_sample(attributed_run):
+    """Correct and incorrect documents alike: one doc_outcomes row per logged sample; correct = 0
+    exactly for the documents that became cases."""
+    out, db, _ = attributed_run
+    n_correct = 0
+    for task, metric in (("xai_arith", "acc"), ("xai_kv", "acc"), ("xai_kv_gen", "exact_match")):
+        # the module's identical second run (if it ran first) logged the same samples again
+        paths = sorted(p for p in (out / "results").rglob("samples_*.jsonl")
+                       if re.fullmatch(rf"samples_{task}_\d.*\.jsonl", p.name))
+        samples = [json.loads(line) for line in paths[0].read_text().splitlines()]
+        rows = _outcomes_match_samples_and_cases(f"duckdb:///{db}", task, samples, metric)
+        n_correct += sum(r[5] == 1 for r in rows)
+    assert n_correct > 0  # correct documents are recorded too
+
+
+@pytest.fixture(scope="module")
+def fixture_tasks(tmp_path_factory):
+    """lm-eval's gsm8k (two filters) and arc_easy on local data, plus a perplexity task."""
+    from lm_eval.tasks import TaskManager
+
+    from fixtures.lm_eval_tasks import write_task, write_tasks
+
+    root = tmp_path_factory.mktemp("fixture_tasks")
+    write_tasks(root / "builtin")
+    write_task(root / "own", "xp_rolling",
+               {"output_type": "loglikelihood_rolling", "test_split": "test", "doc_to_text": "",
+                "doc_to_target": "{{text}}", "metric_list": [{"metric": "word_perplexity"}]},
+               {"test": [{"text": "A <b>short</b> text."}, {"text": "Another one."}]})
+    return TaskManager(include_path=str(root), include_defaults=False)
+
+
+def test_doc_outcomes_per_filter_acc_norm_and_perplexity(micro_model, fixture_tasks, tmp_path):
+    """One row per (document, filter) for a two-filter generation task; --xai-metric acc_norm
+    decides correct for multiple choice as it decides the cases; perplexity: correct NULL."""
+    import harness_xai
+
+    db = f"sqlite:///{tmp_path / 'o.sqlite'}"
+    results = harness_xai.evaluate(
+        model="hf", model_args=f"pretrained={micro_model},dtype=float32",
+        tasks=["fx_gsm8k", "fx_arc_easy", "xp_rolling"], task_manager=fixture_tasks, device="cpu",
+        limit=4, num_fewshot=0, gen_kwargs="max_gen_toks=8", attribute=True, db=db,
+        metric="acc_norm", progress=False)
+    samples = results["samples"]
+    gsm = _outcomes_match_samples_and_cases(db, "fx_gsm8k", samples["fx_gsm8k"], "exact_match")
+    assert {r[2] for r in gsm} == {"strict-match", "flexible-extract"}
+    assert len(gsm) == 2 * len({r[0] for r in gsm})
+    # acc and acc_norm disagree on some document, so deciding by acc would break the match
+    assert any(s["acc"] != s["acc_norm"] for s in samples["fx_arc_easy"])
+    _outcomes_match_samples_and_cases(db, "fx_arc_easy", samples["fx_arc_easy"], "acc_norm")
+    rolling = _outcomes_match_samples_and_cases(db, "xp_rolling", samples["xp_rolling"], None)
+    assert {r[3] for r in rolling} == {"word_perplexity"}
 
 
 def test_python_api_evaluate(micro_model, tmp_path):

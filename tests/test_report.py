@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import shutil
 import subprocess
@@ -137,22 +138,33 @@ def test_render_structure_links_and_escaping(store_db: tuple[str, dict], tmp_pat
     assert written == expected  # skipped cases get no page; the odd task name stays inside out/
     assert all(p.resolve().is_relative_to(out.resolve()) for p in out.rglob("*"))
 
-    # every link resolves to a file that exists
+    # every link resolves to a file that exists, and every #fragment to an id in it
     for page in out.rglob("*.html"):
         for href in _parse(page.read_text("utf-8")).hrefs:
-            assert not href.startswith(("http:", "https:", "//")), href
-            assert (page.parent / href.split("#")[0]).resolve().is_file(), (page, href)
+            assert not href.startswith(("http:", "https:", "//", "javascript:")), href
+            path, _, fragment = href.partition("#")
+            target = (page.parent / path).resolve() if path else page
+            assert target.is_file(), (page, href)
+            if fragment:
+                assert f'id="{fragment}"' in target.read_text("utf-8"), (page, href)
+    # the shared assets: the only script and stylesheet, loaded relative to the page
+    assert (out / "assets" / "report.js").is_file() and (out / "assets" / "report.css").is_file()
 
     idx = index.read_text("utf-8")
     assert "step3000" in idx and "attnlrp" in idx and "0.4.13" in idx
     assert '<span class="tag">step 3000</span>' in idx
     assert "identical_sequences: 2" in idx and "prefix_of_other: 1" in idx
     assert "&lt;b&gt;Task&lt;/b&gt;" in idx and "<b>Task</b>" not in idx
-    assert idx.count("<script") == 1  # only the report's own script
+    assert idx.count("<script") == 1 and '<script src="assets/report.js">' in idx
+    assert "script-src 'self'" in idx and "'unsafe-inline'" not in idx.split("script-src")[1][:40]
 
     case_id, _ = info["cases"][("arc_fixture", 1)]
     page = (run_dir / f"case-{case_id}.html").read_text("utf-8")
-    assert page.count("<script") == 1 and "<img" not in page
+    assert page.count("<script") == 2 and "<img" not in page  # the JSON data + report.js
+    data = page.split('<script type="application/json" id="case-data">')[1].split("</script>")[0]
+    assert "<" not in data and ">" not in data and "&" not in data  # \u003c… inside the JSON
+    payload = json.loads(data)
+    assert SCRIPT_PAYLOAD in payload["tokens"]["text"] and IMG_PAYLOAD in payload["tokens"]["text"]
     assert "&lt;script&gt;document.title=&#39;PWNED&#39;&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=&#34;document.body" in page
     assert "&#34;gold&#34; &amp; &#39;right&#39;" in page  # gold_text with " & '
@@ -318,7 +330,9 @@ def test_failure_page_shows_internals_in_chromium(store_db: tuple[str, dict], tm
     head_sum = float(case.head_relevance[1, 2].sum())
     assert f"block 2, head 2: {head_sum:+.6g}" in heads
     graph = dom.split('id="graph"')[1].split("</svg>")[0]
-    assert graph.count("<line") == 4 and "emb@3 → 1@5: +0.7" in graph
+    assert graph.count('class="edge"') == 4 and 'data-visible-edges="4"' in graph
+    titles = re.findall(r'class="edge"[^>]*><title>([^<]*)</title>', graph)
+    assert 'emb @ position 3 " Who" → 1 @ position 5 " \\"hi\\"": +0.7' in titles, titles
     faith = dom.split('id="faithfulness"')[1].split("</svg>")[0]
     assert faith.count("<polyline") == 2 and faith.count("<circle") == 4  # Δℓ₀ + 3 steps
     # segment marks: special, fewshot 0, question, option 0, option 1, question again

@@ -1,6 +1,7 @@
 """The parametrized store suite: every test runs on DuckDB, SQLite and PostgreSQL (real files and a
 real server): open/migrate, round trip of every CaseRecord field, idempotency, atomicity, skipped
-cases, the writer lock on DuckDB/SQLite files, and the `db` command."""
+cases, task summaries with every document's outcome (replace semantics, bulk path), the writer
+lock on DuckDB/SQLite files, and the `db` command."""
 
 from __future__ import annotations
 
@@ -20,13 +21,13 @@ import sqlalchemy as sa
 
 from harness_xai.cli import main as cli_main
 from harness_xai.errors import UserError
-from harness_xai.records import SKIPPED, CaseRecord, TaskSummary
+from harness_xai.records import SKIPPED, CaseRecord, DocOutcome, TaskSummary
 from harness_xai.store import Store, bulk, migrate, normalize_url, run_sql, writer
 from harness_xai.store.cli import db_main
 from harness_xai.store.engine import display_url
-from harness_xai.store.models import (ALL_TABLES, cases, faithfulness, graph_edges, graph_nodes, graphs,
-                                      head_relevance, layer_relevance, runs, state_relevance, task_results,
-                                      token_relevance)
+from harness_xai.store.models import (ALL_TABLES, cases, doc_outcomes, faithfulness, graph_edges, graph_nodes,
+                                      graphs, head_relevance, layer_relevance, runs, state_relevance,
+                                      task_results, token_relevance)
 from test_store_support import NASTY, backend, counts, db, db_path, make_case, make_run  # noqa: F401
 
 EMPTY_COUNTS = {t.name: 0 for t in ALL_TABLES}
@@ -318,6 +319,98 @@ def test_large_case_through_bulk_path(db: str) -> None:
     assert total == pytest.approx(sum(float(a.astype(np.float64).sum()) for a in case.state_relevance.values()))
 
 
+def _outcomes(conn: sa.Connection) -> list[tuple]:
+    return [tuple(r) for r in _rows(conn, doc_outcomes)]
+
+
+def test_task_summaries_write_doc_outcomes_with_replace_semantics(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every outcome arrives through the bulk path (one insert per task, even for 10k documents);
+    rewriting a task replaces all its rows (fewer docs, flipped outcomes, none at all) and leaves
+    other tasks and runs alone; bad outcomes are refused before anything is written."""
+    n = 10_000
+    big = [DocOutcome(d, f"h{d}", "none", "acc", float(d % 3 != 0), int(d % 3 != 0)) for d in range(n)]
+    nasty = [DocOutcome(d, NASTY[d], NASTY[-1 - d], None if d % 2 else "exact_match",
+                        None if d % 3 == 0 else 0.5 * d, None if d % 3 == 0 else d % 2)
+             for d in range(len(NASTY))]
+    nasty.append(DocOutcome(np.int64(0), NASTY[0], "strict-match", "exact_match", np.float64(1.0), np.int64(1)))
+    bulk_calls: list[int] = []
+    real_insert = bulk.insert_columns
+
+    def spy(conn: sa.Connection, table: sa.Table, columns: dict) -> None:
+        if table.name == "doc_outcomes":
+            bulk_calls.append(len(columns["doc_id"]))
+        real_insert(conn, table, columns)
+
+    monkeypatch.setattr(bulk, "insert_columns", spy)
+    with Store.open(db) as store:
+        run_id, other = store.ensure_run(make_run()), store.ensure_run(make_run("run-2"))
+        store.write_task_summaries(run_id, [TaskSummary("big", "acc", 2 / 3, n, n // 3 + 1, "multiple_choice", big),
+                                            TaskSummary("odd", "exact_match", 0.5, 8, 2, "generate_until", nasty)])
+        store.write_task_summaries(other, [TaskSummary("big", "acc", 1.0, 1, 0, "multiple_choice",
+                                                       [DocOutcome(0, "h0", "none", "acc", 1.0, 1)])])
+        assert bulk_calls == [n, len(nasty), 1]
+        with store.engine.connect() as conn:
+            rows = _outcomes(conn)
+        assert len(rows) == n + len(nasty) + 1
+        assert sorted(r for r in rows if r[0] == run_id and r[1] == "odd") == sorted(  # any text collation
+            (run_id, "odd", int(o.doc_id), o.doc_hash, o.filter, o.metric, None if o.value is None else float(o.value),
+             None if o.correct is None else int(o.correct)) for o in nasty)
+        got_big = [r for r in rows if r[0] == run_id and r[1] == "big"]
+        assert got_big == [(run_id, "big", d, f"h{d}", "none", "acc", float(d % 3 != 0), int(d % 3 != 0))
+                           for d in range(n)]
+        with store.engine.connect() as conn:
+            assert tuple(conn.execute(sa.text(
+                "SELECT sum(correct), count(*) - count(correct) FROM doc_outcomes WHERE task = 'big' "
+                "AND run_id = :r"), {"r": run_id}).one()) == (n - (n // 3 + 1), 0)
+        # replace "big": fewer documents, flipped outcomes; "odd" and the other run are untouched
+        smaller = [DocOutcome(d, f"h{d}", "none", "acc", 1.0 - float(d % 3 != 0), int(d % 3 == 0)) for d in range(5)]
+        store.write_task_summaries(run_id, [TaskSummary("big", "acc", 0.4, 5, 3, "multiple_choice", smaller)])
+        with store.engine.connect() as conn:
+            after = _outcomes(conn)
+            summary = conn.execute(sa.select(task_results.c.value, task_results.c.n_samples).where(
+                task_results.c.run_id == run_id, task_results.c.task == "big")).one()
+        assert [r[2:] for r in after if r[0] == run_id and r[1] == "big"] == [
+            (d, f"h{d}", "none", "acc", 1.0 - float(d % 3 != 0), int(d % 3 == 0)) for d in range(5)]
+        assert [r for r in after if r[1] == "odd" or r[0] == other] == [r for r in rows if r[1] == "odd" or r[0] == other]
+        assert tuple(summary) == (0.4, 5)
+        # a summary without outcomes removes the task's rows (replace, like task_results)
+        store.write_task_summaries(run_id, [TaskSummary("big", "acc", 0.4, 5, 3, "multiple_choice")])
+        with store.engine.connect() as conn:
+            assert [r for r in _outcomes(conn) if r[0] == run_id and r[1] == "big"] == []
+            before = _outcomes(conn), _rows(conn, task_results)
+        # refused before writing: a repeated key, a correct outside {0, 1, None}
+        for bad, message in (([smaller[0], smaller[0]], "given twice"),
+                             ([DocOutcome(1, "h", "none", "acc", 2.0, 2)], "correct must be")):
+            with pytest.raises(ValueError, match=message):
+                store.write_task_summaries(run_id, [TaskSummary("odd", "acc", 0.0, 1, 1, "multiple_choice"),
+                                                    TaskSummary("big", "acc", 0.0, 1, 1, "multiple_choice", bad)])
+            with store.engine.connect() as conn:
+                assert (_outcomes(conn), _rows(conn, task_results)) == before
+
+
+def test_task_summaries_are_atomic(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while inserting outcomes rolls back the deletes and the task_results rows too."""
+    outcomes = [DocOutcome(d, f"h{d}", "none", "acc", 0.0, 0) for d in range(4)]
+    with Store.open(db) as store:
+        run_id = store.ensure_run(make_run())
+        store.write_task_summaries(run_id, [TaskSummary("t", "acc", 0.0, 4, 4, "multiple_choice", outcomes)])
+        with store.engine.connect() as conn:
+            before = _outcomes(conn), _rows(conn, task_results)
+        real_insert = bulk.insert_columns
+
+        def duplicate_first_row(conn: sa.Connection, table: sa.Table, columns: dict) -> None:
+            if table.name == "doc_outcomes":  # a real primary-key violation inside the transaction
+                columns = {k: v + v[:1] if isinstance(v, list) else v for k, v in columns.items()}
+            real_insert(conn, table, columns)
+
+        monkeypatch.setattr(bulk, "insert_columns", duplicate_first_row)
+        flipped = [DocOutcome(d, f"h{d}", "none", "acc", 1.0, 1) for d in range(3)]
+        with pytest.raises(sa.exc.IntegrityError):
+            store.write_task_summaries(run_id, [TaskSummary("t", "acc", 1.0, 3, 0, "multiple_choice", flipped)])
+        with store.engine.connect() as conn:
+            assert (_outcomes(conn), _rows(conn, task_results)) == before
+
+
 # -- one writer per file ---------------------------------------------------------------------------
 def _hold_writer(path: Path) -> subprocess.Popen:
     code = ("import sys, time\nfrom harness_xai.store import Store\n"
@@ -363,9 +456,10 @@ def test_db_upgrade_current_history(db: str, capsys: pytest.CaptureFixture) -> N
     assert capsys.readouterr().out == f"{head} (head)\n"
     db_main(["history"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"0003 -> {head} (head): ") and lines[-1].startswith("<base> -> 0001: initial schema")
+    assert lines[0].startswith(f"0004 -> {head} (head): every evaluated document's outcome")
+    assert lines[-1].startswith("<base> -> 0001: initial schema")
     db_main(["history", "--db", db])
-    assert capsys.readouterr().out.startswith(f"0003 -> {head} (head, current): ")
+    assert capsys.readouterr().out.startswith(f"0004 -> {head} (head, current): ")
 
 
 def test_db_argument_errors(tmp_path: Path) -> None:

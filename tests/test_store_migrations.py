@@ -6,7 +6,8 @@ match the migrated schema, data survives an upgrade, and a store behind head is 
 DuckDB limits (documented in the migrations): no reflection (alembic autogenerate cannot compare
 models and schema there, so the comparison reads information_schema instead), no ADD FOREIGN KEY
 (new tables declare their keys at CREATE time), DROP COLUMN only for un-indexed columns (the
-columns 0002 adds are such, so its downgrade works on DuckDB too)."""
+columns 0002 adds are such, so its downgrade works on DuckDB too). Revision 0005 (doc_outcomes,
+keyed to runs) is covered by every round trip here plus its own data test."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from harness_xai.errors import UserError
+from harness_xai.records import DocOutcome, TaskSummary
 from harness_xai.store import Store, migrate, normalize_url, run_sql, writer
 from harness_xai.store.cli import db_main
 from harness_xai.store.engine import display_url
@@ -54,8 +56,8 @@ def _views(conn: sa.Connection) -> set[str]:
 
 def test_single_head_and_linear_history() -> None:
     scripts = migrate.script_directory()
-    assert scripts.get_heads() == [migrate.head_revision()] == ["0004"]
-    assert _revisions() == ["0001", "0002", "0003", "0004"]
+    assert scripts.get_heads() == [migrate.head_revision()] == ["0005"]
+    assert _revisions() == ["0001", "0002", "0003", "0004", "0005"]
     for rev in scripts.walk_revisions():
         assert rev.doc and rev.doc.strip()  # every revision says what it does (db history shows it)
 
@@ -66,8 +68,9 @@ def test_upgrade_base_to_head_then_downgrade_to_base_leaves_nothing(db: str) -> 
         with engine.begin() as conn:
             migrate.upgrade(conn, "head")
         with engine.connect() as conn:
-            assert migrate.current_revision(conn) == "0004"
+            assert migrate.current_revision(conn) == "0005"
             assert {t.name for t in ALL_TABLES} <= _tables(conn) and _views(conn) == VIEWS
+            assert "doc_outcomes" in _tables(conn)
         with engine.begin() as conn:
             migrate.downgrade(conn, "base")
         with engine.connect() as conn:
@@ -95,7 +98,10 @@ def test_stepwise_up_down_up(db: str) -> None:
     with Store.open(db) as store:  # the re-created schema (sequences, views) is usable
         run_id = store.ensure_run(make_run())
         assert store.write_case(run_id, make_case()) >= 1
+        store.write_task_summaries(run_id, [TaskSummary("tiny_mc", "acc", 0.0, 1, 1, "multiple_choice",
+                                                        [DocOutcome(7, "dh7", "none", "acc", 0.0, 0)])])
     assert run_sql(db, "SELECT count(*) FROM token_ranks WHERE relevance_rank = 1")[1] == [(1,)]
+    assert run_sql(db, "SELECT doc_id, correct FROM doc_outcomes")[1] == [(7, 0)]
 
 
 _DUCKDB_TYPES = {sa.Integer: "INTEGER", sa.BigInteger: "BIGINT", sa.Double: "DOUBLE", sa.Text: "VARCHAR",
@@ -151,15 +157,60 @@ def test_upgrade_from_0001_keeps_data(db: str) -> None:
         assert counts(store)["cases"] == 2
 
 
+def test_0005_doc_outcomes_up_with_data_and_down(db: str) -> None:
+    """0004 → 0005 on a store holding data: the data stay, doc_outcomes starts empty and takes rows
+    (its key and its foreign key to runs hold); 0005 → 0004 drops exactly doc_outcomes; up again."""
+    engine = _engine(db)
+    try:
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "0004")
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO runs (run_key, step) VALUES ('r', 100)"))
+            run_id = conn.execute(sa.text("SELECT id FROM runs")).scalar()
+            conn.execute(sa.text("INSERT INTO task_results (run_id, task, n_samples) VALUES (:r, 't', 2)"),
+                         {"r": run_id})
+            conn.execute(sa.text("INSERT INTO cases (run_id, task, doc_id, doc_hash, filter, status) "
+                                 "VALUES (:r, 't', 1, 'h1', 'none', 'skipped')"), {"r": run_id})
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "0005")
+        insert = sa.text("INSERT INTO doc_outcomes (run_id, task, doc_id, doc_hash, filter, metric, value, "
+                         "correct) VALUES (:r, 't', :d, :h, 'none', 'acc', :v, :c)")
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM doc_outcomes")).scalar() == 0
+            conn.execute(insert, [{"r": run_id, "d": 1, "h": "h1", "v": 0.0, "c": 0},
+                                  {"r": run_id, "d": 2, "h": "h2", "v": None, "c": None}])
+        for bad in ({"r": run_id, "d": 1, "h": "h1", "v": 1.0, "c": 1},  # same key again
+                    {"r": run_id + 999, "d": 3, "h": "h3", "v": 1.0, "c": 1}):  # no such run
+            with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+                conn.execute(insert, bad)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT doc_id, value, correct FROM doc_outcomes ORDER BY doc_id")).all()
+            assert [tuple(r) for r in rows] == [(1, 0.0, 0), (2, None, None)]
+            before = _tables(conn)
+        with engine.begin() as conn:
+            migrate.downgrade(conn, "0004")
+        with engine.connect() as conn:
+            assert migrate.current_revision(conn) == "0004"
+            assert _tables(conn) == before - {"doc_outcomes"} and _views(conn) == VIEWS
+            assert conn.execute(sa.text("SELECT count(*) FROM cases")).scalar() == 1
+            assert conn.execute(sa.text("SELECT n_samples FROM task_results")).scalar() == 2
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "head")
+    finally:
+        engine.dispose()
+    assert run_sql(db, "SELECT count(*) FROM doc_outcomes")[1] == [(0,)]
+    assert run_sql(db, "SELECT run_key, step FROM runs")[1] == [("r", 100)]
+
+
 @pytest.fixture
-def migrations_with_0005(tmp_path: Path) -> Path:
-    """A copy of the shipped migrations plus an additive revision 0005 (a newer harness-xai)."""
+def migrations_with_next(tmp_path: Path) -> Path:
+    """A copy of the shipped migrations plus an additive revision 0006 (a newer harness-xai)."""
     target = tmp_path / "migrations_next"
     shutil.copytree(migrate.MIGRATIONS_DIR, target, ignore=shutil.ignore_patterns("__pycache__"))
-    (target / "versions" / "0005_extra.py").write_text(
+    (target / "versions" / "0006_extra.py").write_text(
         '"""extra table for tests"""\n'
         "import sqlalchemy as sa\nfrom alembic import op\n"
-        "revision = '0005'\ndown_revision = '0004'\nbranch_labels = None\ndepends_on = None\n"
+        "revision = '0006'\ndown_revision = '0005'\nbranch_labels = None\ndepends_on = None\n"
         "def upgrade():\n    op.create_table('extra_test', sa.Column('x', sa.Integer))\n"
         "def downgrade():\n    op.drop_table('extra_test')\n"
     )
@@ -167,23 +218,23 @@ def migrations_with_0005(tmp_path: Path) -> Path:
 
 
 def test_schema_behind_head_is_refused_then_upgraded(
-    db: str, migrations_with_0005: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    db: str, migrations_with_next: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    Store.open(db).close()  # at 0004
-    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", migrations_with_0005)  # now head is 0005
+    Store.open(db).close()  # at 0005
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", migrations_with_next)  # now head is 0006
     url = display_url(normalize_url(db))
     with pytest.raises(UserError) as err:
         Store.open(db)
     message = str(err.value)
-    assert f"run `harness-xai db upgrade --db {url}`" in message and "0004" in message and "\n" not in message
+    assert f"run `harness-xai db upgrade --db {url}`" in message and "0005" in message and "\n" not in message
     assert db_main(["current", "--db", db]) == 0
-    assert capsys.readouterr().out.startswith("0004 (behind head 0005")
+    assert capsys.readouterr().out.startswith("0005 (behind head 0006")
     assert db_main(["upgrade", "--db", db]) == 0
-    assert capsys.readouterr().out.strip() == f"{url}: upgraded 0004 -> 0005 (head)"
+    assert capsys.readouterr().out.strip() == f"{url}: upgraded 0005 -> 0006 (head)"
     with Store.open(db) as store, store.engine.connect() as conn:
         assert "extra_test" in _tables(conn)
-    monkeypatch.undo()  # back to the shipped scripts (head 0004)
-    with pytest.raises(UserError, match="unknown revision 0005"):  # DB newer than this code
+    monkeypatch.undo()  # back to the shipped scripts (head 0005)
+    with pytest.raises(UserError, match="unknown revision 0006"):  # DB newer than this code
         Store.open(db)
 
 

@@ -1,5 +1,6 @@
 """Reliability of a real `harness-xai run --attribute` against the store (DuckDB, the default):
-an identical second run does zero attribution passes and leaves every table identical; a run
+an identical second run does zero attribution passes and leaves every table identical (every
+document's outcome in doc_outcomes included); a run
 SIGKILLed at random points during attribution (≥ 3 kills, ≥ 20 cases) resumes to exactly the
 result of an uninterrupted run, with no partial case, orphan row or duplicate at any point.
 The bench-sized variant (25 kills, 200 cases) is bench/bench_resume.py."""
@@ -37,6 +38,8 @@ def test_identical_second_run_does_nothing(reference, monkeypatch: pytest.Monkey
                                            capsys: pytest.CaptureFixture) -> None:
     db, argv, n_cases, _ = reference
     before = dump(db)
+    (n_samples,) = run_sql(db, "SELECT sum(n_samples) FROM task_results")[1][0]
+    assert len(before["doc_outcomes"]) == n_samples > n_cases  # every document, not only the cases
     passes: list[object] = []
     real = pipeline._attribute_case
     monkeypatch.setattr(pipeline, "_attribute_case", lambda case, *a, **k: passes.append(case) or real(case, *a, **k))

@@ -1,7 +1,7 @@
 """`harness-xai sql` and `export` on DuckDB, SQLite and PostgreSQL: output formats (table, csv,
 json, parquet), read-only enforcement (statement check AND backend: CTE-wrapped writes, PRAGMA,
 ATTACH, COPY, …), bound parameters with injection strings, parquet export of every table, and the
-ten README example queries (run on all backends against one populated store, results compared)."""
+README example queries (run on all backends against one populated store, results compared)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from harness_xai.cli import main as cli_main
 from harness_xai.errors import UserError
-from harness_xai.records import SKIPPED, CaseRecord, TaskSummary
+from harness_xai.records import SKIPPED, CaseRecord, DocOutcome, TaskSummary
 from harness_xai.store import Store, query, run_sql
 from harness_xai.store.cli import export_main, sql_main
 from harness_xai.store.examples import EXAMPLES, markdown, sql_block
@@ -197,7 +197,7 @@ def test_export_parquet_every_table(filled_db: str, tmp_path: Path, capsys: pyte
     content = dump(filled_db)
     assert capsys.readouterr().out.startswith(f"exported {len(ALL_TABLES)} tables ({sum(map(len, content.values()))} rows)")
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["revision"] == "0004" and manifest["rows"] == {k: len(v) for k, v in content.items()}
+    assert manifest["revision"] == "0005" and manifest["rows"] == {k: len(v) for k, v in content.items()}
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{t.name}.parquet" for t in ALL_TABLES] + ["manifest.json"])
     for table in ALL_TABLES:
         got = pq.read_table(out / f"{table.name}.parquet")
@@ -224,16 +224,26 @@ def test_export_errors(filled_db: str, tmp_path: Path) -> None:
 
 
 # -- example queries -------------------------------------------------------------------------------
+def _outcomes(k: int) -> tuple[list[DocOutcome], list[DocOutcome]]:
+    """Outcomes of run k: xai_kv docs 0..7, wrong (a case) below 4 - k; xai_arith docs 2..5,
+    only doc 5 wrong (its skipped case)."""
+    kv = [DocOutcome(d, f"dh{d}", "none", "acc", float(d >= 4 - k), int(d >= 4 - k)) for d in range(8)]
+    arith = [DocOutcome(d, f"d{d}", "none", "acc", float(d != 5), int(d != 5)) for d in range(2, 6)]
+    return kv, arith
+
+
 def _populate(db: str) -> None:
-    """Three runs (two checkpoints of one model, one bigger model), two tasks, full cases."""
+    """Three runs (two checkpoints of one model, one bigger model), two tasks, full cases, and
+    every document's outcome (doc 3 of xai_kv flips from wrong at step 1000 to right at 2000)."""
     runs = [make_run("a", step=1000, n_params=1_000_000, pretrained="/m/tiny"),
             make_run("b", step=2000, n_params=1_000_000, pretrained="/m/tiny"),
             make_run("c", step=None, n_params=5_000_000, pretrained="/m/small")]
     with Store.open(db) as store:
         for k, run in enumerate(runs):
             run_id = store.ensure_run(run)
-            store.write_task_summaries(run_id, [TaskSummary("xai_kv", "acc", 0.5 + 0.1 * k, 8, 4 - k, "multiple_choice"),
-                                                TaskSummary("xai_arith", "acc", 0.9, 4, 1, "multiple_choice")])
+            kv, arith = _outcomes(k)
+            store.write_task_summaries(run_id, [TaskSummary("xai_kv", "acc", 0.5 + 0.1 * k, 8, 4 - k, "multiple_choice", kv),
+                                                TaskSummary("xai_arith", "acc", 0.9, 4, 1, "multiple_choice", arith)])
             for doc_id in range(4 - k):  # doc 0 and 1 fail everywhere, doc 3 only in run a
                 store.write_case(run_id, make_case(doc_id=doc_id, seed=10 * k + doc_id, n_tokens=9 + doc_id, task="xai_kv"))
             store.write_case(run_id, CaseRecord(task="xai_arith", doc_id=5, doc_hash="d5", prompt_hash="p",
@@ -286,16 +296,40 @@ def test_example_answers(populated: dict[str, str]) -> None:
         ("/m/small", None, "xai_arith", 0, 1), ("/m/small", None, "xai_kv", 2, 0),
         ("/m/tiny", 1000, "xai_arith", 0, 1), ("/m/tiny", 1000, "xai_kv", 4, 0),
         ("/m/tiny", 2000, "xai_arith", 0, 1), ("/m/tiny", 2000, "xai_kv", 3, 0)]
+    flips = run_sql(db, by_name["checkpoint_flips"].sql)[1]
+    assert flips == [("/m/tiny", "xai_kv", 3, "none", 1000, 2000)]
     shares = run_sql(db, by_name["segment_shares_by_size"].sql)[1]
     for n_params in (1_000_000, 5_000_000):
         assert sum(r[2] for r in shares if r[0] == n_params) == pytest.approx(1.0)
+
+
+def test_checkpoint_flips_compare_consecutive_evaluated_checkpoints(tmp_path: Path) -> None:
+    """A flip is reported between neighbouring checkpoints that evaluated the doc (a checkpoint
+    that did not evaluate it is skipped over), once per flip; other models and filters are apart."""
+    outcome = {  # (model, step) → {(doc_id, filter): correct}; a missing doc = not evaluated
+        ("/m/a", 100): {(1, "none"): 0, (2, "none"): 1, (3, "none"): 0, (4, "none"): 0, (4, "strict"): 1},
+        ("/m/a", 200): {(1, "none"): 0, (2, "none"): 0, (4, "none"): 1, (4, "strict"): 0},
+        ("/m/a", 300): {(1, "none"): 1, (2, "none"): 1, (3, "none"): 1, (4, "none"): 0, (4, "strict"): 1},
+        ("/m/b", 150): {(1, "none"): 1},
+        ("/m/b", 50): {(1, "none"): 0},
+    }
+    db = str(tmp_path / "flips.sqlite")
+    with Store.open(db) as store:
+        for (model, step), docs in outcome.items():
+            run_id = store.ensure_run(make_run(f"{model}@{step}", step=step, pretrained=model))
+            store.write_task_summaries(run_id, [TaskSummary("t", "acc", None, len(docs), 0, "multiple_choice", [
+                DocOutcome(d, f"h{d}", f, "acc", float(c), c) for (d, f), c in docs.items()])])
+    example = next(e for e in EXAMPLES if e.name == "checkpoint_flips")
+    assert run_sql(db, example.sql, example.params)[1] == [
+        ("/m/a", "t", 1, "none", 200, 300), ("/m/a", "t", 2, "none", 200, 300), ("/m/a", "t", 3, "none", 100, 300),
+        ("/m/a", "t", 4, "none", 100, 200), ("/m/a", "t", 4, "strict", 200, 300), ("/m/b", "t", 1, "none", 50, 150)]
 
 
 def test_readme_documents_exactly_the_examples() -> None:
     text = README.read_text(encoding="utf-8")
     documented = re.findall(r"```sql\n-- (\w+): .*?```", text, flags=re.S)
     assert documented == [e.name for e in EXAMPLES], (
-        "README.md must show the ten store example queries: paste `python -m harness_xai.store.examples`")
+        "README.md must show the store example queries: paste `python -m harness_xai.store.examples`")
     for example in EXAMPLES:
         assert sql_block(example) in text, example.name
     assert sql_block(EXAMPLES[0]) in markdown()

@@ -25,6 +25,9 @@ from harness_xai.records import ATTRIBUTED, CaseRecord, Faithfulness, GraphRecor
 from harness_xai.store import Store, pgtemp
 from harness_xai.store.models import ALL_TABLES
 
+#: the tables keyed by cases.id (children of a case)
+CASE_CHILD_TABLES = tuple(t for t in ALL_TABLES if "case_id" in t.c)
+
 BACKENDS = ("duckdb", "sqlite", "postgresql")
 FILE_BACKENDS = ("duckdb", "sqlite")
 
@@ -247,8 +250,14 @@ def integrity_problems(db: str) -> list[str]:
             "(SELECT max(layer) + 1 FROM layer_relevance)",
         "skipped case with rows": "SELECT count(*) FROM cases AS c WHERE c.status = 'skipped' "
             "AND EXISTS (SELECT 1 FROM token_relevance AS t WHERE t.case_id = c.id)",
+        # cases are written after their task's outcomes: every case has an outcome, never 'correct'
+        "case without a doc_outcomes row": "SELECT count(*) FROM cases AS c WHERE NOT EXISTS (SELECT 1 "
+            "FROM doc_outcomes AS o WHERE o.run_id = c.run_id AND o.task = c.task AND o.doc_id = c.doc_id "
+            "AND o.doc_hash = c.doc_hash AND o.filter = c.filter AND (o.correct = 0 OR o.correct IS NULL))",
+        "orphan doc_outcomes rows": "SELECT count(*) FROM doc_outcomes AS o "
+            "WHERE NOT EXISTS (SELECT 1 FROM runs AS r WHERE r.id = o.run_id)",
     }
-    for table in ALL_TABLES[3:]:
+    for table in CASE_CHILD_TABLES:
         checks[f"orphan {table.name} rows"] = (f"SELECT count(*) FROM {table.name} AS x "
                                                "WHERE NOT EXISTS (SELECT 1 FROM cases AS c WHERE c.id = x.case_id)")
     return [name for name, q in checks.items() if run_sql(db, q)[1][0][0]]
@@ -258,13 +267,15 @@ def keyed_content(db: str) -> dict[str, list[tuple]]:
     """Table contents with surrogate ids replaced by the case's (task, doc_id, filter) and the
     run's key, and without created_at: comparable across two databases of the same run."""
     content = dump(db)
-    run_cols = [c.name for c in ALL_TABLES[0].columns]
-    case_cols = [c.name for c in ALL_TABLES[2].columns]
+    tables = {t.name: t for t in ALL_TABLES}
+    run_cols = [c.name for c in tables["runs"].columns]
+    case_cols = [c.name for c in tables["cases"].columns]
     key = {r[0]: (r[case_cols.index("task")], r[case_cols.index("doc_id")], r[case_cols.index("filter")])
            for r in content["cases"]}
     out = {"runs": [tuple(v for c, v in zip(run_cols, r) if c not in ("id", "created_at")) for r in content["runs"]],
            "task_results": [r[1:] for r in content["task_results"]],
+           "doc_outcomes": sorted(r[1:] for r in content["doc_outcomes"]),
            "cases": sorted(tuple(v for c, v in zip(case_cols, r) if c not in ("id", "run_id")) for r in content["cases"])}
-    for table in ALL_TABLES[3:]:
+    for table in CASE_CHILD_TABLES:
         out[table.name] = sorted((key[r[0]],) + tuple(r[1:]) for r in content[table.name])
     return out

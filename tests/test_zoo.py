@@ -53,6 +53,49 @@ def test_evidence_spans_point_at_the_answer_in_lm_evals_prompt(lm_eval_tasks):
     assert max(lengths) > 4 * min(lengths)  # short and long contexts
 
 
+def test_arith_evidence_spans_cover_exactly_the_operands_in_lm_evals_prompt(lm_eval_tasks):
+    task = lm_eval_tasks["xai_arith"]
+    docs = list(task.test_docs())
+    assert {len(d["evidence_span"]) for d in docs} == set(range(2, 6))  # 2–5 operands
+    for doc in docs:
+        prompt = task.doc_to_text(doc)
+        spans = doc["evidence_span"]
+        assert [prompt[s:e] for s, e in spans] == [str(x) for x in doc["operands"]]
+        covered = {i for s, e in spans for i in range(s, e)}
+        assert covered == {i for i, c in enumerate(prompt) if c.isdigit()}  # no '+', no '='
+        assert spans == doc["operand_spans"]
+        total = task.doc_to_choice(doc)[task.doc_to_target(doc)]
+        assert int(total) == sum(int(prompt[s:e]) for s, e in spans)
+
+
+def test_evidence_field_leaves_prompts_and_the_training_stream_alone():
+    """The zoo was trained on ``train_texts`` (arith texts = ``arith_doc``'s prompt and sum). A
+    span field draws nothing from the generator: the draws and every other field are still those
+    of the generator the zoo was built with, so the zoo's spec hash and weights stay valid."""
+    import random
+
+    rng_a, rng_b = random.Random(3), random.Random(3)
+    for _ in range(200):
+        n = rng_a.randint(2, 5)
+        assert n == rng_b.randint(2, 5)
+        doc = taskgen.arith_doc(rng_a, n)
+        expected = _arith_doc_without_evidence(rng_b, n)
+        assert {k: v for k, v in doc.items() if k != "evidence_span"} == expected
+    assert rng_a.random() == rng_b.random()  # both streams are at the same point
+
+
+def _arith_doc_without_evidence(rng, n_operands: int) -> dict:
+    """``arith_doc`` as it was before ``evidence_span`` existed (same draws, same fields)."""
+    operands = [rng.randint(1, 9) for _ in range(n_operands)]
+    total = sum(operands)
+    pool = [total + d for d in (-2, -1, 1, 2, -10, 10) if total + d >= 0]
+    choices = [str(x) for x in rng.sample(pool, 3)] + [str(total)]
+    rng.shuffle(choices)
+    return {"prompt": "+".join(str(x) for x in operands) + "=", "choices": choices,
+            "gold": choices.index(str(total)), "target": str(total), "n_operands": n_operands,
+            "operands": operands, "operand_spans": [[2 * i, 2 * i + 1] for i in range(n_operands)]}
+
+
 def test_micro_build_is_deterministic_and_loads_like_a_hub_model(tmp_path, micro_model):
     from lm_eval.models.huggingface import HFLM
     from safetensors.torch import load_file

@@ -18,6 +18,11 @@ Inputs: R (n,) token relevance, E = ``case.evidence_positions`` (from the doc's
 4. ``evidence.share`` = Σ_{e∈E} |R_e| / Σ_{i∈C} |R_i|; ``evidence.norm`` = R of the best-|R|
    evidence token divided by max_{i∈C} |R_i| (the paper's normalisation; sign kept);
    ``evidence.n`` = m, ``evidence.candidates`` = N.
+5. Several evidence tokens (m > 1, e.g. every operand of a sum): ranks 1–3 only ask for the BEST
+   of them. ``evidence.precision`` = share of evidence among the m candidates with the largest
+   |R| (ties broken against the evidence) — 1 iff all m evidence tokens outrank every other
+   candidate; equals ``evidence.top1`` when m = 1. Random baseline: its mean over uniformly random
+   orders is ``evidence.random_precision`` = m / N (hypergeometric mean).
 No metric for cases without evidence positions.
 """
 
@@ -35,9 +40,17 @@ def best_rank(scores: np.ndarray, evidence: np.ndarray, candidates: np.ndarray) 
     return int(1 + np.count_nonzero(scores[others] >= best))
 
 
+def top_m_precision(scores: np.ndarray, evidence: np.ndarray, candidates: np.ndarray) -> float:
+    """Step 5: share of evidence among the m = |E| highest-scoring candidates, ties against E."""
+    idx = np.flatnonzero(candidates)  # (N,)
+    order = np.lexsort((evidence[idx], -scores[idx]))  # score descending, non-evidence first
+    m = int(np.count_nonzero(evidence))
+    return float(np.count_nonzero(evidence[idx[order[:m]]]) / m)
+
+
 def evidence_recovery(relevance: np.ndarray, evidence_positions: list[int],
                       segments: list[str]) -> dict[str, float]:
-    """Steps 1–4 (module docstring)."""
+    """Steps 1–5 (module docstring)."""
     rel = np.asarray(relevance, dtype=np.float64)  # (n,)
     n = rel.size
     positions = sorted({int(p) for p in evidence_positions if 0 <= int(p) < n})
@@ -58,6 +71,8 @@ def evidence_recovery(relevance: np.ndarray, evidence_positions: list[int],
         "evidence.top1": 1.0 if rank_abs == 1 else 0.0,
         "evidence.random_top1": m / n_cand,
         "evidence.random_rank": (n_cand + 1) / (m + 1),
+        "evidence.precision": top_m_precision(size, evidence, candidates),
+        "evidence.random_precision": m / n_cand,
     }
     total = size[candidates].sum()
     if total > 0:

@@ -8,9 +8,12 @@ Steps used by the renderer:
   1. ``check_schema`` — fail with a UserError when the database is not a harness-xai store.
   2. ``list_runs`` — one dict per run, oldest first.
   3. ``task_rows`` — per run, task results merged with case counts (attributed / skipped by reason).
-  4. ``task_cases`` — per (run, task), the failure rows, sorted by delta descending (NULLs last).
-  5. ``case_detail`` — one case with its token relevance (ordered by position) and its
-     layer × position relevance matrix.
+  4. ``run_cases`` — per run and task, the failure rows with their triage label and table
+     metrics, sorted by delta descending (NULLs last).
+  5. ``case_index``, ``doc_outcomes``, ``token_relevance_all`` — every case, every evaluated
+     doc's outcome and every token relevance vector: the same doc across runs (``history``).
+  6. ``study_metrics``, ``study_triage`` — per run and task aggregates (``study``).
+The per-case arrays of the failure pages are read in bulk by ``arrays.run_arrays``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from sqlalchemy import Connection, text
 
 from harness_xai.errors import UserError
 
-_REQUIRED_TABLES = ("runs", "task_results", "cases", "token_relevance", "layer_relevance")
+_REQUIRED_TABLES = ("runs", "task_results", "cases", "token_relevance", "layer_relevance",
+                    "case_metrics", "case_labels", "doc_outcomes")
 
 _CASE_COLUMNS = (
     "id, run_id, task, doc_id, doc_hash, filter, metric, status, skip_reason, prompt, pred_index, "
@@ -52,10 +56,25 @@ def list_runs(conn: Connection) -> list[dict[str, Any]]:
     rows = conn.execute(
         text(
             "SELECT id, run_key, created_at, model, model_args, pretrained, revision, model_type, "
-            "n_params, tasks, method, lm_eval_version, harness_xai_version, step FROM runs ORDER BY id"
+            "n_params, tasks, method, lm_eval_version, harness_xai_version, step, config FROM runs "
+            "ORDER BY id"
         )
     ).mappings()
-    return [dict(r) for r in rows]
+    return [{**dict(r), "created_at": _timestamp(r["created_at"])} for r in rows]
+
+
+def _timestamp(value: Any) -> str | None:
+    """``YYYY-MM-DD HH:MM:SS`` whatever the driver returns (SQLite: text, others: datetime)."""
+    import datetime as dt
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def task_rows(conn: Connection, run_id: int) -> list[dict[str, Any]]:
@@ -110,127 +129,85 @@ def _delta_key(case: dict[str, Any]) -> tuple[int, float, int, int]:
     return (1 if missing else 0, 0.0 if missing else -float(d), case["doc_id"] or 0, case["id"])
 
 
+#: per-case metrics shown in the failure table (``case_metrics`` names)
+TABLE_METRICS = ("evidence.rank_abs", "concentration.gini", "sink.share")
+
+
+def run_cases(conn: Connection, run_id: int) -> dict[str, list[dict[str, Any]]]:
+    """task → the cases of one run, delta descending (skipped cases, without delta, last).
+
+    Each case carries ``triage`` (its primary triage label or None) and the ``TABLE_METRICS``
+    (None when not computed).
+    """
+    rows = conn.execute(
+        text(f"SELECT {_CASE_COLUMNS}, l.label AS triage FROM cases LEFT JOIN case_labels AS l "
+             "ON l.case_id = cases.id AND l.kind = 'triage' WHERE run_id = :run_id"),
+        {"run_id": run_id},
+    ).mappings()
+    cases = {int(r["id"]): {**dict(r), **{m: None for m in TABLE_METRICS}} for r in rows}
+    names = ", ".join(f"'{m}'" for m in TABLE_METRICS)  # constants, never input
+    for case_id, name, value in conn.execute(
+        text("SELECT m.case_id, m.name, m.value FROM case_metrics AS m JOIN cases AS c "
+             f"ON c.id = m.case_id WHERE c.run_id = :run_id AND m.name IN ({names})"),
+        {"run_id": run_id},
+    ):
+        if int(case_id) in cases:
+            cases[int(case_id)][name] = value
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for case in sorted(cases.values(), key=_delta_key):
+        by_task.setdefault(case["task"], []).append(case)
+    return by_task
+
+
 def task_cases(conn: Connection, run_id: int, task: str) -> list[dict[str, Any]]:
     """The cases of one (run, task), delta descending (skipped cases, without delta, last)."""
-    rows = conn.execute(
-        text(f"SELECT {_CASE_COLUMNS} FROM cases WHERE run_id = :run_id AND task = :task"),
-        {"run_id": run_id, "task": task},
-    ).mappings()
-    return sorted((dict(r) for r in rows), key=_delta_key)
+    return run_cases(conn, run_id).get(task, [])
 
 
-def case_detail(conn: Connection, case_id: int) -> dict[str, Any]:
-    """One case row plus ``tokens`` (list of dicts ordered by position) and ``layers``.
-
-    ``layers`` is a float64 array of shape (n_layers + 1, n_positions) indexed by layer and by the
-    rank of the position among the case's token positions, or None when no layer rows exist.
-    Missing (layer, position) cells are NaN.
-    """
-    row = conn.execute(
-        text(f"SELECT {_CASE_COLUMNS} FROM cases WHERE id = :case_id"), {"case_id": case_id}
-    ).mappings().one()
-    case = dict(row)
-    tokens = [
-        dict(r)
-        for r in conn.execute(
-            text(
-                "SELECT position, token_id, token, relevance, segment, segment_index "
-                "FROM token_relevance "
-                "WHERE case_id = :case_id ORDER BY position"
-            ),
-            {"case_id": case_id},
-        ).mappings()
-    ]
-    case["tokens"] = tokens
-
-    cells = conn.execute(
-        text(
-            "SELECT layer, position, relevance FROM layer_relevance "
-            "WHERE case_id = :case_id ORDER BY layer, position"
-        ),
-        {"case_id": case_id},
-    ).fetchall()
-    if not cells:
-        case["layers"] = None
-        case["layer_ids"] = []
-        return case
-    layer_ids = sorted({int(c[0]) for c in cells})
-    positions = sorted({int(c[1]) for c in cells} | {int(t["position"]) for t in tokens})
-    col = {p: i for i, p in enumerate(positions)}
-    li = {l: i for i, l in enumerate(layer_ids)}
-    layers = np.full((len(layer_ids), len(positions)), np.nan)  # (n_layers + 1, n_positions)
-    for layer, pos, rel in cells:
-        layers[li[int(layer)], col[int(pos)]] = np.nan if rel is None else float(rel)
-    case["layers"] = layers
-    case["layer_ids"] = layer_ids
-    case["layer_positions"] = positions
-    return case
-
-
-def _matrix(cells: list[tuple], rows: list[int], cols: list[int]) -> np.ndarray:
-    """Dense (len(rows), len(cols)) float matrix from (row, col, value) cells; NaN where absent."""
-    ri = {r: i for i, r in enumerate(rows)}
-    ci = {c: i for i, c in enumerate(cols)}
-    out = np.full((len(rows), len(cols)), np.nan)  # (n_rows, n_cols)
-    for r, c, v in cells:
-        out[ri[int(r)], ci[int(c)]] = np.nan if v is None else float(v)
-    return out
-
-
-def case_internals(conn: Connection, case_id: int) -> dict[str, Any]:
-    """Internal states, heads, faithfulness curve and graph of one case (each may be empty).
-
-    - ``states``: list of {"kind", "layers", "positions", "matrix" (n_layers, n_positions)}
-    - ``heads``: {"layers", "heads", "matrix" (n_layers, n_heads)} summed over positions, or None
-    - ``faithfulness``: {"fractions", "n_removed", "relevance", "random"} or None
-    - ``graph``: {"node_layers", "nodes", "edges", "metrics", "params", ...} or None
-    """
-    import json
-
-    params = {"case_id": case_id}
-    states = []
+def case_index(conn: Connection) -> list[dict[str, Any]]:
+    """Every case of the store, slim: identity, outcome and triage (for the doc histories)."""
     rows = conn.execute(text(
-        "SELECT kind, layer, position, relevance FROM state_relevance WHERE case_id = :case_id "
-        "ORDER BY kind, layer, position"), params).fetchall()
-    for kind in sorted({r[0] for r in rows}, key=lambda k: ("mid", "attn", "mlp").index(k)
-                       if k in ("mid", "attn", "mlp") else 9):
-        cells = [(r[1], r[2], r[3]) for r in rows if r[0] == kind]
-        layers = sorted({int(c[0]) for c in cells})
-        positions = sorted({int(c[1]) for c in cells})
-        states.append({"kind": kind, "layers": layers, "positions": positions,
-                       "matrix": _matrix(cells, layers, positions)})
-    head_cells = conn.execute(text(
-        "SELECT layer, head, SUM(relevance) FROM head_relevance WHERE case_id = :case_id "
-        "GROUP BY layer, head ORDER BY layer, head"), params).fetchall()
-    heads = None
-    if head_cells:
-        layers = sorted({int(c[0]) for c in head_cells})
-        head_ids = sorted({int(c[1]) for c in head_cells})
-        heads = {"layers": layers, "heads": head_ids,
-                 "matrix": _matrix(head_cells, layers, head_ids)}
-    curve = conn.execute(text(
-        "SELECT fraction, n_removed, delta_relevance, delta_random FROM faithfulness "
-        "WHERE case_id = :case_id ORDER BY step"), params).fetchall()
-    faith = None
-    if curve:
-        faith = {"fractions": [float(r[0]) for r in curve], "n_removed": [int(r[1]) for r in curve],
-                 "relevance": [None if r[2] is None else float(r[2]) for r in curve],
-                 "random": [None if r[3] is None else float(r[3]) for r in curve]}
-    graph = None
-    head = conn.execute(text(
-        "SELECT node_layers, n_nodes, n_edges, mass_kept, formation_layer, params, metrics "
-        "FROM graphs WHERE case_id = :case_id"), params).mappings().first()
-    if head is not None:
-        nodes = [(int(r[0]), int(r[1]), float(r[2] or 0.0)) for r in conn.execute(text(
-            "SELECT layer, position, relevance FROM graph_nodes WHERE case_id = :case_id"),
-            params)]
-        edges = [(int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(r[4] or 0.0))
-                 for r in conn.execute(text(
-                     "SELECT source_layer, source_position, target_layer, target_position, weight "
-                     "FROM graph_edges WHERE case_id = :case_id"), params)]
-        graph = {"node_layers": json.loads(head["node_layers"] or "[]"), "nodes": nodes,
-                 "edges": edges, "n_nodes": head["n_nodes"], "n_edges": head["n_edges"],
-                 "mass_kept": head["mass_kept"], "formation_layer": head["formation_layer"],
-                 "params": json.loads(head["params"] or "{}"),
-                 "metrics": json.loads(head["metrics"] or "{}")}
-    return {"states": states, "heads": heads, "faithfulness": faith, "graph": graph}
+        "SELECT c.id, c.run_id, c.task, c.doc_id, c.doc_hash, c.filter, c.status, c.delta, "
+        "c.n_tokens, c.wrong_token, c.gold_token, l.label AS triage FROM cases AS c "
+        "LEFT JOIN case_labels AS l ON l.case_id = c.id AND l.kind = 'triage'")).mappings()
+    return [dict(r) for r in rows]
+
+
+def doc_outcomes(conn: Connection) -> list[dict[str, Any]]:
+    """Every evaluated doc's outcome per run (``doc_outcomes``: correct 1/0/NULL)."""
+    rows = conn.execute(text(
+        "SELECT run_id, task, doc_id, doc_hash, filter, correct FROM doc_outcomes")).mappings()
+    return [dict(r) for r in rows]
+
+
+def token_relevance_all(conn: Connection) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """case id → (token ids, relevance) of every attributed case, in position order (views into
+    two store-wide arrays: 16 bytes per token)."""
+    from harness_xai.report.arrays import _floats, _groups, _ints
+
+    sql = ("SELECT case_id, token_id, relevance FROM token_relevance ORDER BY case_id, position")
+    if conn.dialect.name == "duckdb":
+        cols = conn.connection.driver_connection.execute(sql).fetchnumpy()
+    else:
+        rows = conn.execute(text(sql)).fetchall()
+        cols = {k: np.array([r[i] for r in rows], dtype=object)
+                for i, k in enumerate(("case_id", "token_id", "relevance"))}
+    ids, tids, rel = _ints(cols["case_id"]), _ints(cols["token_id"]), _floats(cols["relevance"])
+    return {cid: (tids[s], rel[s]) for cid, s in _groups(ids).items()}
+
+
+def study_metrics(conn: Connection) -> list[dict[str, Any]]:
+    """Per run, task and metric name: mean and count of the per-case metrics (``case_metrics``)."""
+    rows = conn.execute(text(
+        "SELECT c.run_id, c.task, m.name, AVG(m.value) AS mean, COUNT(*) AS n FROM case_metrics "
+        "AS m JOIN cases AS c ON c.id = m.case_id GROUP BY c.run_id, c.task, m.name")).mappings()
+    return [dict(r) for r in rows]
+
+
+def study_triage(conn: Connection) -> list[dict[str, Any]]:
+    """Per run, task and primary triage label: number of cases."""
+    rows = conn.execute(text(
+        "SELECT c.run_id, c.task, l.label, COUNT(*) AS n FROM case_labels AS l JOIN cases AS c "
+        "ON c.id = l.case_id WHERE l.kind = 'triage' GROUP BY c.run_id, c.task, l.label"
+    )).mappings()
+    return [dict(r) for r in rows]

@@ -1,25 +1,29 @@
 """Render a harness-xai store into a static, self-contained HTML report.
 
 Layout of ``out_dir`` (deterministic names):
-    index.html                      runs and their per-task tables
-    run-<run_id>/task-<slug>.html   failures of one task (slug: see ``task_slug``)
-    run-<run_id>/case-<case_id>.html   one attributed failure: token heatmap + layer heatmap
+    index.html                      runs, models (size, checkpoint), tasks, accuracy, failures
+    study-<k>.html                  one cohort of comparable runs: trends by size and checkpoint
+    run-<run_id>/task-<slug>.html   failures of one task: plots, paged sortable table
+    run-<run_id>/case-<case_id>.html   one attributed failure: heatmaps, internals, graph, history
+    assets/report.css, report.js    shared by every page (loaded from file://, no network)
     .harness-xai-report             marker: lets a later render replace this directory
 
 Steps of ``render_report``:
   1. Check ``out_dir``: missing, empty, or a previous report (marker file) — else UserError.
   2. Open the store with ``Store.open(db, create=False)`` (never creates or migrates); check
      that the report's tables are readable.
-  3. Render every page into a fresh temporary directory next to ``out_dir`` (Jinja2 with
-     autoescape; CSS and JS inlined so pages open from file:// with no network).
+  3. Read what spans runs once (doc histories, study cohorts), then per run its cases and,
+     in bulk, their arrays (``arrays.run_arrays``); render every page into a fresh temporary
+     directory next to ``out_dir`` (Jinja2 with autoescape; numbers for the browser-drawn
+     figures as escaped JSON, ``payload``; a CSP allows only the report's own script file).
   4. Swap the temporary directory into place (old report renamed aside, then removed), so a
      failure at any point leaves the previous state untouched.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -28,15 +32,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
-from markupsafe import Markup
 from sqlalchemy import Connection
 
 from harness_xai import __version__
 from harness_xai.errors import UserError
-from harness_xai.report import figures, heatmap, queries
+from harness_xai.report import charts, figures, history, payload, queries, study, text
+from harness_xai.report.arrays import CaseArrays, run_arrays
 
 MARKER = ".harness-xai-report"
+#: rows per page of a failure table (the browser pages through them)
+PAGE_SIZE = 100
 _SLUG_OK = re.compile(r"[^a-z0-9._-]+")
 
 
@@ -62,16 +69,8 @@ def _env() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["num"] = heatmap.fmt
-    env.filters["signed"] = lambda x, d=4: heatmap.fmt(x, d, signed=True)
-    static = resources.files("harness_xai.report") / "static"
-    # our own static assets, trusted: inlined unescaped into <style>/<script>
-    env.globals["css"] = Markup(static.joinpath("report.css").read_text("utf-8"))
-    js = static.joinpath("report.js").read_text("utf-8")
-    env.globals["js"] = Markup(js)
-    # CSP allows exactly this script: injected inline scripts/handlers could not run even if unescaped
-    digest = base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode("ascii")
-    env.globals["js_hash"] = f"sha256-{digest}"
+    env.filters["num"] = text.fmt
+    env.filters["signed"] = lambda x, d=4: text.fmt(x, d, signed=True)
     env.globals["version"] = __version__
     return env
 
@@ -104,73 +103,139 @@ def _write(path: Path, html: str) -> None:
     path.write_text(html, encoding="utf-8")
 
 
-def _render_case(env: Environment, conn: Connection, run: dict, case_id: int, task_href: str) -> str:
-    case = queries.case_detail(conn, case_id)
-    cells, scale, first_special = heatmap.token_cells(case["tokens"])
-    grid = None
-    if case["layers"] is not None and case["layers"].size:
-        grid = figures.layer_grid(
-            case["layers"], case["layer_ids"], case["layer_positions"], skip_first=first_special
-        )
-    total = sum(float(t["relevance"]) for t in case["tokens"] if t["relevance"] is not None)
-    extra = _internal_figures(queries.case_internals(conn, case_id), case)
-    return env.get_template("case.html").render(
-        run=run, case=case, cells=cells, scale=scale, first_special=first_special, grid=grid,
-        total=total, task_href=task_href, root="../",
-        segments=heatmap.segment_totals(case["tokens"]), **extra,
-    )
+def _segment_totals(a: CaseArrays) -> list[dict[str, Any]]:
+    """Σ relevance and token count per segment label, in order of first appearance."""
+    totals: dict[str, dict[str, Any]] = {}
+    for seg, idx, r in zip(a.segments, a.segment_index, a.relevance.tolist()):
+        label = text.segment_label(seg, idx)
+        if label:
+            row = totals.setdefault(label, {"label": label, "segment": seg, "n_tokens": 0,
+                                            "relevance": 0.0})
+            row["n_tokens"] += 1
+            row["relevance"] += r if math.isfinite(r) else 0.0
+    return list(totals.values())
 
 
-_STATE_NAMES = {"mid": "mid-block residual (between attention and MLP)",
-                "attn": "attention branch output", "mlp": "MLP branch output"}
+class _Study:
+    """What every page may need from the whole store: doc histories and study cohorts."""
+
+    def __init__(self, conn: Connection, runs: list[dict[str, Any]]) -> None:
+        self.docs = history.DocIndex(runs, queries.case_index(conn), queries.doc_outcomes(conn))
+        self.relevance = queries.token_relevance_all(conn)
+        rows = {int(r["id"]): r["tasks_rows"] for r in runs}
+        self.cohorts = study.cohorts(runs, rows, queries.study_metrics(conn),
+                                     queries.study_triage(conn))
+        self.page_of = {}  # run id → study page of its cohort
+        for i, cohort in enumerate(self.cohorts, start=1):
+            cohort.page = f"study-{i}.html"
+            for run in cohort.runs:
+                self.page_of[int(run["id"])] = cohort.page
 
 
-def _internal_figures(internals: dict, case: dict) -> dict:
-    """SVG-ready figures for states, heads, the faithfulness curve and the graph."""
-    states = [
-        {"kind": s["kind"], "title": _STATE_NAMES.get(s["kind"], s["kind"]),
-         "grid": figures.matrix_grid(s["matrix"], [f"block {l}" for l in s["layers"]],
-                                     [str(p) for p in s["positions"]], "position")}
-        for s in internals["states"]
-    ]
-    heads = None
-    if internals["heads"] is not None:
-        h = internals["heads"]
-        heads = figures.matrix_grid(h["matrix"], [f"block {l}" for l in h["layers"]],
-                                    [str(i) for i in h["heads"]], "head")
+def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_href: str,
+                 st: _Study) -> str:
+    key = (case["task"], int(case["doc_id"]), case["doc_hash"], case["filter"])
+    data = payload.case_payload(a)
+    rows = st.docs.relevance_rows(key, int(run["id"]), st.relevance,
+                                  data["tokens"]["first_special"])
+    if len(rows) > 1:
+        data["history"] = rows
     faith = None
-    if internals["faithfulness"] is not None:
-        f = internals["faithfulness"]
+    if a.faithfulness is not None:
+        f = a.faithfulness
         faith = figures.curve_chart(f["fractions"], f["relevance"], f["random"], case["delta"])
         faith["rows"] = list(zip(f["fractions"], f["n_removed"], f["relevance"], f["random"]))
-    graph = None
-    if internals["graph"] is not None:
-        g = internals["graph"]
-        graph = figures.graph_figure(g["node_layers"], g["nodes"], g["edges"],
-                                     int(case["n_tokens"] or 0) or 1 + max(
-                                         (n[1] for n in g["nodes"]), default=0))
-        graph.update({k: g[k] for k in ("mass_kept", "formation_layer", "params", "metrics")})
-    return {"states": states, "heads": heads, "faith": faith, "graph": graph}
+    graph = data.get("graph")
+    total = float(np.nansum(a.relevance))
+    return env.get_template("case.html").render(
+        run=run, case=case, data=payload.embed(data), total=total, task_href=task_href,
+        root="../", segments=_segment_totals(a), faith=faith, graph=graph,
+        states=data["states"], heads=data.get("heads"), layers=data.get("layers"),
+        others=st.docs.entries(key), flips=st.docs.flips(key, int(run["id"])),
+        history=rows if len(rows) > 1 else None, n_tokens=len(a.positions),
+        first_special=data["tokens"]["first_special"])
+
+
+def _task_figures(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate plots of one task's failures: Δℓ histogram and triage shares."""
+    labels: dict[str, int] = {}
+    for c in cases:
+        if c["triage"]:
+            labels[c["triage"]] = labels.get(c["triage"], 0) + 1
+    n = sum(labels.values())
+    return {"delta_hist": charts.histogram([c["delta"] for c in cases if c["delta"] is not None]),
+            "triage": charts.bars([{"label": "failures", "n": n,
+                                    "shares": {k: v / n for k, v in sorted(labels.items())}}])
+            if n else [], "triage_counts": sorted(labels.items(), key=lambda kv: -kv[1])}
+
+
+def _render_study(env: Environment, cohort: study.Cohort) -> str:
+    tasks = []
+    for task, points in cohort.tasks.items():
+        panels = [("accuracy", "accuracy", (0.0, 1.0))]
+        for s in cohort.segments:
+            panels.append((f"segment.{s}.total", f"{s} tokens: Σ relevance / max |R| (the "
+                           "paper's normalised total)", None))
+            if len(cohort.segments) > 1:  # with one segment its share is 1 everywhere
+                panels.append((f"segment.{s}.share", f"share of |R| on {s} tokens", (0.0, 1.0)))
+        panels += list(study.PANELS)
+        figs = []
+        for metric, title, rng in panels:
+            lines_ck = study.by_checkpoint(points, metric)
+            lines_sz = study.by_size(points, metric)
+            if not lines_ck and not lines_sz:
+                continue
+            refs_ck = refs_sz = []
+            if metric == "evidence.top1":
+                refs_ck = study.baseline(points, "evidence.random_top1", "step")
+                refs_sz = study.baseline(points, "evidence.random_top1", "size")
+            figs.append({"metric": metric, "title": title,
+                         "by_checkpoint": charts.line_chart(lines_ck, x_title="training step",
+                                                            y_range=rng, references=refs_ck),
+                         "by_size": charts.line_chart(lines_sz, x_log=True,
+                                                      x_title="parameters", y_range=rng,
+                                                      references=refs_sz)})
+        triage = charts.bars([{"label": f"{p.series} @ {p.step}", "n": p.n_failures,
+                               "shares": p.triage} for p in points if p.triage])
+        tasks.append({"task": task, "points": points, "figures": figs, "triage": triage,
+                      "segments": cohort.segments})
+    return env.get_template("study.html").render(cohort=cohort, tasks=tasks, root="",
+                                                 triage_colours=charts.TRIAGE_COLOURS)
 
 
 def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:
     runs = queries.list_runs(conn)
     for run in runs:
-        run_dir = f"run-{int(run['id'])}"
         run["tasks_rows"] = queries.task_rows(conn, run["id"])
+        run["series"] = study.series_of(run)
+    st = _Study(conn, runs)
+    for run in runs:
+        run_dir = f"run-{int(run['id'])}"
+        run["study_page"] = st.page_of.get(int(run["id"]))
+        by_task = queries.run_cases(conn, int(run["id"]))
+        arrays = run_arrays(conn, int(run["id"]))
         for row in run["tasks_rows"]:
-            row["href"] = f"{run_dir}/task-{task_slug(row['task'])}.html"
             task_file = f"task-{task_slug(row['task'])}.html"
-            cases = queries.task_cases(conn, run["id"], row["task"])
+            row["href"] = f"{run_dir}/{task_file}"
+            cases = by_task.get(row["task"], [])
             for case in cases:
                 case["href"] = None
-                if case["status"] == "attributed":
+                a = arrays.get(int(case["id"]))
+                if case["status"] == "attributed" and a is not None:
                     case["href"] = f"case-{int(case['id'])}.html"
-                    html = _render_case(env, conn, run, int(case["id"]), task_file)
-                    _write(tmp / run_dir / case["href"], html)
-            html = env.get_template("task.html").render(run=run, row=row, cases=cases, root="../")
+                    _write(tmp / run_dir / case["href"],
+                           _render_case(env, run, case, a, task_file, st))
+            html = env.get_template("task.html").render(
+                run=run, row=row, cases=cases, root="../", page_size=PAGE_SIZE,
+                figs=_task_figures(cases), triage_colours=charts.TRIAGE_COLOURS)
             _write(tmp / run_dir / task_file, html)
-    _write(tmp / "index.html", env.get_template("index.html").render(runs=runs, root=""))
+    for cohort in st.cohorts:
+        _write(tmp / cohort.page, _render_study(env, cohort))
+    _write(tmp / "index.html", env.get_template("index.html").render(
+        runs=runs, cohorts=st.cohorts, root=""))
+    assets = resources.files("harness_xai.report") / "static"
+    for name in ("report.css", "report.js"):
+        _write(tmp / "assets" / name, assets.joinpath(name).read_text("utf-8"))
     (tmp / MARKER).write_text(f"harness-xai {__version__} report\n", encoding="utf-8")
 
 

@@ -1,4 +1,4 @@
-"""Ten example queries that answer real questions about a store, and the README section on them.
+"""Eleven example queries that answer real questions about a store, and the README section on them.
 
 Each ``Example`` is one read-only statement in the SQL that DuckDB, SQLite and PostgreSQL all
 accept (views from migration 0003, bound ``:name`` parameters, no ``::`` casts, CAST(… AS DOUBLE
@@ -7,7 +7,7 @@ every one on all three backends against a populated store and checks they agree,
 README.md documents exactly these queries.
 
 ``python -m harness_xai.store.examples`` prints the README section: the table of tables, the
-views, and the ten queries with the `harness-xai sql` command line for each.
+views, and the eleven queries with the `harness-xai sql` command line for each.
 """
 
 from __future__ import annotations
@@ -91,12 +91,29 @@ FROM cases AS c
 GROUP BY c.task, c.doc_id
 HAVING COUNT(DISTINCT c.run_id) = (SELECT COUNT(*) FROM task_results AS t WHERE t.task = c.task)
 ORDER BY mean_delta DESC NULLS LAST, c.task, c.doc_id"""),
+    Example("checkpoint_flips", "Which documents flipped from wrong to right between consecutive checkpoints of one model?", """
+SELECT DISTINCT r2.pretrained AS pretrained, o2.task AS task, o2.doc_id AS doc_id,
+       o2.filter AS answer_filter, r1.step AS wrong_at_step, r2.step AS right_at_step
+FROM doc_outcomes AS o2
+JOIN runs AS r2 ON r2.id = o2.run_id
+JOIN doc_outcomes AS o1 ON o1.task = o2.task AND o1.doc_id = o2.doc_id
+     AND o1.doc_hash = o2.doc_hash AND o1.filter = o2.filter
+JOIN runs AS r1 ON r1.id = o1.run_id AND r1.pretrained = r2.pretrained AND r1.step < r2.step
+WHERE o1.correct = 0 AND o2.correct = 1
+  AND NOT EXISTS (SELECT 1 FROM doc_outcomes AS o3 JOIN runs AS r3 ON r3.id = o3.run_id
+                  WHERE r3.pretrained = r2.pretrained AND r3.step > r1.step AND r3.step < r2.step
+                    AND o3.task = o2.task AND o3.doc_id = o2.doc_id
+                    AND o3.doc_hash = o2.doc_hash AND o3.filter = o2.filter)
+ORDER BY pretrained, task, doc_id, answer_filter, wrong_at_step"""),
 )
 
 TABLES = (
     ("runs", "id", "one `harness-xai run`: run_key, model, pretrained (hub id or path), revision, step, "
                    "model_type, n_params, tasks, method, versions, config"),
     ("task_results", "run_id, task", "lm-eval's metric per task, n_samples, n_incorrect, output_type"),
+    ("doc_outcomes", "run_id, task, doc_id, doc_hash, filter",
+     "every evaluated document (× filter): decision metric, its per-sample value, correct (1/0 = "
+     "not a case / a case; NULL when the task has no notion of correct, e.g. perplexity)"),
     ("cases", "id; unique (run_id, task, doc_id, doc_hash, filter)",
      "one wrong answer: status/skip_reason, hashes, prompt, predicted vs gold, contrast tokens, delta (Δℓ), "
      "ll_pred/ll_gold/ll_error, method + method_params (JSON), n_tokens, aopc/aopc_random"),
@@ -129,8 +146,8 @@ def sql_block(example: Example) -> str:
 
 
 def markdown() -> str:
-    """The README section: tables, views, and the ten queries."""
-    out = ["### The result store", "",
+    """The README section: tables, views, and the example queries."""
+    out = ["## The result store", "",
            "Every `harness-xai run --attribute` writes into one database (DuckDB file by default; "
            "SQLite file or PostgreSQL by URL). `harness-xai db upgrade|current|history --db URL` manages "
            "the schema; `harness-xai sql --db URL \"SELECT …\"` queries it read-only (`--format "
@@ -139,7 +156,8 @@ def markdown() -> str:
            "| table | key | holds |", "|---|---|---|"]
     out += [f"| `{name}` | {key} | {holds} |" for name, key, holds in TABLES]
     out += ["", "Every table below `cases` references `cases.id`; a case and all its rows are written in one "
-            "transaction. Compare one document across models and checkpoints by (task, doc_id, doc_hash).",
+            "transaction. Compare one document across models and checkpoints by (task, doc_id, doc_hash); "
+            "`doc_outcomes` says whether a run evaluated it at all and got it right.",
             "", "| view | answers |", "|---|---|"]
     out += [f"| `{name}` | {what} |" for name, what in VIEWS]
     out += ["", "#### Example queries", "",

@@ -1,10 +1,11 @@
-"""SQLAlchemy 2 declarative models of the harness-xai result schema (thirteen tables).
+"""SQLAlchemy 2 declarative models of the harness-xai result schema (fourteen tables).
 
 The schema is fixed (the report reads it directly); the migrations in ``migrations/versions``
 create exactly these tables (0001: the first five; 0002: ``runs.step``, the case columns of the
 engine/contrast issues, token segments and the six tables of internal states, heads, faithfulness
 curves and graphs; 0003: read-only views, see ``views.py``; 0004: ``case_metrics``,
-``case_labels`` and ``token_relevance.evidence`` of the per-case analysis). Notes:
+``case_labels`` and ``token_relevance.evidence`` of the per-case analysis; 0005:
+``doc_outcomes``, every evaluated document's outcome per run). Notes:
 
 1. Integer surrogate keys (``runs.id``, ``cases.id``) take their values from explicit sequences:
    DuckDB has no SERIAL, and the PostgreSQL dialect (which duckdb-engine builds on) would emit
@@ -24,6 +25,8 @@ curves and graphs; 0003: read-only views, see ``views.py``; 0004: ``case_metrics
    keys reject duplicates. The price is write speed: DuckDB maintains the ART indexes of the
    primary keys and probes the foreign keys per row (bench/bench_store.py measures the bulk
    path with and without keys), and rows take more space than a packed array would.
+8. ``doc_outcomes`` references ``runs.id`` (not ``cases``): one row per logged sample, correct or
+   not; its key is the unit key of ``cases``, so a case joins its outcome row.
 """
 
 from __future__ import annotations
@@ -89,6 +92,21 @@ class TaskResult(Base):
     n_samples: Mapped[int | None] = mapped_column(Integer)
     n_incorrect: Mapped[int | None] = mapped_column(Integer)
     output_type: Mapped[str | None] = mapped_column(Text)
+
+
+class DocOutcome(Base):
+    """How one evaluated document fared under one filter in one run (0005)."""
+
+    __tablename__ = "doc_outcomes"
+
+    run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id"), primary_key=True)
+    task: Mapped[str] = mapped_column(Text, primary_key=True)
+    doc_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    doc_hash: Mapped[str] = mapped_column(Text, primary_key=True)
+    filter: Mapped[str] = mapped_column(Text, primary_key=True)
+    metric: Mapped[str | None] = mapped_column(Text)  # decision metric, e.g. 'acc'
+    value: Mapped[float | None] = mapped_column(Double)  # its per-sample value
+    correct: Mapped[int | None] = mapped_column(Integer)  # 1 / 0 / NULL (no notion of correct)
 
 
 class Case(Base):
@@ -256,6 +274,7 @@ class CaseLabel(Base):
 
 runs = Run.__table__
 task_results = TaskResult.__table__
+doc_outcomes = DocOutcome.__table__
 cases = Case.__table__
 token_relevance = TokenRelevance.__table__
 layer_relevance = LayerRelevance.__table__
@@ -269,6 +288,6 @@ case_metrics = CaseMetric.__table__
 case_labels = CaseLabel.__table__
 
 #: every table, parents first (export order; reverse for deletes)
-ALL_TABLES = (runs, task_results, cases, token_relevance, layer_relevance, state_relevance,
-              head_relevance, faithfulness, graphs, graph_nodes, graph_edges, case_metrics,
-              case_labels)
+ALL_TABLES = (runs, task_results, doc_outcomes, cases, token_relevance, layer_relevance,
+              state_relevance, head_relevance, faithfulness, graphs, graph_nodes, graph_edges,
+              case_metrics, case_labels)

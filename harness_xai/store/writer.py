@@ -10,6 +10,11 @@
    DuckDB files are migrated on a checkpointed copy renamed into place (duckfile.py: DuckDB 1.5
    cannot replay a WAL holding the migration's ALTER TABLE after a crash).
 
+``Store.write_task_summaries`` replaces, in ONE transaction, the ``task_results`` row and all
+``doc_outcomes`` rows of each given (run, task): delete them, insert the new ones (outcomes through
+the bulk path, bulk.py). Outcomes are checked first (no duplicate (doc_id, doc_hash, filter),
+correct in {0, 1, None}); an identical re-run writes identical rows.
+
 ``Store.write_case`` writes one case in ONE transaction:
 1. validate every array's shape before touching the database (caserows.validate_case);
 2. return the existing id if the unit key (run, task, doc_id, doc_hash, filter) is stored;
@@ -34,12 +39,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from harness_xai.errors import UserError
-from harness_xai.records import CaseRecord, RunRecord, TaskSummary
+from harness_xai.records import CaseRecord, DocOutcome, RunRecord, TaskSummary
 from harness_xai.store import bulk, duckfile, migrate
 from harness_xai.store.caserows import _py, case_values, child_rows, opt_float, opt_int, validate_case
 from harness_xai.store.engine import db_file, make_engine, normalize_url, open_error, remove_new_file
 from harness_xai.store.lock import WriterLock
-from harness_xai.store.models import cases, runs, task_results
+from harness_xai.store.models import cases, doc_outcomes, runs, task_results
 
 
 #: PostgreSQL advisory lock held while a writer checks / migrates the schema ("hxai" in ASCII)
@@ -127,9 +132,12 @@ class Store:
             return int(existing)
 
     def write_task_summaries(self, run_id: int, items: list[TaskSummary]) -> None:
-        """Insert or replace the task_results rows of ``run_id`` for the given tasks."""
+        """Insert or replace the task_results and doc_outcomes rows of ``run_id`` for the given
+        tasks (one transaction; a task's previous outcome rows are all replaced)."""
         if not items:
             return
+        outcomes = [(item.task, outcome_columns(int(run_id), item.task, item.outcomes))
+                    for item in items]  # validated before anything is written
         rows = [
             {
                 "run_id": int(run_id),
@@ -142,13 +150,13 @@ class Store:
             }
             for item in items
         ]
+        tasks = [r["task"] for r in rows]
         with self.engine.begin() as conn:
-            conn.execute(
-                sa.delete(task_results).where(
-                    task_results.c.run_id == int(run_id), task_results.c.task.in_([r["task"] for r in rows])
-                )
-            )
+            for table in (task_results, doc_outcomes):
+                conn.execute(sa.delete(table).where(table.c.run_id == int(run_id), table.c.task.in_(tasks)))
             conn.execute(sa.insert(task_results), rows)
+            for _, columns in outcomes:
+                bulk.insert_columns(conn, doc_outcomes, columns)
 
     def done_keys(self, run_id: int) -> set[tuple[str, int, str, str]]:
         """Unit keys (task, doc_id, doc_hash, filter) of the cases stored for ``run_id``."""
@@ -189,6 +197,29 @@ class Store:
             if existing is None:
                 raise
             return existing
+
+
+def outcome_columns(run_id: int, task: str, outcomes: list[DocOutcome]) -> dict:
+    """Column-wise ``doc_outcomes`` rows of one task (bulk.insert_columns input); ValueError on
+    a repeated (doc_id, doc_hash, filter) or a ``correct`` outside {0, 1, None}."""
+    keys = [(int(o.doc_id), str(o.doc_hash), str(o.filter)) for o in outcomes]
+    if len(set(keys)) != len(keys):
+        seen: set = set()
+        dup = next(k for k in keys if k in seen or seen.add(k))
+        raise ValueError(f"task {task!r}: outcome of (doc_id, doc_hash, filter) {dup} given twice")
+    correct = [opt_int(_py(o.correct)) for o in outcomes]
+    if not set(correct) <= {0, 1, None}:
+        raise ValueError(f"task {task!r}: correct must be 1, 0 or None, got {set(correct) - {0, 1, None}}")
+    return {
+        "run_id": run_id,
+        "task": task,
+        "doc_id": [k[0] for k in keys],
+        "doc_hash": [k[1] for k in keys],
+        "filter": [k[2] for k in keys],
+        "metric": [o.metric for o in outcomes],
+        "value": [opt_float(_py(o.value)) for o in outcomes],
+        "correct": correct,
+    }
 
 
 def open_for_writing(

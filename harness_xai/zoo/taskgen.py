@@ -15,7 +15,8 @@ Tasks
   xai_kv_gen  the same docs, generate_until; the target is the value string.
   xai_arith   addition of 2–5 single digits, multiple choice: ``"3+5+8="`` with choices such
               as ``["16", "15", "17", "6"]`` (gold ±1, ±2, ±10); ``operand_spans`` locate the
-              digits; prompts are distinct.
+              digits; prompts are distinct. Every operand is evidence for the sum, so
+              ``evidence_span`` lists all of them (the same pairs as ``operand_spans``).
 
 Format notes (measured while building the zoo model): records are exactly two tokens
 (key, value) with no separators and no header; a constant header token (``"kv:"``) or separators
@@ -28,7 +29,9 @@ Algorithm (per doc, ``random.Random(seed)`` shared along one stream so output is
   3. build the prompt and record spans while concatenating;
   4. draw distractors and shuffle them with the gold answer; store the gold index.
 Test docs use ``TEST_SEED``; the training corpus uses ``TRAIN_SEED`` and skips any doc whose
-prompt is a test prompt, so train and test never overlap.
+prompt is a test prompt, so train and test never overlap. Fields that draw nothing from the
+generator (spans such as ``evidence_span``) can be added without changing any prompt, the training
+stream, or the zoo trained on it.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def arith_doc(rng: random.Random, n_operands: int) -> Doc:
     return {
         "prompt": prompt, "choices": choices, "gold": choices.index(str(total)),
         "target": str(total), "n_operands": n_operands, "operands": operands,
-        "operand_spans": spans,
+        "operand_spans": spans, "evidence_span": [list(span) for span in spans],
     }
 
 

@@ -1,0 +1,198 @@
+"""The study view: failure patterns across model sizes and training checkpoints (pure).
+
+Runs are only compared when they measured the same thing. Steps:
+
+1. ``cohort_key`` — a run's configuration minus its model identity (the model args, parameter
+   count, revision, sha, dtype; the task list and versions; graph/faithfulness options, which add
+   outputs but change no number compared here). Runs of one sweep share a key; a later run of one
+   model on every doc (another ``--limit``) is a cohort of its own and is never averaged in.
+2. ``series_of`` — a run's model series: the model path's last component (``llama-l``) — the
+   checkpoints of one model share it — with its architecture (``model_type``) and size
+   (``n_params``); the checkpoint is ``runs.step``.
+3. ``cohorts`` — the cohorts with at least two runs, each with per-task ``points``: one per run
+   with accuracy, failures, the mean per-case metrics (``case_metrics``: segment shares, evidence
+   recovery and its random baseline, concentration, sink share, formation layer) and the triage
+   shares.
+4. ``trends`` — per task, the series to draw: by checkpoint (x = step, one line per model series)
+   and by size (x = parameters, one line per architecture at each checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+_MODEL_IDENTITY = ("model_args", "model_num_parameters", "model_revision", "model_sha",
+                   "model_dtype")
+_NOT_COMPARED = ("tasks", "versions", "graph", "faithfulness")
+
+#: (metric name in case_metrics, title, axis range or None) of the trend panels, in page order
+PANELS = (
+    ("evidence.top1", "evidence ranked first (share of failures)", (0.0, 1.0)),
+    ("evidence.share", "share of |R| on the evidence tokens", (0.0, 1.0)),
+    ("concentration.gini", "concentration of |R| (Gini)", (0.0, 1.0)),
+    ("concentration.top1", "share of |R| on the top token", (0.0, 1.0)),
+    ("sink.share", "attention-sink / BOS share of |R|", (0.0, 1.0)),
+    ("layer.formation_rel", "where Δℓ forms (relative depth)", (0.0, 1.0)),
+)
+_SEGMENT = re.compile(r"^segment\.([a-z]+)\.share$")
+
+
+def cohort_key(run: dict[str, Any]) -> str:
+    """Step 1: JSON of the run's identity config without model identity (module docstring)."""
+    try:
+        config = json.loads(run.get("config") or "{}")
+    except (TypeError, ValueError):
+        config = {}
+    if not isinstance(config, dict):
+        config = {}
+    inner = config.get("config") if isinstance(config.get("config"), dict) else {}
+    config = {k: v for k, v in config.items() if k not in _NOT_COMPARED}
+    config["config"] = {k: v for k, v in inner.items() if k not in _MODEL_IDENTITY}
+    config.setdefault("method", run.get("method"))
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def describe_key(key: str) -> str:
+    """A short human description of a cohort key: method, metric, limit, shots."""
+    c = json.loads(key)
+    inner = c.get("config") or {}
+    limit = inner.get("limit")
+    shots = sorted(set((c.get("n-shot") or {}).values()))
+    parts = [f"method {c.get('method')}", f"metric {c.get('metric')}",
+             f"limit {int(limit) if isinstance(limit, float) and limit.is_integer() else limit}"
+             if limit is not None else "all docs",
+             f"{'/'.join(str(s) for s in shots) or 0}-shot"]
+    if c.get("contrast"):
+        parts.append(f"contrast {c['contrast']}")
+    return " · ".join(parts)
+
+
+def series_of(run: dict[str, Any]) -> str:
+    """Step 2: the model series name (last component of the model path or hub id)."""
+    name = str(run.get("pretrained") or run.get("model") or f"run {run['id']}")
+    return re.split(r"[\\/]", name.rstrip("/\\"))[-1] or name
+
+
+@dataclass
+class Point:
+    """One run's numbers on one task."""
+
+    run_id: int
+    series: str
+    arch: str
+    size: int | None
+    step: int | None
+    accuracy: float | None
+    n_samples: int | None
+    n_failures: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    triage: dict[str, float] = field(default_factory=dict)  # label → share of labelled cases
+
+
+@dataclass
+class Cohort:
+    key: str
+    description: str
+    runs: list[dict[str, Any]]
+    tasks: dict[str, list[Point]]  # task → one point per run that evaluated it
+    segments: list[str]  # segment labels with a share in any point
+    page: str = ""  # file name of its study page (set by the renderer)
+
+
+def cohorts(runs: list[dict[str, Any]], task_rows: dict[int, list[dict[str, Any]]],
+            metrics: list[dict[str, Any]], triage: list[dict[str, Any]]) -> list[Cohort]:
+    """Step 3: cohorts of ≥ 2 runs, oldest first (module docstring)."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[cohort_key(run)].append(run)
+    by_run_task: dict[tuple[int, str], dict[str, tuple[float, int]]] = defaultdict(dict)
+    for m in metrics:
+        if m["mean"] is not None and math.isfinite(float(m["mean"])):
+            by_run_task[(int(m["run_id"]), m["task"])][m["name"]] = (float(m["mean"]), int(m["n"]))
+    labels: dict[tuple[int, str], dict[str, int]] = defaultdict(dict)
+    for t in triage:
+        labels[(int(t["run_id"]), t["task"])][t["label"]] = int(t["n"])
+    out = []
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        tasks: dict[str, list[Point]] = defaultdict(list)
+        segments: set[str] = set()
+        for run in members:
+            for row in task_rows.get(int(run["id"]), []):
+                got = by_run_task.get((int(run["id"]), row["task"]), {})
+                lab = labels.get((int(run["id"]), row["task"]), {})
+                total = sum(lab.values())
+                segments |= {m.group(1) for n in got if (m := _SEGMENT.match(n))}
+                tasks[row["task"]].append(Point(
+                    run_id=int(run["id"]), series=series_of(run), arch=run.get("model_type") or "?",
+                    size=run.get("n_params"), step=run.get("step"), accuracy=row.get("value"),
+                    n_samples=row.get("n_samples"),
+                    n_failures=int(row.get("n_attributed", 0)) + int(row.get("n_skipped", 0)),
+                    metrics={n: v for n, (v, _) in got.items()},
+                    counts={n: c for n, (_, c) in got.items()},
+                    triage={k: v / total for k, v in sorted(lab.items())} if total else {}))
+        for points in tasks.values():
+            points.sort(key=lambda p: (p.arch, p.size or 0, p.series, p.step or 0, p.run_id))
+        out.append(Cohort(key=key, description=describe_key(key), runs=members,
+                          tasks=dict(sorted(tasks.items())), segments=sorted(segments)))
+    return out
+
+
+def _value(point: Point, metric: str) -> float | None:
+    if metric == "accuracy":
+        return point.accuracy
+    return point.metrics.get(metric)
+
+
+def by_checkpoint(points: list[Point], metric: str) -> list[dict[str, Any]]:
+    """Step 4: one line per model series over ``step`` (runs without a step left out)."""
+    lines: dict[str, dict[str, Any]] = {}
+    for p in points:
+        v = _value(p, metric)
+        if p.step is None or v is None:
+            continue
+        line = lines.setdefault(p.series, {"name": p.series, "arch": p.arch, "size": p.size,
+                                           "points": []})
+        line["points"].append((float(p.step), float(v)))
+    for line in lines.values():
+        line["points"].sort()
+    return sorted(lines.values(), key=lambda l: (l["arch"], l["size"] or 0, l["name"]))
+
+
+def by_size(points: list[Point], metric: str) -> list[dict[str, Any]]:
+    """Step 4: one line per (architecture, checkpoint) over the parameter count (lines with a
+    single size left out)."""
+    lines: dict[tuple[str, Any], dict[str, Any]] = {}
+    for p in points:
+        v = _value(p, metric)
+        if not p.size or v is None:
+            continue
+        name = p.arch if p.step is None else f"{p.arch} @ step {p.step}"
+        line = lines.setdefault((p.arch, p.step), {"name": name, "arch": p.arch,
+                                                   "step": p.step, "points": []})
+        line["points"].append((float(p.size), float(v)))
+    kept = [l for l in lines.values() if len(l["points"]) > 1]  # a size trend needs two sizes
+    for line in kept:
+        line["points"].sort()
+    return sorted(kept, key=lambda l: (l["arch"], -1 if l["step"] is None else l["step"]))
+
+
+def baseline(points: list[Point], metric: str, by: str) -> list[dict[str, Any]]:
+    """A reference line (e.g. ``evidence.random_top1``, the chance of a random order ranking the
+    evidence first): the mean over the points at each step (``by="step"``) or size (``"size"``)."""
+    groups: dict[float, list[float]] = defaultdict(list)
+    for p in points:
+        x = p.step if by == "step" else p.size
+        if x is not None and metric in p.metrics:
+            groups[float(x)].append(p.metrics[metric])
+    if not groups:
+        return []
+    return [{"name": "random order", "points": sorted((x, sum(v) / len(v))
+                                                     for x, v in groups.items())}]
