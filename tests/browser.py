@@ -37,7 +37,8 @@ Protocol steps:
     their own session but carry our temp dir in their command line (``XDG_CONFIG_HOME`` points there,
     so crash reports never land in ``~/.config``); then delete the temp dir.
 
-``png_stats`` decodes a PNG in pure Python (zlib + the five scanline filters) and counts colours.
+``png_stats`` / ``png_decode`` (``pngstats``, re-exported here) decode a PNG in pure Python (zlib +
+the five scanline filters) and count colours.
 """
 from __future__ import annotations
 
@@ -54,11 +55,10 @@ import tempfile
 import threading
 import time
 import weakref
-import zlib
-from array import array
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
+
+from pngstats import png_decode, png_stats  # noqa: F401 — re-exported for the tests
 
 DEFAULT_TIMEOUT = 30.0
 _BASH = shutil.which("bash") or "/bin/bash"  # dash cannot redirect fds >= 10
@@ -170,13 +170,19 @@ class Browser:
         child_r, child_w = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (cmd_r, evt_w))
         for fd in (cmd_r, evt_w):
             os.close(fd)
-        args = [exe, *FLAGS, *(extra_args or []), f"--user-data-dir={os.path.join(self.root, 'profile')}", "about:blank"]
+        profile = os.path.join(self.root, "profile")
+        args = [exe, *FLAGS, *(extra_args or []), f"--user-data-dir={profile}", "about:blank"]
         script = f'exec "$@" 3<&{child_r} 4>&{child_w} {child_r}<&- {child_w}>&-'
         try:
             with open(self._stderr_path, "wb") as err:
                 self.proc = subprocess.Popen([_BASH, "-c", script, "chromium", *args],
                                              pass_fds=(child_r, child_w), stdin=subprocess.DEVNULL,
                                              stdout=err, stderr=err, start_new_session=True, env=env)
+        except BaseException:
+            for fd in (cmd_w, evt_r):
+                os.close(fd)
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
         finally:
             os.close(child_r)
             os.close(child_w)
@@ -218,7 +224,8 @@ class Browser:
                     try:
                         self._dispatch(json.loads(buf[cut:end]))
                     except (ValueError, KeyError, TypeError) as exc:  # keep reading; report on death
-                        self.reader_errors.append(f"{type(exc).__name__}: {exc}: {bytes(buf[cut:end])[:200]!r}")
+                        head = bytes(buf[cut:end])[:200]
+                        self.reader_errors.append(f"{type(exc).__name__}: {exc}: {head!r}")
                     cut = end + 1
                     end = buf.find(b"\0", cut)
                 del buf[:cut]
@@ -337,7 +344,7 @@ class Browser:
         return page
 
     def close(self) -> None:
-        """Ask chromium to quit, then kill whatever is left of its process group; idempotent."""
+        """Ask chromium to quit, then kill whatever is left of it, remove the temp dir; idempotent."""
         if not self._finalizer.alive:
             return
         if not self._dead and self.proc.poll() is None:
@@ -350,14 +357,14 @@ class Browser:
             except subprocess.TimeoutExpired:
                 pass
         self._finalizer()  # SIGKILL the group and helpers, reap, remove the temp dir
+        self._posts.put(None)
+        self._reader.join(timeout=5)  # sees EOF now that every holder of the write end is gone
+        self._poster.join(timeout=5)
         for fd in (self._wfd, self._rfd):
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self._posts.put(None)
-        self._reader.join(timeout=5)
-        self._poster.join(timeout=5)
 
     def leftover_pids(self) -> list[int]:
         """Live processes of this browser (empty after ``close``)."""
@@ -389,7 +396,11 @@ def _exception_text(details: dict) -> str:
 
 
 class Page:
-    """One attached tab (a flattened CDP session); read-only views over its recorded events."""
+    """One attached tab (a flattened CDP session); read-only views over its recorded events.
+
+    ``console``, ``errors`` and ``requests`` cover everything since ``Browser.open`` (every
+    navigation of this tab, its frames and its workers); open a new page for a fresh record.
+    """
 
     def __init__(self, browser: Browser, target_id: str, session_id: str) -> None:
         self.browser, self.target_id, self.session_id = browser, target_id, session_id
@@ -510,7 +521,8 @@ class Page:
         """Viewport (x, y) of the centre of the first element matching ``selector``, scrolled into view."""
         xy = self.eval(f"""(() => {{ const el = document.querySelector({json.dumps(selector)});
             if (!el) return null; el.scrollIntoView({{block: "center", inline: "center"}});
-            const r = el.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; }})()""")
+            const r = el.getBoundingClientRect();
+            return [r.left + r.width / 2, r.top + r.height / 2]; }})()""")
         if xy is None:
             raise BrowserError(f"no element matches {selector!r} in {self.url}")
         return float(xy[0]), float(xy[1])
@@ -550,7 +562,7 @@ class Page:
         if code is None:
             if len(key) != 1:
                 raise ValueError(f"unknown key {key!r}: use one character or one of {sorted(_KEYS)}")
-            code = f"Key{key.upper()}" if key.isalpha() else ""
+            code = f"Key{key.upper()}" if key.isalpha() else f"Digit{key}" if key.isdigit() else ""
             vk, text = ord(key.upper()), key
         down: dict[str, Any] = {"type": "keyDown" if text else "rawKeyDown", "key": key, "code": code,
                                 "windowsVirtualKeyCode": vk, "nativeVirtualKeyCode": vk}
@@ -605,110 +617,3 @@ def external_requests(page: Page, allow_local: bool = False) -> list[str]:
             continue
         out.append(url)
     return out
-
-
-# -- PNG ---------------------------------------------------------------------------------------------
-_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel (8-bit only)
-
-
-def _add_bytes(a: bytes, b: bytes) -> bytes:
-    """Bytewise (a + b) mod 256 over whole rows at once (SWAR on Python big integers)."""
-    n = len(a)
-    lo7, hi1 = int.from_bytes(b"\x7f" * n, "big"), int.from_bytes(b"\x80" * n, "big")
-    x, y = int.from_bytes(a, "big"), int.from_bytes(b, "big")
-    return (((x & lo7) + (y & lo7)) ^ ((x ^ y) & hi1)).to_bytes(n, "big")
-
-
-def _unfilter(ftype: int, raw: bytes, prev: bytes, bpp: int) -> bytes:
-    """Undo one scanline filter (PNG spec §9.2); ``prev`` is the previous decoded row (zeros at top)."""
-    if ftype == 0:
-        return raw
-    if ftype == 2:
-        return _add_bytes(raw, prev)
-    out = bytearray(raw)
-    n = len(out)
-    if ftype == 1:
-        for i in range(bpp, n):
-            out[i] = (out[i] + out[i - bpp]) & 255
-    elif ftype == 3:
-        for i in range(n):
-            out[i] = (out[i] + (((out[i - bpp] if i >= bpp else 0) + prev[i]) >> 1)) & 255
-    elif ftype == 4:
-        for i in range(n):
-            if i >= bpp:
-                a, c = out[i - bpp], prev[i - bpp]
-            else:
-                a = c = 0
-            b = prev[i]
-            p = a + b - c
-            pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-            out[i] = (out[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-    else:
-        raise ValueError(f"PNG: bad filter type {ftype}")
-    return bytes(out)
-
-
-def png_decode(data: bytes) -> tuple[int, int, int, bytes]:
-    """(width, height, channels, pixels) of an 8-bit grey/GA/RGB/RGBA non-interlaced PNG.
-
-    ``pixels`` is height * width * channels bytes, rows top to bottom.
-    """
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG (bad signature)")
-    pos, idat, ihdr = 8, [], b""
-    while pos + 8 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        if kind == b"IHDR":
-            ihdr = body
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
-    if len(ihdr) != 13:
-        raise ValueError("PNG: missing IHDR")
-    w, h = int.from_bytes(ihdr[0:4], "big"), int.from_bytes(ihdr[4:8], "big")
-    depth, ctype, interlace = ihdr[8], ihdr[9], ihdr[12]
-    if depth != 8 or ctype not in _CHANNELS or interlace != 0:
-        raise ValueError(f"unsupported PNG: bit depth {depth}, colour type {ctype}, interlace {interlace} "
-                         "(only 8-bit grey/grey+alpha/RGB/RGBA, non-interlaced)")
-    ch = _CHANNELS[ctype]
-    stride = w * ch
-    flat = zlib.decompress(b"".join(idat))
-    if len(flat) != h * (stride + 1):
-        raise ValueError(f"PNG: {len(flat)} bytes of image data, expected {h * (stride + 1)}")
-    rows, prev = [], bytes(stride)
-    for y in range(h):
-        off = y * (stride + 1)
-        prev = _unfilter(flat[off], flat[off + 1:off + 1 + stride], prev, ch)
-        rows.append(prev)
-    return w, h, ch, b"".join(rows)
-
-
-def png_stats(data: bytes, background: tuple[int, ...] | None = None) -> tuple[int, int, int, float]:
-    """(width, height, distinct pixel values, fraction of pixels that differ from the background).
-
-    The background is ``background`` (one value per channel) or else the most common pixel value.
-    """
-    w, h, ch, pix = png_decode(data)
-    if w * h == 0:
-        return w, h, 0, 0.0
-    if ch == 3:  # pad RGB to RGBX so every pixel is one machine word
-        padded = bytearray(w * h * 4)
-        for c in range(3):
-            padded[c::4] = pix[c::3]
-        pix, size = bytes(padded), 4
-    else:
-        size = ch
-    words = array({1: "B", 2: "H", 4: "I"}[size])  # "I" is 4 bytes on every platform CPython runs on
-    words.frombytes(pix)  # one integer per pixel (native byte order; only equality matters)
-    counts = Counter(words)
-    if background is None:
-        n_bg = counts.most_common(1)[0][1]
-    else:
-        key = bytes(background) + (b"\0" if ch == 3 else b"")
-        probe = array(words.typecode)
-        probe.frombytes(key)
-        n_bg = counts.get(probe[0], 0)
-    return w, h, len(counts), (w * h - n_bg) / (w * h)

@@ -99,7 +99,8 @@ def test_requests_of_workers_frames_and_after_load_are_seen(browser: Browser, tm
                  "<iframe src='frame.html'></iframe>"
                  "<script>const src = \"fetch('http://worker.invalid/').catch(() => {})\";"
                  "new Worker(URL.createObjectURL(new Blob([src])));"
-                 "addEventListener('load', () => setTimeout(() => fetch('http://late.invalid/').catch(() => {})));"
+                 "addEventListener('load', () =>"
+                 "  setTimeout(() => fetch('http://late.invalid/').catch(() => {})));"
                  "</script>")
     assert sorted(external_requests(page)) == [(tmp_path / "frame.html").as_uri(), "http://frame.invalid/",
                                                "http://late.invalid/", "http://worker.invalid/"]
