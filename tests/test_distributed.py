@@ -53,6 +53,10 @@ def _snapshot(url: str) -> dict:
                             for r in conn.execute(text("SELECT * FROM runs"))}
             snap["task_results"] = {r.task: tuple(r)[1:] for r in
                                     conn.execute(text("SELECT * FROM task_results"))}
+            snap["doc_outcomes"] = {
+                (r["task"], r["doc_id"], r["doc_hash"], r["filter"]):
+                {k: r[k] for k in ("metric", "value", "correct")}
+                for r in conn.execute(text("SELECT * FROM doc_outcomes")).mappings()}
             unit = {}
             for r in conn.execute(text("SELECT * FROM cases")).mappings():
                 unit[r["id"]] = (r["task"], r["doc_id"], r["doc_hash"], r["filter"])
@@ -85,10 +89,10 @@ def assert_same_store(got: dict, want: dict, only: set | None = None) -> None:
     for table in want:
         if table in ("runs", "task_results"):
             continue
-        w = {k: v for k, v in want[table].items()
-             if only is None or (k if table == "cases" else k[0]) in only}
+        unit = table in ("cases", "doc_outcomes")  # keyed by the unit key itself
+        w = {k: v for k, v in want[table].items() if only is None or (k if unit else k[0]) in only}
         g = {k: v for k, v in got.get(table, {}).items()
-             if only is None or (k if table == "cases" else k[0]) in only}
+             if only is None or (k if unit else k[0]) in only}
         assert g.keys() == w.keys(), table
         for key, row in w.items():
             bad = [c for c in row if not _close(g[key][c], row[c])]
@@ -162,6 +166,8 @@ def test_torchrun_two_cpu_ranks_equal_one_process(micro_model, reference, tmp_pa
     ranks = re.search(r"attributed \(attnlrp\) on 2 ranks \((\d+)/(\d+)\)", output)
     assert ranks and min(map(int, ranks.groups())) > 0, output[-2000:]
     _same_samples(_samples(tmp_path / "results"), _samples(want_results))  # gathered on rank 0
+    # every evaluated doc's outcome, not only the failures, is stored once (by rank 0)
+    assert len(want["doc_outcomes"]) > len(want["cases"])
     assert_same_store(_snapshot(f"duckdb:///{db}"), want)
     assert not (tmp_path / "two.duckdb.shards").exists()  # merged and removed
 
