@@ -285,8 +285,9 @@ def test_example_answers(populated: dict[str, str]) -> None:
     deltas = sorted((float(make_case(doc_id=d, seed=10 * k + d).delta) for k in range(3) for d in range(4 - k)), reverse=True)
     assert [r[-1] for r in worst] == pytest.approx(deltas[:3])
     trajectory = run_sql(db, by_name["doc_trajectory"].sql, {"task": "xai_kv", "doc_id": 3})[1]
-    assert [(r[0], r[1], r[3]) for r in trajectory] == [
-        ("/m/small", None, "not failed"), ("/m/tiny", 1000, "attributed"), ("/m/tiny", 2000, "not failed")]
+    assert [(r[0], r[1], r[4], r[5]) for r in trajectory] == [  # every run evaluated doc 3
+        ("/m/small", None, "correct", None), ("/m/tiny", 1000, "wrong", "attributed"),
+        ("/m/tiny", 2000, "correct", None)]
     hard = run_sql(db, by_name["hard_docs"].sql)[1]
     assert sorted((r[0], r[1]) for r in hard) == [("xai_arith", 5), ("xai_kv", 0), ("xai_kv", 1)]
     skips = run_sql(db, by_name["skip_reasons"].sql)[1]

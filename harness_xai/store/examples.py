@@ -43,12 +43,15 @@ FROM segment_shares AS s JOIN runs AS r ON r.id = s.run_id
 GROUP BY r.n_params, s.segment
 ORDER BY r.n_params NULLS LAST, s.segment"""),
     Example("doc_trajectory", "How does one document fare across models and checkpoints?", """
-SELECT r.pretrained, r.step, r.revision, COALESCE(c.status, 'not failed') AS outcome,
-       c.pred_text, c.gold_text, c.delta
-FROM runs AS r
-JOIN task_results AS t ON t.run_id = r.id AND t.task = :task
-LEFT JOIN cases AS c ON c.run_id = r.id AND c.task = :task AND c.doc_id = :doc_id
-ORDER BY r.pretrained, r.step NULLS LAST, r.id""", {"task": "xai_kv", "doc_id": 1}),
+SELECT r.pretrained, r.step, r.revision, o.filter,
+       CASE o.correct WHEN 1 THEN 'correct' WHEN 0 THEN 'wrong' ELSE 'unscored' END AS outcome,
+       c.status, c.pred_text, c.gold_text, c.delta
+FROM doc_outcomes AS o
+JOIN runs AS r ON r.id = o.run_id
+LEFT JOIN cases AS c ON c.run_id = o.run_id AND c.task = o.task AND c.doc_id = o.doc_id
+     AND c.doc_hash = o.doc_hash AND c.filter = o.filter
+WHERE o.task = :task AND o.doc_id = :doc_id
+ORDER BY r.pretrained, r.step NULLS LAST, r.id, o.filter""", {"task": "xai_kv", "doc_id": 1}),
     Example("faithfulness_by_task", "Do the explanations beat random token orders (AOPC), per task?", """
 SELECT r.pretrained, r.step, f.task, f.method, f.n_cases, f.mean_aopc, f.mean_aopc_random,
        f.frac_beats_random
