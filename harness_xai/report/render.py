@@ -173,10 +173,11 @@ def _render_study(env: Environment, cohort: study.Cohort) -> str:
     tasks = []
     for task, points in cohort.tasks.items():
         panels = [("accuracy", "accuracy", (0.0, 1.0))]
-        for s in cohort.segments:
+        segments = study.segments_of(points)
+        for s in segments:
             panels.append((f"segment.{s}.total", f"{s} tokens: Σ relevance / max |R| (the "
                            "paper's normalised total)", None))
-            if len(cohort.segments) > 1:  # with one segment its share is 1 everywhere
+            if len(segments) > 1:  # with one segment its share is 1 everywhere
                 panels.append((f"segment.{s}.share", f"share of |R| on {s} tokens", (0.0, 1.0)))
         panels += list(study.PANELS)
         figs = []
@@ -198,7 +199,7 @@ def _render_study(env: Environment, cohort: study.Cohort) -> str:
         triage = charts.bars([{"label": f"{p.series} @ {p.step}", "n": p.n_failures,
                                "shares": p.triage} for p in points if p.triage])
         tasks.append({"task": task, "points": points, "figures": figs, "triage": triage,
-                      "segments": cohort.segments})
+                      "segments": segments})
     return env.get_template("study.html").render(cohort=cohort, tasks=tasks, root="",
                                                  triage_colours=charts.TRIAGE_COLOURS)
 

@@ -101,7 +101,6 @@ class Cohort:
     description: str
     runs: list[dict[str, Any]]
     tasks: dict[str, list[Point]]  # task → one point per run that evaluated it
-    segments: list[str]  # segment labels with a share in any point
     page: str = ""  # file name of its study page (set by the renderer)
 
 
@@ -123,13 +122,11 @@ def cohorts(runs: list[dict[str, Any]], task_rows: dict[int, list[dict[str, Any]
         if len(members) < 2:
             continue
         tasks: dict[str, list[Point]] = defaultdict(list)
-        segments: set[str] = set()
         for run in members:
             for row in task_rows.get(int(run["id"]), []):
                 got = by_run_task.get((int(run["id"]), row["task"]), {})
                 lab = labels.get((int(run["id"]), row["task"]), {})
                 total = sum(lab.values())
-                segments |= {m.group(1) for n in got if (m := _SEGMENT.match(n))}
                 tasks[row["task"]].append(Point(
                     run_id=int(run["id"]), series=series_of(run), arch=run.get("model_type") or "?",
                     size=run.get("n_params"), step=run.get("step"), accuracy=row.get("value"),
@@ -141,8 +138,13 @@ def cohorts(runs: list[dict[str, Any]], task_rows: dict[int, list[dict[str, Any]
         for points in tasks.values():
             points.sort(key=lambda p: (p.arch, p.size or 0, p.series, p.step or 0, p.run_id))
         out.append(Cohort(key=key, description=describe_key(key), runs=members,
-                          tasks=dict(sorted(tasks.items())), segments=sorted(segments)))
+                          tasks=dict(sorted(tasks.items()))))
     return out
+
+
+def segments_of(points: list[Point]) -> list[str]:
+    """The segment labels with a share in any of ``points`` (one task's)."""
+    return sorted({m.group(1) for p in points for n in p.metrics if (m := _SEGMENT.match(n))})
 
 
 def _value(point: Point, metric: str) -> float | None:
