@@ -37,7 +37,7 @@ from harness_xai.graph.prune import (Collector, Edges, Prune, ancestors, as_prun
                                      prune_dense, target_nodes)
 from harness_xai.graph.reference import reference_edges
 from harness_xai.lrp.adapters import adapter_for
-from harness_xai.lrp.attribute import as_ids, as_token, input_device
+from harness_xai.lrp.attribute import contrast_inputs
 from harness_xai.lrp.methods import get_method
 from harness_xai.lrp.patch import lrp
 from harness_xai.records import GraphRecord
@@ -117,13 +117,7 @@ def graph(model: nn.Module, tokenizer, input_ids, target_id, foil_id, method: st
         raise UserError(f"graph impl={impl!r} is not one of: fast, reference.")
     pruning = as_prune(prune)
     adapter = adapter_for(model)
-    ids = as_ids(input_ids, tokenizer)
-    target, foil = as_token(target_id, tokenizer), as_token(foil_id, tokenizer)
-    vocab = model.get_output_embeddings().weight.shape[0]
-    for name, tok in (("target_id", target), ("foil_id", foil)):
-        if not 0 <= tok < vocab:
-            raise UserError(f"{name}={tok} is outside the model's vocabulary (0..{vocab - 1}).")
-    ids = ids.to(input_device(model))
+    ids, target, foil = contrast_inputs(model, tokenizer, input_ids, target_id, foil_id)
     n = ids.shape[1]
 
     started = time.perf_counter()

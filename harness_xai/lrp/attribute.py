@@ -71,13 +71,7 @@ def attribute(model: nn.Module, tokenizer, input_ids, target_id, foil_id,
     spec = get_method(method)
     params = spec.configure(options)
     adapter = adapter_for(model)  # fails before any work for unsupported families
-    ids = as_ids(input_ids, tokenizer)  # (1, n)
-    target, foil = as_token(target_id, tokenizer), as_token(foil_id, tokenizer)
-    vocab = model.get_output_embeddings().weight.shape[0]
-    for name, tok in (("target_id", target), ("foil_id", foil)):
-        if not 0 <= tok < vocab:
-            raise UserError(f"{name}={tok} is outside the model's vocabulary (0..{vocab - 1}).")
-    ids = ids.to(input_device(model))
+    ids, target, foil = contrast_inputs(model, tokenizer, input_ids, target_id, foil_id)
     n = ids.shape[1]
     kinds = ALL_KINDS if states else ("out",)
 
@@ -148,6 +142,19 @@ def input_device(model: nn.Module) -> torch.device:
         if device is not None:
             return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
     return embedding.weight.device
+
+
+def contrast_inputs(model: nn.Module, tokenizer, input_ids, target_id,
+                    foil_id) -> tuple[torch.Tensor, int, int]:
+    """The checked inputs of a contrast: ids (1, n) on the model's input device, and the target
+    and foil token ids (UserError when either is outside the vocabulary)."""
+    ids = as_ids(input_ids, tokenizer)  # (1, n)
+    target, foil = as_token(target_id, tokenizer), as_token(foil_id, tokenizer)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    for name, tok in (("target_id", target), ("foil_id", foil)):
+        if not 0 <= tok < vocab:
+            raise UserError(f"{name}={tok} is outside the model's vocabulary (0..{vocab - 1}).")
+    return ids.to(input_device(model)), target, foil
 
 
 def as_ids(input_ids, tokenizer) -> torch.Tensor:

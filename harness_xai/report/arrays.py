@@ -11,7 +11,8 @@ time in round trips. Here every table is read once per run, ordered by case, and
    ``layers`` (n_layers + 1, n_positions), each state kind (n_blocks, n_positions), ``heads``
    (n_blocks, n_heads) summed over positions, the deletion curve, and the graph's nodes/edges.
 Missing cells of a matrix are NaN. Only the run's own rows are read (every SELECT joins ``cases``
-on ``run_id``), so memory is one run at a time.
+on ``run_id``), so memory is one run at a time. ``store_relevance`` reads every case's token
+relevance at once (the same doc across runs).
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ class CaseArrays:
     graph: dict[str, Any] | None = None
 
 
-def _fetch(conn: Connection, sql: str, run_id: int) -> dict[str, np.ndarray]:
-    """Step 1: the columns of ``sql`` (one ``:run_id`` parameter) as numpy arrays."""
+def _fetch(conn: Connection, sql: str, run_id: int | None = None) -> dict[str, np.ndarray]:
+    """Step 1: the columns of ``sql`` (with a ``:run_id`` parameter when ``run_id`` is given) as
+    numpy arrays."""
+    params = [] if run_id is None else [int(run_id)]
     if conn.dialect.name == "duckdb":
         raw = conn.connection.driver_connection
-        return raw.execute(sql.replace(":run_id", "?"), [int(run_id)]).fetchnumpy()
-    result = conn.execute(text(sql), {"run_id": int(run_id)})
+        return raw.execute(sql.replace(":run_id", "?"), params).fetchnumpy()
+    result = conn.execute(text(sql), {} if run_id is None else {"run_id": int(run_id)})
     names = list(result.keys())
     rows = result.fetchall()
     return {n: np.array([r[i] for r in rows], dtype=object) for i, n in enumerate(names)}
@@ -151,6 +154,15 @@ def run_arrays(conn: Connection, run_id: int) -> dict[int, CaseArrays]:
     _attach_faithfulness(conn, run_id, out)
     _attach_graphs(conn, run_id, out)
     return out
+
+
+def store_relevance(conn: Connection) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """case id → (token ids (n,), relevance (n,)) of every case of the store, in position order:
+    views into two store-wide arrays (16 bytes per token), for the doc histories."""
+    cols = _fetch(conn, "SELECT case_id, token_id, relevance FROM token_relevance "
+                        "ORDER BY case_id, position")
+    ids, tids, rel = _ints(cols["case_id"]), _ints(cols["token_id"]), _floats(cols["relevance"])
+    return {cid: (tids[s], rel[s]) for cid, s in _groups(ids).items()}
 
 
 def _attach_faithfulness(conn: Connection, run_id: int, out: dict[int, CaseArrays]) -> None:

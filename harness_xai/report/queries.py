@@ -10,10 +10,11 @@ Steps used by the renderer:
   3. ``task_rows`` — per run, task results merged with case counts (attributed / skipped by reason).
   4. ``run_cases`` — per run and task, the failure rows with their triage label and table
      metrics, sorted by delta descending (NULLs last).
-  5. ``case_index``, ``doc_outcomes``, ``token_relevance_all`` — every case, every evaluated
-     doc's outcome and every token relevance vector: the same doc across runs (``history``).
+  5. ``case_index``, ``doc_outcomes`` — every case and every evaluated doc's outcome: the same
+     doc across runs (``history``).
   6. ``study_metrics``, ``study_triage`` — per run and task aggregates (``study``).
-The per-case arrays of the failure pages are read in bulk by ``arrays.run_arrays``.
+The per-case arrays of the failure pages (and every relevance vector, for the doc histories)
+are read in bulk by ``arrays``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 from sqlalchemy import Connection, text
 
 from harness_xai.errors import UserError
@@ -159,11 +159,6 @@ def run_cases(conn: Connection, run_id: int) -> dict[str, list[dict[str, Any]]]:
     return by_task
 
 
-def task_cases(conn: Connection, run_id: int, task: str) -> list[dict[str, Any]]:
-    """The cases of one (run, task), delta descending (skipped cases, without delta, last)."""
-    return run_cases(conn, run_id).get(task, [])
-
-
 def case_index(conn: Connection) -> list[dict[str, Any]]:
     """Every case of the store, slim: identity, outcome and triage (for the doc histories)."""
     rows = conn.execute(text(
@@ -178,22 +173,6 @@ def doc_outcomes(conn: Connection) -> list[dict[str, Any]]:
     rows = conn.execute(text(
         "SELECT run_id, task, doc_id, doc_hash, filter, correct FROM doc_outcomes")).mappings()
     return [dict(r) for r in rows]
-
-
-def token_relevance_all(conn: Connection) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """case id → (token ids, relevance) of every attributed case, in position order (views into
-    two store-wide arrays: 16 bytes per token)."""
-    from harness_xai.report.arrays import _floats, _groups, _ints
-
-    sql = ("SELECT case_id, token_id, relevance FROM token_relevance ORDER BY case_id, position")
-    if conn.dialect.name == "duckdb":
-        cols = conn.connection.driver_connection.execute(sql).fetchnumpy()
-    else:
-        rows = conn.execute(text(sql)).fetchall()
-        cols = {k: np.array([r[i] for r in rows], dtype=object)
-                for i, k in enumerate(("case_id", "token_id", "relevance"))}
-    ids, tids, rel = _ints(cols["case_id"]), _ints(cols["token_id"]), _floats(cols["relevance"])
-    return {cid: (tids[s], rel[s]) for cid, s in _groups(ids).items()}
 
 
 def study_metrics(conn: Connection) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ from sqlalchemy import Connection
 from harness_xai import __version__
 from harness_xai.errors import UserError
 from harness_xai.report import charts, figures, history, payload, queries, study, text
-from harness_xai.report.arrays import CaseArrays, run_arrays
+from harness_xai.report.arrays import CaseArrays, run_arrays, store_relevance
 
 MARKER = ".harness-xai-report"
 #: rows per page of a failure table (the browser pages through them)
@@ -121,7 +121,7 @@ class _Study:
 
     def __init__(self, conn: Connection, runs: list[dict[str, Any]]) -> None:
         self.docs = history.DocIndex(runs, queries.case_index(conn), queries.doc_outcomes(conn))
-        self.relevance = queries.token_relevance_all(conn)
+        self.relevance = store_relevance(conn)
         rows = {int(r["id"]): r["tasks_rows"] for r in runs}
         self.cohorts = study.cohorts(runs, rows, queries.study_metrics(conn),
                                      queries.study_triage(conn))
