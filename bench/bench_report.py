@@ -31,45 +31,48 @@ from pathlib import Path
 
 import numpy as np
 
-from harness_xai.analysis import analyse_case
-from harness_xai.records import (ATTRIBUTED, CaseRecord, DocOutcome, Faithfulness, GraphRecord,
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from factory import explained  # noqa: E402
+from harness_xai.analysis import analyse  # noqa: E402
+from harness_xai.records import (Case, DocOutcome, Explanation, Faithfulness, GraphRecord,  # noqa: E402
                                  RunRecord, TaskSummary)
-from harness_xai.report import render_report
-from harness_xai.store import Store
+from harness_xai.report import render_report  # noqa: E402
+from harness_xai.store import Store  # noqa: E402
 
 
 def _case(doc_id: int, run: int, rng: np.random.Generator, a: argparse.Namespace,
-          graph: bool) -> CaseRecord:
+          graph: bool) -> tuple[Case, Explanation]:
     n, L = a.tokens, a.layers
     rel = rng.normal(size=n).astype(np.float32)  # (n,)
-    case = CaseRecord(
-        task="bench_task", doc_id=doc_id, doc_hash=f"d{doc_id}", prompt_hash=f"p{doc_id}",
-        target_hash=f"t{doc_id}", filter="none", metric="acc", status=ATTRIBUTED,
-        prompt=" ".join(f"w{i}" for i in range(n)), pred_index=1, gold_index=0,
-        pred_text=" 12", gold_text=" 34", position=n, wrong_token_id=5, gold_token_id=6,
-        wrong_token=" 12", gold_token=" 34", delta=float(rng.normal()), ll_pred=-1.0,
-        ll_gold=-2.0, method="attnlrp", token_ids=list(range(100, 100 + n)),
-        tokens=[f" w{i}" for i in range(n)], token_relevance=rel,
-        layer_relevance=rng.normal(size=(L + 1, n)).astype(np.float32),
-        segments=["question"] * n, segment_index=[None] * n,
-        state_relevance={k: rng.normal(size=(L, n)).astype(np.float32)
-                         for k in ("mid", "attn", "mlp")},
-        head_relevance=rng.normal(size=(L, a.heads, n)).astype(np.float32),
-        evidence_positions=[int(doc_id % n)], output_type="multiple_choice")
+    delta = float(rng.normal())
+    layers = rng.normal(size=(L + 1, n)).astype(np.float32)  # (L + 1, n)
+    states = {k: rng.normal(size=(L, n)).astype(np.float32) for k in ("mid", "attn", "mlp")}
+    heads = rng.normal(size=(L, a.heads, n)).astype(np.float32)
+    internals: dict = {}
     if graph:
         k = min(200, L * n)
         src = rng.choice(L * n, k, replace=False)  # distinct (layer, position) sources
-        case.faithfulness = Faithfulness(
+        internals["faithfulness"] = Faithfulness(
             fractions=[0.1, 0.2, 0.5], n_removed=[1, 2, 5], delta_relevance=[0.5, 0.1, -0.3],
             delta_random=[0.9, 0.8, 0.7], aopc=0.6, aopc_random=0.2, baseline_token_id=0)
-        case.graph = GraphRecord(
+        internals["graph"] = GraphRecord(
             node_layers=["emb"] + [str(l) for l in range(1, L + 1)],
             node_relevance=rng.normal(size=(L + 1, n)).astype(np.float32),
             source_layer=(src // n).astype(np.int32), source_position=(src % n).astype(np.int32),
             target_layer=np.full(k, L, np.int32), target_position=np.full(k, n - 1, np.int32),
             weight=rng.normal(size=k).astype(np.float32), params={"mass": 0.85},
             metrics={"n_edges": k})
-    return analyse_case(case)
+    case, ex = explained(
+        rel, task="bench_task", doc_id=doc_id, delta=delta, layer_relevance=layers,
+        state_relevance=states, head_relevance=heads,
+        prompt=" ".join(f"w{i}" for i in range(n)), pred_index=1, gold_index=0,
+        pred_text=" 12", gold_text=" 34", position=n, wrong_token_id=5, gold_token_id=6,
+        wrong_token=" 12", gold_token=" 34", ll_pred=-1.0, ll_gold=-2.0,
+        token_ids=range(100, 100 + n), tokens=[f" w{i}" for i in range(n)],
+        segments=["question"] * n, segment_index=[None] * n,
+        evidence_positions=[int(doc_id % n)], output_type="multiple_choice", **internals)
+    return case, analyse(case, ex)
 
 
 def build(path: Path, a: argparse.Namespace) -> None:
@@ -92,7 +95,7 @@ def build(path: Path, a: argparse.Namespace) -> None:
             store.write_task_summaries(run_id, [TaskSummary(
                 "bench_task", "acc", 0.5, docs, per_run, "multiple_choice", outcomes=outcomes)])
             for i, d in enumerate(wrong):
-                store.write_case(run_id, _case(d, r, rng, a, graph=i % a.graph_every == 0))
+                store.write_case(run_id, *_case(d, r, rng, a, graph=i % a.graph_every == 0))
             print(f"  built run {r + 1}/{a.runs}", file=sys.stderr)
 
 

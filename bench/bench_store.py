@@ -31,9 +31,12 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from harness_xai.records import ATTRIBUTED, CaseRecord, GraphRecord, RunRecord
-from harness_xai.store import Store, bulk, pgtemp
-from harness_xai.store.models import cases, graph_edges
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from factory import explained  # noqa: E402
+from harness_xai.records import ATTRIBUTED, Case, Explanation, GraphRecord, RunRecord  # noqa: E402
+from harness_xai.store import Store, bulk, pgtemp  # noqa: E402
+from harness_xai.store.models import cases, graph_edges  # noqa: E402
 
 
 def _run() -> RunRecord:
@@ -42,24 +45,25 @@ def _run() -> RunRecord:
                      lm_eval_version="0", harness_xai_version="0")
 
 
-def _case(doc_id: int, rng: np.random.Generator, n_tokens: int = 0, n_edges: int = 0) -> CaseRecord:
-    case = CaseRecord(task="bench", doc_id=doc_id, doc_hash=f"d{doc_id}", prompt_hash="p",
-                      target_hash="t", filter="none", metric="acc", status=ATTRIBUTED)
+def _case(doc_id: int, rng: np.random.Generator, n_tokens: int = 0,
+          n_edges: int = 0) -> tuple[Case, Explanation]:
+    fields: dict = {}
     if n_tokens:
-        case.tokens = [f" tok{i % 977}" for i in range(n_tokens)]
-        case.token_ids = rng.integers(0, 50_000, n_tokens).tolist()
-        case.token_relevance = rng.normal(size=n_tokens).astype(np.float32)  # (n,)
-        case.segments = ["fewshot"] * (n_tokens // 2) + ["question"] * (n_tokens - n_tokens // 2)
+        fields["tokens"] = [f" tok{i % 977}" for i in range(n_tokens)]
+        fields["token_ids"] = rng.integers(0, 50_000, n_tokens).tolist()
+        fields["token_relevance"] = rng.normal(size=n_tokens).astype(np.float32)  # (n,)
+        fields["segments"] = ["fewshot"] * (n_tokens // 2) + ["question"] * (n_tokens - n_tokens // 2)
     if n_edges:
         width = 256
         idx = np.arange(n_edges)  # edge i: (i // width, i % width) → (i // width + 1, (i * 7) % width)
-        case.graph = GraphRecord(
+        fields["graph"] = GraphRecord(
             node_layers=[str(i) for i in range(n_edges // width + 2)],
             node_relevance=np.zeros((n_edges // width + 2, width), np.float32),
             source_layer=(idx // width).astype(np.int32), source_position=(idx % width).astype(np.int32),
             target_layer=(idx // width + 1).astype(np.int32), target_position=((idx * 7) % width).astype(np.int32),
             weight=rng.normal(size=n_edges).astype(np.float32), metrics={"mass_kept": 0.9})
-    return case
+    return explained(fields.pop("token_relevance", None), task="bench", doc_id=doc_id,
+                     prompt_hash="p", target_hash="t", **fields)
 
 
 def _timed_cases(db: str, make, n_cases: int) -> float:
@@ -68,8 +72,8 @@ def _timed_cases(db: str, make, n_cases: int) -> float:
     with Store.open(db) as store:
         run_id = store.ensure_run(_run())
         start = time.perf_counter()
-        for case in batch:
-            store.write_case(run_id, case)
+        for case, ex in batch:
+            store.write_case(run_id, case, ex)
         return time.perf_counter() - start
 
 

@@ -28,14 +28,14 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from harness_xai.errors import UserError
-from harness_xai.lrp.attribute import input_device
-from harness_xai.records import ATTRIBUTED, CaseRecord, Faithfulness
+from harness_xai.lrp.inputs import input_device
+from harness_xai.records import Explained, Faithfulness, TokenTarget
 
 FRACTIONS = (0.01, 0.02, 0.05, 0.10, 0.20, 0.30, 0.50)
 
@@ -174,20 +174,24 @@ def _deltas(model, rows: list[list[int]], cases: list[DeletionCase], pad_id: int
     return (last[rows_, target] - last[rows_, foil]).double().cpu().numpy()
 
 
-def fill_faithfulness(cases: list[CaseRecord], model, tokenizer, *,
-                      baseline_token_id: int | None = None, **options) -> None:
-    """Set ``case.faithfulness`` of every attributed token-contrast case (relevance order = its
-    ``token_relevance``); ``options`` go to :func:`deletion_curves`. Sequence-level contrasts
-    (no single wrong/gold token) are left without a curve."""
-    todo = [c for c in cases if c.status == ATTRIBUTED and c.token_relevance is not None
-            and c.contrast == "token" and None not in (c.wrong_token_id, c.gold_token_id)]
+def with_faithfulness(done: list[Explained], model, tokenizer, *,
+                      baseline_token_id: int | None = None, **options) -> list[Explained]:
+    """``done`` with the deletion curve set on every explained token contrast (relevance order =
+    its ``token_relevance``); ``options`` go to :func:`deletion_curves`. Sequence-level
+    contrasts (no single wrong/gold token) are left without a curve."""
+    todo = [i for i, (case, ex) in enumerate(done)
+            if ex is not None and isinstance(case.objective, TokenTarget)]
     if not todo:
-        return
+        return list(done)
     baseline_id = baseline_token(tokenizer, model, baseline_token_id)
     bos = getattr(tokenizer, "bos_token_id", None)
     bos = bos if bos is not None else getattr(model.config, "bos_token_id", None)
-    inputs = [DeletionCase(c.token_ids, c.token_relevance, c.wrong_token_id, c.gold_token_id)
-              for c in todo]
-    for case, result in zip(todo, deletion_curves(model, inputs, baseline_token_id=baseline_id,
-                                                  bos_token_id=bos, **options)):
-        case.faithfulness = result
+    inputs = [DeletionCase(done[i][0].token_ids, done[i][1].token_relevance,
+                           done[i][0].wrong_token_id, done[i][0].gold_token_id) for i in todo]
+    curves = deletion_curves(model, inputs, baseline_token_id=baseline_id, bos_token_id=bos,
+                             **options)
+    out = list(done)
+    for i, curve in zip(todo, curves):
+        case, ex = out[i]
+        out[i] = (case, replace(ex, faithfulness=curve))
+    return out

@@ -1,37 +1,49 @@
-"""The whole pipeline: lm-eval run → contrast cases → attribution → store.
+"""The whole pipeline: lm-eval run → contrast cases → engine → store (→ report).
 
 Algorithm of ``evaluate``:
-1. Validate the xai options (method, store URL) before anything runs.
+1. The run's ``RunConfig`` (method, store URL, pruning, budgets) is resolved and validated
+   before anything runs (``harness_xai.config``).
 2. Run ``lm_eval.simple_evaluate`` unchanged, with samples logged, capturing the HFLM instance and
    the Task objects; the model family is checked before the first request is computed.
-3. For each task, each incorrect sample becomes a contrast case (or a skip with a reason);
-   every sample's outcome (correct or not) goes into the task summary (store: doc_outcomes).
-4. Open the store, find the run by its key; cases already stored are not attributed again.
-5. Attribute each pending case (one forward + one backward), write it in its own transaction;
-   under torchrun / accelerate launch the cases are sharded over the ranks, within the budget
-   (``harness_xai.distributed``).
+3. For each task, each incorrect sample becomes a frozen contrast ``Case`` (or a skip with a
+   reason); every sample's outcome (correct or not) goes into the task summary (doc_outcomes).
+4. Open the store, find the run by its key (``identity.run_record``); cases already stored are
+   not explained again.
+5. Explain each pending case — the engine's one forward + one backward, several cases per pass
+   with ``--xai-batch-size``, the graph's capture in the same pass with ``--xai-graph``; then
+   faithfulness curves (batched) and the per-case analysis — and write it in its own
+   transaction; under torchrun / accelerate launch the cases are sharded over the ranks, within
+   the budget (``harness_xai.distributed``).
 6. Return lm-eval's results dict plus ``results["xai"]``, the run summary.
+``run_command`` is ``harness-xai run --attribute``: lm-eval's own command with its
+``simple_evaluate`` routed through ``evaluate``, then the report and the one-line summary.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from harness_xai import __version__
-from harness_xai.contrast import (Options, attribute_case, cases_for_task, decision_metric,
-                                  output_type)
+from harness_xai.analysis import analyse
+from harness_xai.config import DEFAULT_DB, RunConfig
+from harness_xai.contrast import cases_for_task, decision_metric, output_type
 from harness_xai.distributed import Budget, World, prepare_launch
+from harness_xai.distributed.runner import CaseWorker
 from harness_xai.errors import UserError
-from harness_xai.harness.capture import capture_evaluate
-from harness_xai.lrp import adapter_for, attribute, get_method
-from harness_xai.records import ATTRIBUTED, CaseRecord, DocOutcome, RunRecord, TaskSummary
+from harness_xai.identity import run_record
+from harness_xai.lmeval_hook.command import execute, routed
+from harness_xai.lmeval_hook.evaluate import capture_evaluate
+from harness_xai.lrp import Attribution, adapter_for
+from harness_xai.lrp import explain as explain_objectives
+from harness_xai.lrp.engine import batchable
+from harness_xai.records import (Case, DocOutcome, Explained, Explanation, SequenceTarget,
+                                 TaskSummary, TokenTarget)
 
-DEFAULT_DB = "duckdb:///xai.duckdb"
+__all__ = ["DEFAULT_DB", "RunSummary", "evaluate", "explain", "make_worker", "run_command",
+           "run_main"]
+
 #: cases per batched faithfulness pass (one forward per deletion step covers the batch)
 FAITHFULNESS_BATCH = 8
 
@@ -62,12 +74,13 @@ class RunSummary:
                 f"store → {self.db}{where}")
 
 
-def evaluate(*, attribute: bool = True, db: str = DEFAULT_DB, method: str = "attnlrp",
-             metric: str = "acc", contrast: str = "token", progress: bool = True,
-             graph: dict | bool | None = None, faithfulness: bool = False,
+def evaluate(*, attribute: bool = True, config: RunConfig | None = None, db: str = DEFAULT_DB,
+             method: str = "attnlrp", metric: str = "acc", contrast: str = "token",
+             progress: bool = True, graph: dict | bool | None = None, faithfulness: bool = False,
              budget: Budget | None = None, **simple_evaluate_kwargs):
     """``lm_eval.simple_evaluate`` plus contrastive attribution of every incorrect response.
 
+    ``config``: a resolved ``RunConfig``; without it one is built from the other arguments:
     ``metric``: acc | acc_norm decides "incorrect" for multiple choice; ``contrast``: token (one
     logit difference) | sequence (difference of the continuations' summed log-probs);
     ``graph``: pruning options (``harness_xai.graph.Prune`` fields, or True for the paper's
@@ -78,14 +91,10 @@ def evaluate(*, attribute: bool = True, db: str = DEFAULT_DB, method: str = "att
 
     if not attribute:
         return lm_eval.evaluator.simple_evaluate(**simple_evaluate_kwargs)
-    from harness_xai.store import normalize_url
-
-    spec = get_method(method)
-    Options(metric=metric, contrast=contrast)  # bad values fail before the run
-    if graph is not None and graph is not False:
-        from harness_xai.graph.prune import as_prune
-        graph = as_prune(graph).as_dict()
-    url = normalize_url(db)
+    if config is None:
+        config = RunConfig.create(db=db, method=method, metric=metric, contrast=contrast,
+                                  graph=graph, faithfulness=faithfulness, budget=budget,
+                                  progress=progress)
     keep_samples = simple_evaluate_kwargs.get("log_samples", True)
     simple_evaluate_kwargs["log_samples"] = True
     with capture_evaluate(before_run=_check_attributable) as captured:
@@ -93,17 +102,53 @@ def evaluate(*, attribute: bool = True, db: str = DEFAULT_DB, method: str = "att
     world = World.detect()  # torchrun / accelerate launch: rank 0 leads, the others follow
     if results is None or not world.leader:
         from harness_xai.distributed import follow
-        follow(world, lambda options: _case_worker(captured.lm, **options), progress=progress)
+        follow(world, lambda cfg: make_worker(captured.lm, cfg), progress=config.progress)
         return None
     with world.leading():
-        summary = explain(results, captured.lm, captured.tasks, url, spec.name, metric,
-                          simple_evaluate_kwargs, progress=progress, contrast=contrast,
-                          prompts=captured.prompts, graph=graph or None,
-                          faithfulness=faithfulness, budget=budget, world=world)
+        summary = explain(results, captured.lm, captured.tasks, config, simple_evaluate_kwargs,
+                          prompts=captured.prompts, world=world)
     results["xai"] = asdict(summary)
     if not keep_samples:
         results.pop("samples", None)
     return results
+
+
+def run_main(argv: list[str]) -> int:
+    """``harness-xai run``: parse with lm-eval's parser; without ``--attribute`` lm-eval runs
+    as ``lm-eval run``; with it, the resolved ``RunConfig`` goes to ``run_command``."""
+    from harness_xai.config import build_run_parser, check_model_args, split_run_args
+
+    args = build_run_parser()._parser.parse_args(["run", *argv])
+    xai = split_run_args(args)
+    if not xai["attribute"]:
+        execute(args)
+        return 0
+    check_model_args(args.model, args.model_args)
+    return run_command(args, RunConfig.from_cli(xai))
+
+
+def run_command(args, config: RunConfig) -> int:
+    """``harness-xai run --attribute``: lm-eval's own ``run`` on ``args`` with its
+    ``simple_evaluate`` routed through ``evaluate(config=…)``; then the report, if asked, and
+    the one-line summary."""
+    state: dict = {}
+
+    def simple_evaluate(**kwargs):
+        results = evaluate(attribute=True, config=config, **kwargs)
+        if results is not None:
+            state["summary"] = RunSummary(**results["xai"])
+        return results
+
+    with routed(simple_evaluate):
+        execute(args)
+    summary = state.get("summary")
+    if summary is None:  # lm-eval returned no results (non-zero rank)
+        return 0
+    if config.report:
+        from harness_xai.report import render_report
+        summary.report = str(render_report(config.db, config.report))
+    print(summary.line(), flush=True)
+    return 0
 
 
 def _check_attributable(lm) -> None:
@@ -116,83 +161,87 @@ def _check_attributable(lm) -> None:
     prepare_launch(lm)  # no tensor parallel; Accelerate multi-CPU: lm-eval shards as on GPUs
 
 
-def explain(results: dict, lm, tasks: dict, url: str, method: str, metric: str,
-            run_kwargs: dict, progress: bool = True, contrast: str = "token",
-            prompts: dict | None = None, graph: dict | None = None,
-            faithfulness: bool = False, budget: Budget | None = None,
-            world: World | None = None) -> RunSummary:
-    """Steps 3–5: cases from ``results["samples"]``, attribution, store."""
-    from harness_xai.distributed import attribute_cases
+def explain(results: dict, lm, tasks: dict, config: RunConfig, run_kwargs: dict,
+            prompts: dict | None = None, world: World | None = None) -> RunSummary:
+    """Steps 3–5: cases from ``results["samples"]``, explanations, store."""
+    from harness_xai.distributed import explain_cases
     from harness_xai.store import Store
 
     start = time.perf_counter()
     samples = results.get("samples", {})
-    cases: list[CaseRecord] = []
+    cases: list[Case] = []
     summaries: list[TaskSummary] = []
     for name, task in tasks.items():
-        task_cases = list(cases_for_task(name, task, samples.get(name, []), lm, metric,
-                                         contrast, (prompts or {}).get(name)))
+        task_cases = list(cases_for_task(name, task, samples.get(name, []), lm, config.metric,
+                                         config.contrast, (prompts or {}).get(name)))
         cases += task_cases
-        summaries.append(_task_summary(name, task, results, samples.get(name, []), metric,
-                                       len(task_cases)))
-    run = _run_record(results, lm, sorted(tasks), method, metric, run_kwargs, contrast, graph,
-                      faithfulness)
-    with Store.open(url) as store:
+        summaries.append(_task_summary(name, task, results, samples.get(name, []),
+                                       config.metric, len(task_cases)))
+    run = run_record(results, lm, sorted(tasks), config, run_kwargs)
+    with Store.open(config.db) as store:
         run_id = store.ensure_run(run)
         store.write_task_summaries(run_id, summaries)
-        # skipped cases written, pending ones attributed (sharded over the ranks of a launch)
-        options = {"method": method, "graph": graph, "faithfulness": faithfulness}
-        done = attribute_cases(store, run_id, cases, lambda o: _case_worker(lm, **o), options,
-                               budget=budget, world=world, progress=progress)
-    summary = RunSummary(db=url, run_id=run_id, method=method, incorrect=len(cases),
-                         attributed=done.attributed, already_stored=done.already_stored,
-                         skipped=dict(done.skipped), left=done.left, per_rank=done.per_rank)
+        # skipped cases written, pending ones explained (sharded over the ranks of a launch)
+        done = explain_cases(store, run_id, cases, lambda cfg: make_worker(lm, cfg), config,
+                             budget=config.budget, world=world, progress=config.progress)
+    summary = RunSummary(db=config.db, run_id=run_id, method=config.method.name,
+                         incorrect=len(cases), attributed=done.attributed,
+                         already_stored=done.already_stored, skipped=dict(done.skipped),
+                         left=done.left, per_rank=done.per_rank)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _case_worker(lm, method: str, graph: dict | None = None, faithfulness: bool = False):
-    """How every rank attributes a case (``distributed.CaseWorker``); faithfulness curves are
-    batched, ``FAITHFULNESS_BATCH`` cases per group; then each case's analysis (metrics, triage:
-    ``harness_xai.analysis``, after faithfulness, which its "uninformative" rule reads)."""
-    from harness_xai.analysis import analyse_case
-    from harness_xai.distributed.runner import CaseWorker
+def make_worker(lm, config: RunConfig) -> CaseWorker:
+    """How every rank explains its cases (``distributed.CaseWorker``): one engine pass per pass
+    group (token contrasts share it; a sequence contrast or a case with a graph has its own),
+    then faithfulness curves in groups of ``FAITHFULNESS_BATCH`` and each case's analysis
+    (after faithfulness, which its "uninformative" rule reads)."""
+    model, tokenizer = lm.model, lm.tokenizer
+    shared = config.graph is None and batchable(model, config.method)
 
-    def finish(cases: list[CaseRecord]) -> None:
-        if faithfulness:
-            from harness_xai.faithfulness import fill_faithfulness
-            fill_faithfulness(cases, lm.model, lm.tokenizer)
-        for case in cases:
-            analyse_case(case)
+    def explain_group(cases: list[Case]) -> list[Explanation]:
+        objectives = [c.objective for c in cases]
+        batch = [i for i, o in enumerate(objectives) if isinstance(o, TokenTarget)] \
+            if shared and len(cases) > 1 else []
+        out: list[Explanation | None] = [None] * len(cases)
+        if len(batch) > 1:  # one pass for the group's token contrasts
+            found = explain_objectives(model, [objectives[i] for i in batch], config.method)
+            for i, result in zip(batch, found):
+                out[i] = _explanation(result)
+        for i, objective in enumerate(objectives):
+            if out[i] is None:
+                out[i] = _explain_one(model, objective, config)
+        return out
 
-    return CaseWorker(
-        model=lm.model, method=method,
-        attribute=lambda case, result: _attribute_case(case, lm.model, lm.tokenizer, method,
-                                                       graph, result=result),
-        finish=finish, group=FAITHFULNESS_BATCH if faithfulness else 1)
+    def finish(done: list[Explained]) -> list[Explained]:
+        if config.faithfulness:
+            from harness_xai.faithfulness import with_faithfulness
+            done = with_faithfulness(done, model, tokenizer)
+        return [(case, analyse(case, ex)) for case, ex in done]
+
+    return CaseWorker(explain=explain_group, finish=finish,
+                      group=FAITHFULNESS_BATCH if config.faithfulness else 1)
 
 
-def _attribute_case(case: CaseRecord, model, tokenizer, method: str,
-                    graph: dict | None = None, result=None) -> None:
-    """``result``: the engine's Attribution if already computed (a batched pass)."""
-    if attribute_case(case, model, tokenizer, method):  # sequence contrast (contrast package)
-        return
-    if result is None:
-        result = attribute(model, tokenizer, case.token_ids, case.wrong_token_id,
-                           case.gold_token_id, method=method)
-    case.token_relevance, case.layer_relevance = result.numpy()
-    case.state_relevance = {k: v.numpy().astype(np.float32) for k, v in result.states.items()}
-    case.head_relevance = None if result.heads is None else result.heads.numpy().astype(np.float32)
-    case.method_params = {**result.params, **case.method_params}
-    case.delta = result.delta
-    case.method = method
-    case.tokens = [tokenizer.decode([t]) for t in case.token_ids]
-    case.wrong_token = tokenizer.decode([case.wrong_token_id])
-    case.gold_token = tokenizer.decode([case.gold_token_id])
-    case.status = ATTRIBUTED
-    if graph is not None:
-        from harness_xai.graph import case_graph
-        case.graph = case_graph(case, model, tokenizer, method, graph)
+def _explain_one(model, objective: TokenTarget | SequenceTarget, config: RunConfig) -> Explanation:
+    graphed = config.graph is not None and isinstance(objective, TokenTarget)
+    (result,) = explain_objectives(model, [objective], config.method, trace=graphed)
+    graph = None
+    if graphed:
+        from harness_xai.graph import graph_from_trace
+        graph = graph_from_trace(result.trace, config.method, config.graph, objective).to_record()
+    return _explanation(result, graph)
+
+
+def _explanation(result: Attribution, graph=None) -> Explanation:
+    tokens, layers = result.numpy()
+    return Explanation(
+        method=result.method, delta=result.delta, token_relevance=tokens, layer_relevance=layers,
+        params=dict(result.params),
+        state_relevance={k: v.numpy().astype(np.float32) for k, v in result.states.items()},
+        head_relevance=None if result.heads is None else result.heads.numpy().astype(np.float32),
+        graph=graph)
 
 
 def _task_summary(name, task, results, samples, metric, n_cases) -> TaskSummary:
@@ -221,35 +270,3 @@ def _doc_outcome(task, sample: dict, metric: str) -> DocOutcome:
                       correct=None if used is None else int(float(sample[used]) != 0.0))
 
 
-_RUN_KEY_DROP = {"batch_size", "batch_sizes", "device", "use_cache", "bootstrap_iters"}
-
-
-def _run_record(results, lm, tasks, method, metric, run_kwargs, contrast="token",
-                graph=None, faithfulness=False) -> RunRecord:
-    import lm_eval
-
-    config = {k: v for k, v in results.get("config", {}).items() if k not in _RUN_KEY_DROP}
-    chat = {k: run_kwargs.get(k) for k in ("system_instruction", "apply_chat_template",
-                                           "fewshot_as_multiturn", "samples")}
-    identity = {"config": config, "n-shot": results.get("n-shot"), "tasks": tasks,
-                "versions": results.get("versions"), "chat": chat, "method": method,
-                "metric": metric, "lm_eval": lm_eval.__version__,
-                **({"contrast": contrast} if contrast != "token" else {}),
-                **({"graph": graph} if graph else {}),
-                **({"faithfulness": True} if faithfulness else {})}
-    blob = json.dumps(identity, sort_keys=True, default=str)
-    model = lm.model
-    model_args = config.get("model_args")
-    pretrained = str(getattr(lm, "pretrained", None) or model.config._name_or_path)
-    from harness_xai.sweep import checkpoint_step
-    subfolder = (model_args if isinstance(model_args, dict) else {}).get("subfolder")
-    return RunRecord(
-        run_key=hashlib.sha256(blob.encode()).hexdigest(),
-        model=str(config.get("model")), model_args=json.dumps(model_args, default=str)
-        if not isinstance(model_args, str) else model_args,
-        pretrained=pretrained,
-        revision=getattr(lm, "revision", None), model_type=model.config.model_type,
-        n_params=sum(p.numel() for p in model.parameters()), tasks=tasks, method=method,
-        lm_eval_version=lm_eval.__version__, harness_xai_version=__version__,
-        config=json.loads(json.dumps(identity, default=str)),
-        step=checkpoint_step(pretrained, getattr(lm, "revision", None), subfolder))

@@ -1,13 +1,20 @@
-"""Plain result records passed along the pipeline: contrast cases → attribution → store → report.
+"""Frozen records passed between the stages: lm-eval hook → cases → engine → store → report.
 
-These are the only types the store and the report depend on. They hold plain Python values and
-numpy arrays (no torch, no SQLAlchemy), so every stage can be tested on its own.
+- ``Case``: what the contrast stage decided for one incorrect response (the input tokens, the
+  position, the objective, segments, evidence) or why it is skipped;
+- ``TokenTarget`` / ``SequenceTarget``: the engine's objectives (what one forward+backward
+  explains), built by the contrast stage and evaluated by ``harness_xai.lrp``;
+- ``Explanation``: what the engine (and graph, faithfulness, analysis) computed for a case;
+- ``RunRecord``, ``TaskSummary``, ``DocOutcome``: the run and its per-task outcomes.
+The store maps (``Case``, ``Explanation``) to rows. They hold plain Python values and numpy
+arrays (no torch, no SQLAlchemy), so every stage can be tested on its own; a later stage derives
+a new record (``dataclasses.replace``) instead of editing one in place.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +22,7 @@ import numpy as np
 #: case status values
 ATTRIBUTED = "attributed"
 SKIPPED = "skipped"
-PENDING = "pending"  # built by the contrast stage, not yet attributed
+PENDING = "pending"  # built by the contrast stage, not yet explained
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ class DocOutcome:
     """
 
     doc_id: int
-    doc_hash: str  # lm-eval's doc hash (the same as ``CaseRecord.doc_hash``)
+    doc_hash: str  # lm-eval's doc hash (the same as ``Case.doc_hash``)
     filter: str  # lm-eval filter name, e.g. "none" or "strict-match"
     metric: str | None  # the decision metric, e.g. "acc", "acc_norm", "exact_match"
     value: float | None  # its per-sample value (None when not a number)
@@ -73,12 +80,12 @@ class TaskSummary:
     outcomes: list[DocOutcome] = field(default_factory=list)
 
 
-#: token segment labels (``CaseRecord.segments``)
+#: token segment labels (``Case.segments``)
 SEGMENTS = ("special", "instruction", "fewshot", "question", "option", "continuation",
             "generated")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Faithfulness:
     """Deletion curve of one explanation: Δℓ as the most relevant tokens are replaced.
 
@@ -98,7 +105,7 @@ class Faithfulness:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class GraphRecord:
     """A pruned cross-layer attribution graph of one case (edges in COO form).
 
@@ -117,14 +124,85 @@ class GraphRecord:
     metrics: dict[str, Any] = field(default_factory=dict)  # n_edges, mass_kept, formation_layer…
 
 
-@dataclass
-class CaseRecord:
-    """One incorrect response: the contrast, and (if attributed) its relevance.
+@dataclass(frozen=True)
+class TokenTarget:
+    """Objective ``Δℓ = logit[target] − logit[foil]`` at the last position of ``input_ids``."""
 
-    ``token_relevance`` has shape (n_tokens,), ``layer_relevance`` shape (n_layers + 1, n_tokens):
-    row 0 is the embedding output, row l the output of block l. ``delta`` is
-    logit[wrong] - logit[gold] at the contrast position; positive relevance pushes toward the
-    wrong answer. Skipped cases carry ``skip_reason`` and no arrays.
+    input_ids: tuple[int, ...]  # (n,)
+    target: int
+    foil: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_ids", tuple(int(t) for t in self.input_ids))
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class SequenceTarget:
+    """Objective ``Δ = w_wrong · Σ_j log p(wrong_j | wrong_<j) − w_gold · Σ_j log p(gold_j | gold_<j)``
+    over the scored tokens of two model windows (input = ids[:-1]; scoring starts at ``*_from``).
+
+    With weights 1 (``acc``) or 1 / len(choice text) (``acc_norm``) Δ is exactly the quantity
+    lm-eval's decision compared. It travels with its case as ``to_params()`` (the gold window
+    stored as the length of its prefix shared with the wrong one plus the rest).
+    """
+
+    wrong_ids: tuple[int, ...]  # (n_w,)
+    wrong_from: int  # index in wrong_ids of the first scored token (>= 1)
+    gold_ids: tuple[int, ...]  # (n_g,)
+    gold_from: int
+    wrong_weight: float = 1.0
+    gold_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wrong_ids", tuple(int(t) for t in self.wrong_ids))
+        object.__setattr__(self, "gold_ids", tuple(int(t) for t in self.gold_ids))
+
+    @property
+    def shared(self) -> int:
+        """Length of the common prefix of the two inputs (positions seen by both passes)."""
+        a, b = self.wrong_ids[:-1], self.gold_ids[:-1]
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.wrong_ids) - 1
+
+    def to_params(self) -> dict:
+        n = self.shared
+        return {"kind": "sequence", "wrong_last": self.wrong_ids[-1], "wrong_from": self.wrong_from,
+                "wrong_weight": self.wrong_weight, "gold_shared": n,
+                "gold_rest": list(self.gold_ids[n:]), "gold_from": self.gold_from,
+                "gold_weight": self.gold_weight}
+
+    @classmethod
+    def from_params(cls, token_ids, target: dict) -> SequenceTarget:
+        wrong = (*map(int, token_ids), int(target["wrong_last"]))
+        gold = (*map(int, token_ids[: int(target["gold_shared"])]),
+                *(int(t) for t in target["gold_rest"]))
+        return cls(wrong, int(target["wrong_from"]), gold, int(target["gold_from"]),
+                   float(target["wrong_weight"]), float(target["gold_weight"]))
+
+
+Objective = TokenTarget | SequenceTarget
+
+
+@dataclass(frozen=True)
+class Case:
+    """One incorrect response as the contrast stage decided it: a contrast to explain (status
+    ``PENDING``) or a skip with its reason (``SKIPPED``, no tokens).
+
+    ``token_ids`` is the explained input (n_tokens,); for a token contrast the objective is
+    ``logit[wrong] − logit[gold]`` after it (``position`` = n_tokens), for a sequence contrast
+    the two windows in ``built["contrast"]["target"]``. ``built`` records how the case was built
+    (``"contrast"``: rule, truncation, target; ``"budget"``: why a budget skipped it); the store
+    keeps it in ``cases.method_params`` beside the method's parameters.
     """
 
     task: str
@@ -134,7 +212,9 @@ class CaseRecord:
     target_hash: str
     filter: str
     metric: str
-    status: str  # ATTRIBUTED or SKIPPED
+    status: str  # PENDING or SKIPPED
+    output_type: str | None = None  # lm-eval output type of the task, e.g. "multiple_choice"
+    contrast: str = "token"  # contrast kind: "token" (one position) or "sequence"
     skip_reason: str | None = None
     prompt: str = ""
     pred_index: int | None = None
@@ -144,35 +224,64 @@ class CaseRecord:
     position: int | None = None  # index of the contrast token in the scored sequence
     wrong_token_id: int | None = None
     gold_token_id: int | None = None
-    wrong_token: str | None = None
+    wrong_token: str | None = None  # the two ids decoded
     gold_token: str | None = None
-    delta: float | None = None
     ll_pred: float | None = None  # lm-eval's logged log-likelihoods
     ll_gold: float | None = None
-    method: str | None = None
-    token_ids: list[int] = field(default_factory=list)  # (n_tokens,)
-    tokens: list[str] = field(default_factory=list)  # (n_tokens,) each token decoded alone
-    token_relevance: np.ndarray | None = None  # (n_tokens,) float32
-    layer_relevance: np.ndarray | None = None  # (n_layers + 1, n_tokens) float32
-    # --- added by the engine / contrast / graph issues (all optional) ---
-    output_type: str | None = None  # lm-eval output type of the task, e.g. "multiple_choice"
-    contrast: str = "token"  # "token" (one position) or "sequence" (summed log-probs)
     ll_error: float | None = None  # max |recomputed − logged| log-likelihood (pred and gold)
-    method_params: dict[str, Any] = field(default_factory=dict)
-    segments: list[str] = field(default_factory=list)  # (n_tokens,) label from SEGMENTS
-    segment_index: list[int | None] = field(default_factory=list)  # (n_tokens,) which demo/option
-    #: kind → (n_layers, n_tokens); row l-1 is block l. Kinds: "mid" (residual between attention
-    #: and MLP, sequential families), "attn" / "mlp" (the branch outputs added to the residual)
-    state_relevance: dict[str, np.ndarray] = field(default_factory=dict)
-    head_relevance: np.ndarray | None = None  # (n_layers, n_heads, n_tokens) head outputs
-    faithfulness: Faithfulness | None = None
-    graph: GraphRecord | None = None
+    token_ids: tuple[int, ...] = ()  # (n_tokens,)
+    tokens: tuple[str, ...] = ()  # (n_tokens,) each token decoded alone
+    segments: tuple[str, ...] = ()  # (n_tokens,) label from SEGMENTS
+    segment_index: tuple[int | None, ...] = ()  # (n_tokens,) which demo/option
     #: input positions holding the evidence the answer needs, when the task's docs record it
-    evidence_positions: list[int] = field(default_factory=list)
-    #: per-case analysis metrics (segment shares, concentration, evidence rank, triage label …)
-    analysis: dict[str, Any] = field(default_factory=dict)
+    evidence_positions: tuple[int, ...] = ()
+    built: dict[str, Any] = field(default_factory=dict)  # how the contrast was built
 
     @property
     def unit_key(self) -> tuple[str, int, str, str]:
         """Identity of a case inside a run: re-runs skip keys already stored."""
         return (self.task, self.doc_id, self.doc_hash, self.filter)
+
+    @property
+    def objective(self) -> Objective | None:
+        """What the engine explains for this case (None for a skipped case)."""
+        if self.status != PENDING or not self.token_ids:
+            return None
+        if self.contrast == "sequence":
+            return SequenceTarget.from_params(self.token_ids, self.built["contrast"]["target"])
+        return TokenTarget(tuple(self.token_ids), int(self.wrong_token_id),
+                           int(self.gold_token_id))
+
+    def skipped(self, reason: str, **built) -> Case:
+        """This case as a skip (like every skip: no token arrays)."""
+        return replace(self, status=SKIPPED, skip_reason=reason, token_ids=(), tokens=(),
+                       segments=(), segment_index=(), evidence_positions=(), wrong_token=None,
+                       gold_token=None, built={**self.built, **built})
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What was computed for one ``Case``: relevance of its input tokens and internal states.
+
+    ``token_relevance`` (n_tokens,); ``layer_relevance`` (n_layers + 1, n_tokens), row 0 the
+    embedding output, row l the output of block l; ``delta`` the explained quantity (token
+    contrast: logit[wrong] − logit[gold]); positive relevance pushes toward the wrong answer.
+    """
+
+    method: str
+    delta: float
+    token_relevance: np.ndarray  # (n_tokens,) float32
+    layer_relevance: np.ndarray  # (n_layers + 1, n_tokens) float32
+    params: dict[str, Any] = field(default_factory=dict)  # the method's (and objective's) params
+    #: kind → (n_layers, n_tokens); row l-1 is block l. Kinds: "mid" (residual between attention
+    #: and MLP, sequential families), "attn" / "mlp" (the branch outputs added to the residual)
+    state_relevance: dict[str, np.ndarray] = field(default_factory=dict)
+    head_relevance: np.ndarray | None = None  # (n_layers, n_heads, n_tokens) head outputs
+    graph: GraphRecord | None = None
+    faithfulness: Faithfulness | None = None
+    #: per-case analysis metrics (segment shares, concentration, evidence rank, triage label …)
+    analysis: dict[str, Any] = field(default_factory=dict)
+
+
+#: a case with its explanation (None: skipped, or not yet explained)
+Explained = tuple[Case, Explanation | None]

@@ -15,9 +15,9 @@ Algorithm:
 2. Every cell is one ``harness-xai run --model hf --model_args … --tasks … --attribute
    --xai-db …`` plus the flags after ``--`` (any lm-eval or harness-xai run flag); they are
    parsed once up front, so a bad flag fails before any work. The checkpoint step and the parameter count of
-   each run are recorded by the pipeline (``runs.step``, ``runs.n_params``; ``checkpoint_step``).
+   each run are recorded by the pipeline (``runs.step``, ``runs.n_params``; ``identity.checkpoint_step``).
 3. Resume. Before a cell runs, the store is read: a cell is finished when the store holds a run
-   with the same model arguments, tasks, limit, seeds, generation and chat settings, few-shot
+   with the same identity (``harness_xai.identity``, the definition ``run`` uses): model arguments, tasks, limit, seeds, generation and chat settings, few-shot
    count (compared when ``--num_fewshot`` is given) and attribution settings (method, metric,
    contrast, graph, faithfulness), and every task of that run has all of its incorrect responses
    stored (``count(cases) = task_results.n_incorrect``). Finished cells are not evaluated again;
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,28 +41,9 @@ from typing import Any
 
 from harness_xai.errors import UserError
 
-#: hub checkpoint revisions: Pythia ``step3000``, OLMo ``step1000-tokens4B``
-_STEP_REVISION = re.compile(r"^step(\d+)(?:$|[-_])")
 #: flags the sweep sets for every cell (one of them after ``--`` would contradict the matrix)
 _OWN_FLAGS = ("--model", "--model_args", "--tasks", "--include_path", "--attribute", "--xai-db",
               "--xai-report", "--config", "-M", "-t", "-a", "-C")
-STATE_FILE = "trainer_state.json"
-
-
-def checkpoint_step(pretrained: str | None, revision: str | None = None,
-                    subfolder: str | None = None) -> int | None:
-    """Training step of a checkpoint: for a local directory (``pretrained``/``subfolder``) the
-    ``global_step`` of its ``trainer_state.json`` (as HF Trainer writes it; transformers ignores
-    ``revision`` there), for a hub model a ``step<N>`` revision; ``None`` when neither says."""
-    local = Path(str(pretrained or "")).expanduser()
-    if pretrained and local.is_dir():
-        try:
-            step = json.loads((local / (subfolder or "") / STATE_FILE).read_text())["global_step"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return step if isinstance(step, int) else None
-    match = _STEP_REVISION.match(str(revision or ""))
-    return int(match.group(1)) if match else None
 
 
 @dataclass
@@ -78,7 +58,7 @@ class Cell:
 def sweep_main(argv: list[str]) -> int:
     own, run_flags = _split(argv)
     opts = _parser().parse_args(own)
-    from harness_xai.pipeline import DEFAULT_DB
+    from harness_xai.config import DEFAULT_DB
     from harness_xai.store import Store, normalize_url
     from harness_xai.zoo import DEMO_TASKS, tasks_dir
 
@@ -101,19 +81,20 @@ def sweep_main(argv: list[str]) -> int:
         return 0
     Store.open(url).close()  # create / migrate before the first cell
     finished = _finished_runs(url)
-    from harness_xai.cli import run
+    from harness_xai.identity import matches
+    from harness_xai.pipeline import run_main
 
     started = time.perf_counter()
     ran = skipped = 0
     with _task_index_once():
         for n, (cell, identity) in enumerate(zip(cells, expected), 1):
-            if any(_matches(config, identity) for config in finished):
+            if any(matches(config, identity) for config in finished):
                 print(f"sweep [{n}/{len(cells)}] {cell.label}: finished in the store, skipped",
                       flush=True)
                 skipped += 1
                 continue
             print(f"sweep [{n}/{len(cells)}] {cell.label}", flush=True)
-            run(["--model", "hf", "--model_args", cell.model_args, *common])
+            run_main(["--model", "hf", "--model_args", cell.model_args, *common])
             ran += 1
     print(f"harness-xai sweep: {len(cells)} cells, {ran} evaluated, {skipped} already finished, "
           f"in {time.perf_counter() - started:.0f}s; store → {url}", flush=True)
@@ -217,11 +198,12 @@ def _choose(steps: list[int], spec: str, name: str) -> list[int]:
 
 
 def _expected_identity(cell: Cell, common: list[str]) -> dict[str, Any]:
-    """Step 3: what a finished run of ``cell`` holds in ``runs.config`` (the parts the command
-    line decides); parsing here also validates every flag before anything runs."""
+    """Step 3: what a finished run of ``cell`` holds in ``runs.config`` (``identity.expected``);
+    parsing here also validates every flag before anything runs."""
     from lm_eval.config.evaluate_config import EvaluatorConfig
 
-    from harness_xai.cli import XAI_ARGS, _validate, build_run_parser
+    from harness_xai.config import RunConfig, build_run_parser, check_model_args, split_run_args
+    from harness_xai.identity import expected
 
     argv = ["--model", "hf", "--model_args", cell.model_args, *common]
     parser = build_run_parser()._parser
@@ -230,49 +212,14 @@ def _expected_identity(cell: Cell, common: list[str]) -> dict[str, Any]:
     except SystemExit as err:
         raise UserError(f"bad run flag after `--` (see `harness-xai run --help`): "
                         f"{' '.join(common)}") from err
-    xai = {key: getattr(args, key) for key in XAI_ARGS}
-    for key in XAI_ARGS:
-        delattr(args, key)
-    settings = _validate(args, xai)
+    xai = split_run_args(args)
+    check_model_args(args.model, args.model_args)
+    config = RunConfig.from_cli(xai)
     try:
         cfg = EvaluatorConfig.from_cli(args)
     except ValueError as err:
         raise UserError(f"run flags: {err}") from None
-    return {"tasks": sorted(cfg.tasks.split(",") if isinstance(cfg.tasks, str) else cfg.tasks),
-            "method": settings["method"], "metric": settings["metric"],
-            "contrast": settings["contrast"], "graph": settings["graph"],
-            "faithfulness": bool(settings["faithfulness"]),
-            "model_args": cfg.model_args, "limit": cfg.limit, "gen_kwargs": cfg.gen_kwargs or {},
-            "seed": list(cfg.seed) if cfg.seed is not None else None,
-            "num_fewshot": cfg.num_fewshot,
-            "chat": {"apply_chat_template": cfg.apply_chat_template,
-                     "fewshot_as_multiturn": cfg.fewshot_as_multiturn,
-                     "system_instruction": cfg.system_instruction, "samples": cfg.samples}}
-
-
-def _norm(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def _matches(stored: dict[str, Any], want: dict[str, Any]) -> bool:
-    """A stored run identity (``runs.config``) is the run ``want`` describes."""
-    config = stored.get("config", {})
-    seeds = [config.get(k) for k in ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")]
-    limit = config.get("limit")
-    same_limit = (limit is None and want["limit"] is None) or (
-        limit is not None and want["limit"] is not None and float(limit) == float(want["limit"]))
-    shots = set((stored.get("n-shot") or {}).values())
-    return (sorted(stored.get("tasks", [])) == want["tasks"]
-            and stored.get("method") == want["method"] and stored.get("metric") == want["metric"]
-            and stored.get("contrast", "token") == want["contrast"]
-            and _norm(stored.get("graph")) == _norm(want["graph"])
-            and bool(stored.get("faithfulness", False)) == want["faithfulness"]
-            and _norm(config.get("model_args")) == _norm(want["model_args"]) and same_limit
-            and _norm(config.get("gen_kwargs") or {}) == _norm(want["gen_kwargs"])
-            and (want["seed"] is None or seeds == want["seed"])
-            and (want["num_fewshot"] is None or shots <= {want["num_fewshot"]})
-            and all(_norm((stored.get("chat") or {}).get(k)) == _norm(v)
-                    for k, v in want["chat"].items()))
+    return expected(cfg, config)
 
 
 def _finished_runs(url: str) -> list[dict[str, Any]]:
@@ -329,6 +276,10 @@ def accuracy_table(url: str, cells: list[Cell] | None = None) -> str:
         lines.append(f"{row['label']:<28} {'' if row['step'] is None else row['step']:>6} "
                      f"{row['n_params'] or '':>9} " + " ".join(cols))
     return "\n".join(lines)
+
+
+def _norm(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _args_dict(model_args: str) -> dict[str, Any]:

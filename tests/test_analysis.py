@@ -6,34 +6,33 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from harness_xai.analysis import analyse_case, case_metrics
+from harness_xai.analysis import analyse, case_metrics
 import harness_xai.analysis.triage as tri
 from harness_xai.analysis.evidence import evidence_recovery
 from harness_xai.analysis.layers import layer_profile
 from harness_xai.analysis.relevance import (concentration, conservation, gini, position_profile,
                                             segment_relevance)
 from harness_xai.contrast.evidence import doc_spans, evidence_positions, locate_text
-from harness_xai.records import ATTRIBUTED, SKIPPED, CaseRecord, Faithfulness
+from harness_xai.records import Case, Explanation, Faithfulness
 from harness_xai.store import Store, run_sql
-from test_store_support import backend, db, make_case, make_run  # noqa: F401
+from test_store_support import backend, db, explained, make_case, make_run, make_skipped  # noqa: F401
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 
 
-def _case(relevance, segments=None, evidence=(), faith=None, layers=None, delta=1.0) -> CaseRecord:
-    rel = np.asarray(relevance, dtype=np.float32)
-    n = rel.size
-    return CaseRecord(task="t", doc_id=0, doc_hash="h", prompt_hash="p", target_hash="g",
-                      filter="none", metric="acc", status=ATTRIBUTED, token_ids=list(range(n)),
-                      tokens=[f"t{i}" for i in range(n)], token_relevance=rel,
-                      layer_relevance=None if layers is None else np.asarray(layers, np.float32),
-                      segments=list(segments or []), segment_index=[None] * len(segments or []),
-                      evidence_positions=list(evidence), faithfulness=faith, delta=delta)
+def _case(relevance, segments=None, evidence=(), faith=None, layers=None, delta=1.0,
+          **fields) -> tuple[Case, Explanation]:
+    """A case explained by ``relevance`` (tokens t0 … t{n-1}); ``fields``: other record fields."""
+    return explained(np.asarray(relevance, dtype=np.float32), delta=delta,
+                     layer_relevance=None if layers is None else np.asarray(layers, np.float32),
+                     segments=segments or (), segment_index=[None] * len(segments or []),
+                     evidence_positions=evidence, faithfulness=faith, **fields)
 
 
 def _faith(aopc: float, aopc_random: float) -> Faithfulness:
@@ -191,9 +190,9 @@ def test_several_evidence_tokens_best_rank_and_top_m_precision():
 QUESTION = ["question"] * 8
 
 
-def _triage(case: CaseRecord) -> tuple[str, list[str]]:
-    analyse_case(case)
-    return case.analysis["triage"], case.analysis["flags"]
+def _triage(pair: tuple[Case, Explanation]) -> tuple[str, list[str]]:
+    ex = analyse(*pair)
+    return ex.analysis["triage"], ex.analysis["flags"]
 
 
 def test_evidence_on_top_is_unflagged():
@@ -252,14 +251,17 @@ def test_primary_label_follows_the_priority_order():
     assert list(tri.FLAGS) == flags + ["evidence-underweighted"]
 
 
-def test_analyse_case_leaves_other_cases_alone_and_gives_plain_floats():
-    skipped = _case([1.0, 2.0])
-    skipped.status = SKIPPED
-    assert analyse_case(skipped).analysis == {}
-    case = analyse_case(_case([0.5, -1.0, 2.0], ["special", "question", "question"], [1],
-                              layers=np.ones((3, 3))))
-    numbers = {k: v for k, v in case.analysis.items() if k not in ("triage", "flags")}
-    assert numbers == case_metrics(case)
+def test_analyse_leaves_other_cases_alone_and_gives_plain_floats():
+    assert analyse(make_skipped(), None) is None  # a skipped case has nothing to analyse
+    case, empty = _case([])
+    assert analyse(case, empty) is empty  # no token relevance: unchanged
+    case, before = _case([0.5, -1.0, 2.0], ["special", "question", "question"], [1],
+                         layers=np.ones((3, 3)))
+    ex = analyse(case, before)
+    assert before.analysis == {} and ex.analysis  # a new record; the given one is unchanged
+    assert ex.token_relevance is before.token_relevance and ex.delta == before.delta
+    numbers = {k: v for k, v in ex.analysis.items() if k not in ("triage", "flags")}
+    assert numbers == case_metrics(case, ex)
     assert all(type(v) is float and math.isfinite(v) for v in numbers.values())
     assert {"relevance.total", "concentration.gini", "position.d0", "sink.share",
             "layer.formation", "evidence.rank_abs", "relevance.conservation"} <= set(numbers)
@@ -267,22 +269,21 @@ def test_analyse_case_leaves_other_cases_alone_and_gives_plain_floats():
 
 # -- 5. storage -------------------------------------------------------------------------------
 def test_metrics_labels_and_evidence_are_stored(db: str):
-    case = make_case(n_tokens=12)
-    case.evidence_positions = [3, 4]
-    analyse_case(case)
+    case, ex = make_case(n_tokens=12, evidence_positions=[3, 4])
+    ex = analyse(case, ex)
     plain = make_case(doc_id=8, n_tokens=12, full=False)  # no evidence, no analysis
     with Store.open(db) as store:
         run_id = store.ensure_run(make_run())
-        case_id = store.write_case(run_id, case)
-        plain_id = store.write_case(run_id, plain)
+        case_id = store.write_case(run_id, case, ex)
+        plain_id = store.write_case(run_id, *plain)
     rows = dict(run_sql(db, "SELECT name, value FROM case_metrics WHERE case_id = :c",
                         {"c": case_id})[1])
-    assert rows == pytest.approx({k: v for k, v in case.analysis.items()
+    assert rows == pytest.approx({k: v for k, v in ex.analysis.items()
                                   if k not in ("triage", "flags")})
     labels = run_sql(db, "SELECT kind, label FROM case_labels WHERE case_id = :c ORDER BY kind, "
                          "label", {"c": case_id})[1]
-    assert labels == sorted([("triage", case.analysis["triage"])] +
-                            [("flag", f) for f in case.analysis["flags"]])
+    assert labels == sorted([("triage", ex.analysis["triage"])] +
+                            [("flag", f) for f in ex.analysis["flags"]])
     marks = run_sql(db, "SELECT position, evidence FROM token_relevance WHERE case_id = :c "
                         "ORDER BY position", {"c": case_id})[1]
     assert [p for p, e in marks if e == 1] == [3, 4] and {e for _, e in marks} == {0, 1}
@@ -301,12 +302,11 @@ def test_aggregates_over_stored_cases(tmp_path):
     with Store.open(db) as store:
         run_id = store.ensure_run(make_run())
         for doc, rel in enumerate([top, top, low]):
-            case = _case(rel, QUESTION, evidence=[2 if rel is top else 4])
-            case.doc_id, case.doc_hash, case.method = doc, f"h{doc}", "attnlrp"
-            store.write_case(run_id, analyse_case(case))
-        plain = _case(top)  # no evidence: not counted in the rates
-        plain.doc_id, plain.method = 9, "attnlrp"
-        store.write_case(run_id, analyse_case(plain))
+            case, ex = _case(rel, QUESTION, evidence=[2 if rel is top else 4], doc_id=doc,
+                             doc_hash=f"h{doc}", method="attnlrp")
+            store.write_case(run_id, case, analyse(case, ex))
+        plain, ex = _case(top, doc_id=9, method="attnlrp")  # no evidence: not counted in the rates
+        store.write_case(run_id, plain, analyse(plain, ex))
     (row,) = evidence_rates(db)
     assert (row["n_cases"], row["method"], row["task"], row["step"]) == (3, "attnlrp", "t", 3000)
     assert row["top1"] == pytest.approx(2 / 3) and row["top1_pos"] == pytest.approx(2 / 3)
@@ -321,15 +321,14 @@ def test_aggregates_over_stored_cases(tmp_path):
 ])
 def test_bad_analysis_is_refused_before_writing(tmp_path, analysis, message):
     db = str(tmp_path / "bad.sqlite")
-    case = make_case()
-    case.analysis = analysis
+    case, ex = make_case(analysis=analysis)
     with Store.open(db) as store:
         run_id = store.ensure_run(make_run())
         with pytest.raises(ValueError, match=message):
-            store.write_case(run_id, case)
-        case.analysis, case.evidence_positions = {}, [len(case.tokens)]
+            store.write_case(run_id, case, ex)
+        case, ex = replace(case, evidence_positions=(len(case.tokens),)), replace(ex, analysis={})
         with pytest.raises(ValueError, match="evidence positions"):
-            store.write_case(run_id, case)
+            store.write_case(run_id, case, ex)
     assert run_sql(db, "SELECT count(*) FROM cases")[1] == [(0,)]
 
 

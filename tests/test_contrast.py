@@ -20,7 +20,7 @@ import torch
 
 from fixtures.lm_eval_tasks import TASKS, write_task, write_tasks
 from harness_xai.contrast import cases_for_task
-from harness_xai.records import ATTRIBUTED, PENDING, SEGMENTS, SKIPPED
+from harness_xai.records import PENDING, SEGMENTS, SKIPPED
 
 BUNDLED = Path(__file__).resolve().parents[1] / "tasks"
 GEN_KWARGS = "max_gen_toks=24"
@@ -60,7 +60,7 @@ class Run:
 def _evaluate(model: Path, tm, tasks, model_args: str = "", limit: int = 3, **kwargs) -> Run:
     import lm_eval
 
-    from harness_xai.harness.capture import capture_evaluate
+    from harness_xai.lmeval_hook.evaluate import capture_evaluate
 
     with capture_evaluate() as captured:
         results = lm_eval.simple_evaluate(
@@ -222,7 +222,7 @@ def test_token_contrast_is_what_lm_eval_scored(zero_shot):
                 assert float(ll) == pytest.approx(sample["filtered_resps"][index][0], abs=1e-4)
                 seqs.append(ids)
             t = next(i for i, (a, b) in enumerate(zip(*seqs)) if a != b)
-            assert case.token_ids == seqs[0][:t] and case.position == t
+            assert list(case.token_ids) == seqs[0][:t] and case.position == t
             assert (case.wrong_token_id, case.gold_token_id) == (seqs[0][t], seqs[1][t])
             checked += 1
     assert checked >= 4
@@ -298,7 +298,7 @@ def test_segments_chat_template(chat):
         markup += 1
         if run.captured.tasks[task].OUTPUT_TYPE == "generate_until":
             tail = case.segments[case.segments.index("question"):]
-            assert "generated" in tail or case.method_params["contrast"]["generated_prefix"] == 0
+            assert "generated" in tail or case.built["contrast"]["generated_prefix"] == 0
     assert markup >= 8
 
 
@@ -328,15 +328,15 @@ def test_winogrande_first_differing_prediction(zero_shot, chat):
             if case.status != PENDING:
                 assert case.skip_reason == "same-predictions-both-contexts"
                 continue
-            assert case.method_params["contrast"]["rule"] == "first-differing-prediction"
-            j = case.method_params["contrast"]["continuation_position"]
+            assert case.built["contrast"]["rule"] == "first-differing-prediction"
+            j = case.built["contrast"]["continuation_position"]
             argmax = []
             for index in (case.pred_index, case.gold_index):
                 ctx, cont = samples[case.doc_id]["arguments"][index]
                 c_ids, cont_ids = run.lm._encode_pair(ctx, cont)
                 ids = c_ids + cont_ids[:j]
                 if index == case.pred_index:
-                    assert case.token_ids == ids
+                    assert list(case.token_ids) == ids
                 with torch.no_grad():
                     argmax.append(int(run.lm.model(torch.tensor([ids])).logits[0, -1].argmax()))
             assert argmax == [case.wrong_token_id, case.gold_token_id]
@@ -355,11 +355,11 @@ def test_lambada_first_non_greedy_target_token(zero_shot, truncated):
             assert case.status == PENDING
             ctx, target = samples[case.doc_id]["arguments"][0]
             c_ids, t_ids = run.lm._encode_pair(ctx, target)
-            j = case.method_params["contrast"]["target_position"]
+            j = case.built["contrast"]["target_position"]
             full = c_ids + t_ids  # lm-eval's window: full[-(max_length + 1):][:-1]
             start = max(0, len(full) - (run.lm.max_length + 1))
-            assert case.token_ids == full[start:len(c_ids) + j]
-            assert case.method_params["contrast"]["truncated_tokens"] == start
+            assert list(case.token_ids) == full[start:len(c_ids) + j]
+            assert case.built["contrast"]["truncated_tokens"] == start
             assert case.gold_token_id == t_ids[j]
             with torch.no_grad():
                 logits = run.lm.model(torch.tensor([case.token_ids])).logits[0]
@@ -379,7 +379,7 @@ def test_gsm8k_generation_contrast(zero_shot, chat):
         for case in run.cases("fx_gsm8k"):
             sample = samples[(case.doc_id, case.filter)]
             raw = sample["resps"][0][0]
-            info = case.method_params.get("contrast", {})
+            info = case.built.get("contrast", {})
             if case.status != PENDING:
                 assert case.skip_reason in ("gold-answer-is-prefix", "generation-ended")
                 continue
@@ -412,12 +412,12 @@ def test_gsm8k_generation_contrast(zero_shot, chat):
 def test_generation_answer_span_on_bundled_task(degenerate):
     run = degenerate
     cases = [c for c in run.cases("xai_kv_gen")]
-    spans = [c for c in cases if c.method_params["contrast"]["rule"] == "answer-span"]
+    spans = [c for c in cases if c.built["contrast"]["rule"] == "answer-span"]
     assert spans
     tok = run.lm.tokenizer
     for case in spans:  # the contrast is between the digits of the two values
-        k = case.method_params["contrast"]["answer_token"]
-        n_ctx = len(case.token_ids) - case.method_params["contrast"]["generated_prefix"]
+        k = case.built["contrast"]["answer_token"]
+        n_ctx = len(case.token_ids) - case.built["contrast"]["generated_prefix"]
         said = tok.decode(case.token_ids[n_ctx + k:])
         wrong, gold = ((said + tok.decode([t])).strip()
                        for t in (case.wrong_token_id, case.gold_token_id))
@@ -428,7 +428,7 @@ def test_generation_answer_span_on_bundled_task(degenerate):
 def test_several_gold_answers_take_the_closest(degenerate):
     run, task = degenerate, degenerate.captured.tasks["xai_kv_gen"]
     case = next(c for c in run.cases("xai_kv_gen")
-                if c.method_params["contrast"]["rule"] == "answer-span")
+                if c.built["contrast"]["rule"] == "answer-span")
     sample = copy.deepcopy(next(s for s in run.samples("xai_kv_gen") if s["doc_id"] == case.doc_id))
     golds = [g for g in ("07", "93", "41", case.gold_text) if g != case.pred_text]
     sample["target"] = golds
@@ -482,55 +482,30 @@ def test_acc_norm_decides_when_asked(zero_shot):
 
 
 def test_sequence_mode_explains_the_decision(zero_shot):
-    from harness_xai.contrast import attribute_case
+    from harness_xai.lrp import explain
+    from harness_xai.records import SequenceTarget
 
     run = zero_shot
-    model, tok = run.lm.model, run.lm.tokenizer
+    model = run.lm.model
     done = set()
     for task in ("fx_arc_easy", "fx_winogrande", "fx_lambada_openai", "fx_gsm8k"):
         for case in run.cases(task, contrast="sequence"):
             assert case.contrast == "sequence"
             if case.status != PENDING or task in done:
                 continue
-            case = copy.deepcopy(case)
-            assert attribute_case(case, model, tok, "attnlrp")
-            assert case.status == ATTRIBUTED
-            assert case.token_relevance.shape == (len(case.token_ids),)
-            assert case.layer_relevance.shape == (model.config.num_hidden_layers + 1,
-                                                  len(case.token_ids))
-            params = case.method_params
+            assert isinstance(case.objective, SequenceTarget)
+            assert case.objective.wrong_ids[:-1] == case.token_ids
+            (result,) = explain(model, [case.objective], "attnlrp")
+            assert result.tokens.shape == (len(case.token_ids),)
+            assert result.layers.shape == (model.config.num_hidden_layers + 1,
+                                           len(case.token_ids))
+            params = result.params
             assert len(params["gold_relevance"]) == len(params["gold_tokens"])
             if task in ("fx_arc_easy", "fx_winogrande"):
-                assert case.delta == pytest.approx(case.ll_pred - case.ll_gold, abs=1e-4)
-                assert case.delta > 0
+                assert result.delta == pytest.approx(case.ll_pred - case.ll_gold, abs=1e-4)
+                assert result.delta > 0
             done.add(task)
     assert done == {"fx_arc_easy", "fx_winogrande", "fx_lambada_openai", "fx_gsm8k"}
-
-
-def test_sequence_relevance_merges_the_shared_prefix(zero_shot):
-    """grad-x-input through ``attribute_sequence`` equals plain autograd with ONE embedding leaf
-    for the tokens both sequences share."""
-    from harness_xai.contrast import SequenceTarget, attribute_sequence
-
-    model = zero_shot.lm.model
-    target = SequenceTarget([5, 6, 7, 8, 9, 10], 4, [5, 6, 7, 11, 12, 13, 14], 4, 0.5, 0.25)
-    got = attribute_sequence(model, target, "grad-x-input")
-    embed = model.get_input_embeddings()
-    shared = embed(torch.tensor([[5, 6, 7]])).detach().requires_grad_(True)
-    rest_w = embed(torch.tensor([[8, 9]])).detach().requires_grad_(True)
-    rest_g = embed(torch.tensor([[11, 12, 13]])).detach().requires_grad_(True)
-    total = 0
-    for rest, ids, start, weight in ((rest_w, target.wrong_ids, 4, 0.5),
-                                     (rest_g, target.gold_ids, 4, -0.25)):
-        logp = torch.log_softmax(model(inputs_embeds=torch.cat([shared, rest], 1)).logits[0], -1)
-        total = total + weight * logp[start - 1:].gather(
-            1, torch.tensor(ids[start:])[:, None]).sum()
-    grads = torch.autograd.grad(total, [shared, rest_w, rest_g])
-    rel = [(e * g).sum(-1)[0] for e, g in zip((shared, rest_w, rest_g), grads)]
-    assert got.delta == pytest.approx(float(total.detach()), abs=1e-5)
-    assert torch.allclose(got.tokens, torch.cat(rel[:2]).detach(), atol=1e-5)
-    assert got.params["gold_tokens"] == [11, 12, 13]
-    assert np.allclose(got.params["gold_relevance"], rel[2].detach().numpy(), atol=1e-5)
 
 
 # --- degenerate situations --------------------------------------------------------------------
@@ -590,7 +565,7 @@ def test_context_longer_than_max_length_is_left_truncated(truncated):
         if case.status != PENDING:
             continue
         assert len(case.token_ids) <= 64
-        info = case.method_params["contrast"]
+        info = case.built["contrast"]
         if run.captured.tasks[task].OUTPUT_TYPE in MC_LIKE:
             n += info["truncated_tokens"] > 0
             assert case.ll_error <= 1e-4

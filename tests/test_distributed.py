@@ -1,5 +1,5 @@
 """Scale-out: two CPU ranks (gloo) under torchrun / accelerate launch equal one process; the
-protocol between ranks; budgets and resume; batched passes; device-map hooks; shard files."""
+protocol between ranks; budgets and resume; grouping into passes; shard files."""
 
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ import torch
 
 from harness_xai.cli import main
 from harness_xai.distributed import Budget, plan, runner, shards
-from harness_xai.distributed.batching import attribute_batch, batches
 from harness_xai.errors import UserError
-from harness_xai.records import ATTRIBUTED, PENDING, SKIPPED, CaseRecord, GraphRecord, RunRecord
+from harness_xai.records import PENDING, Case, Explanation, GraphRecord, RunRecord
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 TOL = 1e-5
@@ -189,26 +188,32 @@ def test_accelerate_launch_two_ranks_write_postgres_directly(micro_model, refere
 
 
 # -- the protocol between ranks, with a stand-in attribution --------------------------------
-def _case(doc: int, n: int) -> CaseRecord:
-    return CaseRecord(task="t", doc_id=doc, doc_hash=f"h{doc}", prompt_hash="p", target_hash="g",
-                      filter="none", metric="acc", status=PENDING, prompt=f"doc {doc}",
-                      token_ids=list(range(1, n + 1)), wrong_token_id=1, gold_token_id=2,
-                      position=n, output_type="multiple_choice")
+def _case(doc: int, n: int) -> Case:
+    ids = tuple(range(1, n + 1))
+    return Case(task="t", doc_id=doc, doc_hash=f"h{doc}", prompt_hash="p", target_hash="g",
+                filter="none", metric="acc", status=PENDING, prompt=f"doc {doc}", token_ids=ids,
+                tokens=tuple(map(str, ids)), wrong_token_id=1, gold_token_id=2, position=n,
+                output_type="multiple_choice")
+
+
+def _fake_explanation(case: Case) -> Explanation:
+    """Values computed from the doc id (a stand-in for the engine)."""
+    rel = (np.arange(len(case.token_ids)) * 0.5 + case.doc_id).astype(np.float32)
+    return Explanation(method="fake", delta=float(case.doc_id), token_relevance=rel,
+                       layer_relevance=np.stack([rel, -rel]))
 
 
 def _fake_worker(options: dict, calls: list | None = None) -> runner.CaseWorker:
-    """Fills a case with values computed from its doc id (a stand-in for the engine)."""
-    def attribute(case: CaseRecord, result) -> None:
-        if case.doc_id in options.get("fail", ()):
-            raise RuntimeError(f"boom on doc {case.doc_id}")
-        if calls is not None:
-            calls.append(case.doc_id)
-        n = len(case.token_ids)
-        case.tokens = [str(t) for t in case.token_ids]
-        case.token_relevance = (np.arange(n) * 0.5 + case.doc_id).astype(np.float32)
-        case.layer_relevance = np.stack([case.token_relevance, -case.token_relevance])
-        case.delta, case.method, case.status = float(case.doc_id), "fake", ATTRIBUTED
-    return runner.CaseWorker(model=None, method="attnlrp", attribute=attribute)
+    def explain(cases: list[Case]) -> list[Explanation]:
+        out = []
+        for case in cases:
+            if case.doc_id in options.get("fail", ()):
+                raise RuntimeError(f"boom on doc {case.doc_id}")
+            if calls is not None:
+                calls.append(case.doc_id)
+            out.append(_fake_explanation(case))
+        return out
+    return runner.CaseWorker(explain=explain)
 
 
 def _run_record() -> RunRecord:
@@ -228,7 +233,7 @@ def _protocol_rank(rank: int, port: int, db: str, out: str) -> None:
     """One rank of ``test_two_rank_protocol`` (spawned): three runs on a file store."""
     import torch.distributed as dist
 
-    from harness_xai.distributed import World, attribute_cases, follow
+    from harness_xai.distributed import World, explain_cases, follow
     from harness_xai.store import Store
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -254,7 +259,7 @@ def _protocol_rank(rank: int, port: int, db: str, out: str) -> None:
         with Store.open(db) as store:
             run_id = store.ensure_run(_run_record())
             try:
-                attribute_cases(store, run_id, cases(), lambda o: _fake_worker(o, calls),
+                explain_cases(store, run_id, cases(), lambda o: _fake_worker(o, calls),
                                 options, world=world, progress=False)
             except RuntimeError as err:
                 log["error"] = str(err)
@@ -265,7 +270,7 @@ def _protocol_rank(rank: int, port: int, db: str, out: str) -> None:
     # 3. the same run again, no failure: only what is missing is attributed
     if world.leader:
         with Store.open(db) as store:
-            outcome = attribute_cases(store, store.ensure_run(_run_record()), cases(),
+            outcome = explain_cases(store, store.ensure_run(_run_record()), cases(),
                                       lambda o: _fake_worker(o, calls), {"method": "attnlrp"},
                                       world=world, progress=False)
             log["outcome"] = [outcome.attributed, outcome.already_stored, outcome.per_rank]
@@ -301,7 +306,7 @@ def test_two_rank_protocol(tmp_path):
 
 
 def test_one_process_budget_leftover_shards_and_errors(tmp_path, monkeypatch):
-    """``attribute_cases`` on one rank: a shard left by a killed rank is merged first (its cases
+    """``explain_cases`` on one rank: a shard left by a killed rank is merged first (its cases
     are not attributed again), max-tokens skips are written, max-cases and the time budget leave
     cases unwritten, an attribution error keeps the cases finished before it."""
     from harness_xai.store import Store
@@ -311,17 +316,15 @@ def test_one_process_budget_leftover_shards_and_errors(tmp_path, monkeypatch):
     with Store.open(str(db)) as store:
         run_id = store.ensure_run(_run_record())
         killed = cases()[:2]
-        for case in killed:
-            _fake_worker({}).attribute(case, None)
         writer = shards.ShardWriter(shards.shard_path(shards.shard_dir(db), run_id, 1, "x"),
                                     run_id, 1)
         for case in killed:
-            writer.write_case(case)
+            writer.write_case(case, _fake_explanation(case))
         writer.close()
         calls: list[int] = []
         ticks = iter(range(1000))
         monkeypatch.setattr(runner, "clock", lambda: float(next(ticks)))
-        outcome = runner.attribute_cases(
+        outcome = runner.explain_cases(
             store, run_id, cases(), lambda o: _fake_worker(o, calls), {"method": "attnlrp"},
             budget=Budget(max_tokens=9, max_cases=5, seconds=2.5), progress=False)
         # docs 0, 1 from the shard; 8, 9 too long; docs 2..6 planned, clock ticks 1, 2 → 2 done
@@ -331,7 +334,7 @@ def test_one_process_budget_leftover_shards_and_errors(tmp_path, monkeypatch):
         monkeypatch.setattr(runner, "clock", time.monotonic)
         calls.clear()
         with pytest.raises(RuntimeError, match="boom on doc 6"):
-            runner.attribute_cases(store, run_id, cases(), lambda o: _fake_worker({"fail": [6]},
+            runner.explain_cases(store, run_id, cases(), lambda o: _fake_worker({"fail": [6]},
                                                                                   calls),
                                    {"method": "attnlrp"}, progress=False)
         assert calls == [4, 5]
@@ -408,105 +411,45 @@ def test_balance_is_greedy_longest_first():
         assert makespan <= (4 / 3 - 1 / (3 * n_ranks)) * best + 1e-9  # Graham's LPT bound
 
 
-def test_batches_group_similar_lengths_within_limits():
+def test_passes_group_similar_lengths_within_limits():
     lengths = [5, 40, 6, 7, 39, 100, 5]
-    assert batches(lengths, 1) == [[0], [6], [2], [3], [4], [1], [5]]
-    assert batches(lengths, 3) == [[0, 6, 2], [3, 4, 1], [5]]
-    assert batches(lengths, 8, max_tokens=120) == [[0, 6, 2, 3], [4, 1], [5]]
-    assert sorted(i for b in batches(lengths, 4) for i in b) == list(range(7))
-
-
-FAMILIES = ("llama", "qwen2", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text", "gpt_neox",
-            "gpt2", "mistral")
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_batched_pass_equals_one_pass_per_case(family):
-    """Right-padded rows of different lengths in one pass = ``attribute`` of each alone:
-    tokens, every layer, mid/attn/mlp states, heads and Δℓ within 1e-5."""
-    from tiny_models import random_ids, tiny_model
-
-    from harness_xai.lrp import attribute
-
-    model = tiny_model(family, attn="eager" if family == "gemma2" else "sdpa")
-    items = [(random_ids(n, seed=i)[0].tolist(), (7 * i) % 97, (11 * i + 3) % 97)
-             for i, n in enumerate((5, 17, 12, 17, 30))]
-    for method in ("attnlrp", "cp-lrp") if family in ("llama", "gpt2") else ("attnlrp",):
-        got = attribute_batch(model, items, method)
-        for (ids, target, foil), g in zip(items, got):
-            ref = attribute(model, None, ids, target, foil, method=method)
-            assert g.delta == pytest.approx(ref.delta, abs=TOL)
-            assert g.layers.shape == ref.layers.shape == (model.config.num_hidden_layers + 1,
-                                                          len(ids))
-            torch.testing.assert_close(g.layers, ref.layers, atol=TOL, rtol=0)
-            assert g.states.keys() == ref.states.keys() and ref.states
-            for kind in ref.states:
-                torch.testing.assert_close(g.states[kind], ref.states[kind], atol=TOL, rtol=0)
-            torch.testing.assert_close(g.heads, ref.heads, atol=TOL, rtol=0)
-            assert g.tokens.abs().sum() > 0
-
-
-def test_device_map_hooks_attribute_like_the_plain_model(micro_model):
-    """A model dispatched block by block with accelerate's device-map hooks (what
-    ``parallelize=True`` / ``device_map`` builds; every execution device is the CPU here):
-    the rules and captures compose with the hooks, results equal the plain model's, and the
-    hooks are intact afterwards."""
-    from accelerate import dispatch_model
-    from transformers import AutoModelForCausalLM
-
-    from harness_xai.lrp import attribute
-
-    plain = AutoModelForCausalLM.from_pretrained(micro_model, dtype=torch.float32)
-    hooked = AutoModelForCausalLM.from_pretrained(micro_model, dtype=torch.float32)
-    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu",
-                  "lm_head": "cpu", **{f"model.layers.{i}": "cpu"
-                                       for i in range(plain.config.num_hidden_layers)}}
-    hooked = dispatch_model(hooked, device_map=device_map, force_hooks=True)
-    blocks = hooked.model.layers
-    wrapped = [b.forward for b in blocks]
-    assert all(hasattr(b, "_hf_hook") for b in blocks)
-    ids = list(range(3, 40))
-    for method in ("attnlrp", "cp-lrp"):
-        want = attribute(plain, None, ids, 5, 7, method=method)
-        got = attribute(hooked, None, ids, 5, 7, method=method)
-        (batched, _) = attribute_batch(hooked, [(ids, 5, 7), (ids[:9], 5, 7)], method)
-        for g in (got, batched):
-            torch.testing.assert_close(g.layers, want.layers, atol=TOL, rtol=0)
-            torch.testing.assert_close(g.heads, want.heads, atol=TOL, rtol=0)
-            assert g.delta == pytest.approx(want.delta, abs=TOL)
-    assert [b.forward for b in blocks] == wrapped  # accelerate's forwards restored
-    with torch.no_grad():
-        torch.testing.assert_close(hooked(torch.tensor([ids])).logits,
-                                   plain(torch.tensor([ids])).logits)
+    assert plan.passes(lengths, 1) == [[0], [1], [2], [3], [4], [5], [6]]  # in order
+    assert plan.passes(lengths, 2, max_tokens=1) == [[0], [6], [2], [3], [4], [1], [5]]
+    assert plan.passes(lengths, 3) == [[0, 6, 2], [3, 4, 1], [5]]
+    assert plan.passes(lengths, 8, max_tokens=120) == [[0, 6, 2, 3], [4, 1], [5]]
+    assert sorted(i for b in plan.passes(lengths, 4) for i in b) == list(range(7))
 
 
 def test_shard_file_round_trip_torn_tail_and_restricted_unpickling(tmp_path):
-    case = _case(3, 4)
-    _fake_worker({}).attribute(case, None)
-    case.state_relevance = {"mid": np.ones((2, 4), np.float32)}
-    case.head_relevance = np.zeros((2, 4, 4), np.float32)
-    case.method_params = {"note": {"x": [1, 2.5, None]}}
-    case.graph = GraphRecord(node_layers=["emb", "1"], node_relevance=np.ones((2, 4), np.float32),
-                             source_layer=np.zeros(1, np.int32), source_position=np.ones(1, np.int32),
-                             target_layer=np.ones(1, np.int32), target_position=np.ones(1, np.int32),
-                             weight=np.full(1, 0.5, np.float32))
-    other = _case(4, 2)
-    _fake_worker({}).attribute(other, None)
+    from dataclasses import replace
+
+    case = replace(_case(3, 4), built={"note": {"x": [1, 2.5, None]}})
+    ex = replace(_fake_explanation(case), state_relevance={"mid": np.ones((2, 4), np.float32)},
+                 head_relevance=np.zeros((2, 4, 4), np.float32),
+                 graph=GraphRecord(node_layers=["emb", "1"],
+                                   node_relevance=np.ones((2, 4), np.float32),
+                                   source_layer=np.zeros(1, np.int32),
+                                   source_position=np.ones(1, np.int32),
+                                   target_layer=np.ones(1, np.int32),
+                                   target_position=np.ones(1, np.int32),
+                                   weight=np.full(1, 0.5, np.float32)))
+    other = _case(4, 2).skipped("tie-with-gold")
     path = shards.shard_path(tmp_path, 9, 1, "n")
     with shards.ShardWriter(path, 9, 1) as writer:
         assert shards.leftover_shards(tmp_path, 9) == []  # held by a live writer
-        writer.write_case(case)
-        writer.write_case(other)
+        writer.write_case(case, ex)
+        writer.write_case(other, None)
     assert shards.leftover_shards(tmp_path, 9) == [path] and shards.leftover_shards(tmp_path, 8) == []
     back = list(shards.read_shard(path))
-    assert [c.unit_key for c in back] == [case.unit_key, other.unit_key]
-    np.testing.assert_array_equal(back[0].token_relevance, case.token_relevance)
-    np.testing.assert_array_equal(back[0].graph.weight, case.graph.weight)
-    assert back[0].state_relevance["mid"].dtype == np.float32
-    assert back[0].method_params == case.method_params
+    assert [c.unit_key for c, _ in back] == [case.unit_key, other.unit_key]
+    assert back[0][0] == case and back[1] == (other, None)
+    np.testing.assert_array_equal(back[0][1].token_relevance, ex.token_relevance)
+    np.testing.assert_array_equal(back[0][1].graph.weight, ex.graph.weight)
+    assert back[0][1].state_relevance["mid"].dtype == np.float32
+    assert back[0][0].built == case.built
     data = path.read_bytes()
     path.write_bytes(data[:-5])  # killed while writing the last case
-    assert [c.doc_id for c in shards.read_shard(path)] == [3]
+    assert [c.doc_id for c, _ in shards.read_shard(path)] == [3]
     import pickle
     import struct
     import zlib
@@ -536,8 +479,10 @@ def test_launch_checks_refuse_tensor_parallel_and_shard_cpu_evaluation():
     single = SimpleNamespace(model=None, _rank=0, _world_size=1)  # no accelerator: unchanged
     prepare_launch(single)
     assert (single._rank, single._world_size) == (0, 1)
+    from harness_xai.lrp import get_method
+    from harness_xai.lrp.engine import batchable
+
     split = SimpleNamespace(hf_device_map={"model.layers.0": 0, "model.layers.1": 1})
-    assert not runner._batchable(runner.CaseWorker(model=split, method="attnlrp", attribute=None))
-    assert runner._batchable(runner.CaseWorker(model=object(), method="attnlrp", attribute=None))
-    assert not runner._batchable(runner.CaseWorker(model=object(), method="integrated-gradients",
-                                                   attribute=None))
+    assert not batchable(split, get_method("attnlrp"))
+    assert batchable(object(), get_method("attnlrp"))
+    assert not batchable(object(), get_method("integrated-gradients"))

@@ -13,8 +13,8 @@ from tiny_models import random_ids, tiny_model
 from harness_xai import attribute
 from harness_xai.errors import UserError
 from harness_xai.faithfulness import (DeletionCase, baseline_token, deletion_curves,
-                                      deletion_steps, fill_faithfulness, orders)
-from harness_xai.records import ATTRIBUTED, SKIPPED, CaseRecord
+                                      deletion_steps, orders, with_faithfulness)
+from harness_xai.records import PENDING, Case, Explanation, SequenceTarget
 
 BOS, PAD = 1, 0
 
@@ -140,28 +140,34 @@ def test_one_deciding_token_drops_the_relevance_curve_far_faster_than_random():
     assert orders(case, BOS, 1, 0)[0][-1] == 41
 
 
-def _record(ids, relevance, status=ATTRIBUTED):
-    return CaseRecord(task="t", doc_id=0, doc_hash="h", prompt_hash="p", target_hash="g",
-                      filter="none", metric="acc", status=status, token_ids=list(ids),
-                      token_relevance=relevance, wrong_token_id=5, gold_token_id=9)
+def _explained(ids, relevance, contrast="token"):
+    built = {} if contrast == "token" else {"contrast": {"target": SequenceTarget(
+        list(ids) + [5], len(ids), list(ids) + [9], len(ids)).to_params()}}
+    case = Case(task="t", doc_id=0, doc_hash="h", prompt_hash="p", target_hash="g",
+                filter="none", metric="acc", status=PENDING, token_ids=tuple(ids),
+                wrong_token_id=5, gold_token_id=9, contrast=contrast, built=built)
+    return case, Explanation(method="attnlrp", delta=1.0, token_relevance=relevance,
+                             layer_relevance=relevance[None])
 
 
-def test_fill_faithfulness_on_case_records():
+def test_with_faithfulness_on_explained_cases():
     model = tiny_model("llama")
     ids = random_ids(15)[0]
     ids[0] = BOS
     result = attribute(model, None, ids, 5, 9)
-    attributed = _record(ids.tolist(), result.tokens.numpy())
-    skipped = _record([], None, status=SKIPPED)
-    sequence = _record(ids.tolist(), result.tokens.numpy())
-    sequence.contrast = "sequence"
+    attributed = _explained(ids.tolist(), result.tokens.numpy())
+    skipped = (attributed[0].skipped("tie-with-gold"), None)
+    sequence = _explained(ids.tolist(), result.tokens.numpy(), contrast="sequence")
     tokenizer = SimpleNamespace(pad_token_id=None, unk_token_id=None, eos_token_id=2,
                                 bos_token_id=BOS)
-    fill_faithfulness([attributed, skipped, sequence], model, tokenizer)
-    assert skipped.faithfulness is None and sequence.faithfulness is None
-    assert attributed.faithfulness.baseline_token_id == 2
-    assert attributed.faithfulness.n_removed == deletion_steps(14)[1]
-    assert attributed.faithfulness.params["delta_full"] == pytest.approx(result.delta, abs=1e-5)
+    done = with_faithfulness([attributed, skipped, sequence], model, tokenizer)
+    assert [c for c, _ in done] == [attributed[0], skipped[0], sequence[0]]
+    assert done[1] == skipped and done[2][1].faithfulness is None
+    curve = done[0][1].faithfulness
+    assert attributed[1].faithfulness is None  # the input is not changed
+    assert curve.baseline_token_id == 2
+    assert curve.n_removed == deletion_steps(14)[1]
+    assert curve.params["delta_full"] == pytest.approx(result.delta, abs=1e-5)
 
 
 def test_baseline_token_choice_and_errors():

@@ -14,7 +14,8 @@ from harness_xai import attribute
 from harness_xai.errors import UserError
 from harness_xai.graph import Prune, formation_layer, graph
 from harness_xai.graph import fast
-from harness_xai.graph.capture import trace
+from harness_xai.lrp.engine import explain
+from harness_xai.records import TokenTarget
 from harness_xai.graph.prune import Collector, n_entries, prune_dense, target_nodes
 from harness_xai.lrp import adapter_for, lrp
 from harness_xai.lrp.methods import get_method
@@ -188,24 +189,27 @@ def test_record_and_metrics():
         model, None, ids, TARGET, FOIL).edges)
 
 
-def test_case_graph_and_top_level_api():
+def test_graph_from_the_engines_pass_and_top_level_api():
+    """``graph_from_trace`` on the capture of the engine's pass (what ``--xai-graph`` uses) is
+    ``harness_xai.graph(…)``; the engine refuses a capture it cannot make."""
     import harness_xai
-    from harness_xai.graph import case_graph
-    from harness_xai.records import CaseRecord
+    from harness_xai.graph import graph_from_trace
 
     model = tiny_model("llama", layers=2)
     ids = random_ids(N)[0].tolist()
-    case = CaseRecord(task="t", doc_id=0, doc_hash="h", prompt_hash="p", target_hash="g",
-                      filter="none", metric="acc", status="pending", token_ids=ids,
-                      wrong_token_id=TARGET, gold_token_id=FOIL)
-    record = case_graph(case, model, None, "cp-lrp", Prune(max_edges=5))
+    objective = TokenTarget(ids, TARGET, FOIL)
+    (result,) = explain(model, [objective], "cp-lrp", trace=True)
+    record = graph_from_trace(result.trace, "cp-lrp", Prune(max_edges=5), objective).to_record()
     direct = harness_xai.graph(model, None, ids, TARGET, FOIL, method="cp-lrp",
                                prune=Prune(max_edges=5)).to_record()
     assert record.params["method"] == "cp-lrp" and 0 < record.weight.size <= 10
     assert np.array_equal(record.weight, direct.weight)
     assert np.array_equal(record.source_position, direct.source_position)
-    case.contrast = "sequence"  # no single logit difference: no graph
-    assert case_graph(case, model, None) is None
+    np.testing.assert_array_equal(record.node_relevance, direct.node_relevance)
+    with pytest.raises(UserError, match="one token contrast"):
+        explain(model, [objective, objective], "cp-lrp", trace=True)
+    with pytest.raises(UserError, match="one-backward method"):
+        explain(model, [objective], "integrated-gradients", trace=True)
 
 
 def test_formation_layer_definition():
@@ -226,7 +230,7 @@ def test_formation_layer_definition():
 def test_rows_against_autograd_on_explicit_attention(softcap, identity_cap):
     """Closed-form rows = ⟨ṽ[i], ∂f_j/∂v[i]⟩ + ⟨k̃[i], ∂f_j/∂k[i]⟩, f_j = ⟨o[j], γ[j]⟩, by autograd
     on a hand-written GQA attention (soft-cap with its true derivative, or the identity rule)."""
-    from harness_xai.graph.capture import LayerTrace
+    from harness_xai.lrp.blocktrace import LayerTrace
     from harness_xai.lrp.gradtricks import scale_grad
     from harness_xai.lrp.rules.softcap import IdentityTanh
 
@@ -283,8 +287,8 @@ def test_ancestors_keeps_exactly_the_paths_to_the_output():
 def test_attention_recomputation_check_fails_loudly():
     model = tiny_model("llama", layers=2)
     spec = get_method("attnlrp")
-    with torch.enable_grad(), lrp(model, spec):
-        tr = trace(model, adapter_for(model), random_ids(N), TARGET, FOIL, spec)
+    tr = explain(model, [TokenTarget(random_ids(N)[0].tolist(), TARGET, FOIL)], spec,
+                 states=False, trace=True)[0].trace
     layer = tr.layers[0]
     fast.rows(layer, torch.arange(N), check=True)  # the model's own attention: passes
     wrong = dataclasses.replace(layer, scaling=layer.scaling * 3)

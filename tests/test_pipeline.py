@@ -131,8 +131,9 @@ def test_second_identical_run_adds_nothing(attributed_run, monkeypatch):
     calls = []
     import harness_xai.pipeline as pipeline
 
-    real = pipeline.attribute
-    monkeypatch.setattr(pipeline, "attribute", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = pipeline.explain_objectives  # the engine's one forward+backward
+    monkeypatch.setattr(pipeline, "explain_objectives",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     assert main(["run", *argv]) == 0
     after = {t: sorted(map(repr, _sql(db, f"SELECT * FROM {t}"))) for t in tables}
     assert calls == []  # zero attribution passes

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 
 from harness_xai.errors import UserError
-from harness_xai.records import ATTRIBUTED, SKIPPED, CaseRecord, RunRecord, TaskSummary
+from factory import explained, make_skipped
+from harness_xai.records import Case, Explanation, Faithfulness, GraphRecord, RunRecord, TaskSummary
 from harness_xai.report import render_report, task_slug
 from harness_xai.report.cli import report_main
 from harness_xai.store import Store
@@ -25,7 +27,7 @@ ODD_TASK = "../evil/<b>Task</b>"
 N_LAYERS = 3
 
 
-def _attributed(task: str, doc_id: int, delta: float, seed: int) -> CaseRecord:
+def _attributed(task: str, doc_id: int, delta: float, seed: int) -> tuple[Case, Explanation]:
     tokens = ["<s>", "Question", ":", " Who", " said", ' "hi"', " &", " 'yo'", "\n", SCRIPT_PAYLOAD,
               "\t", IMG_PAYLOAD, "\n\n", "Answer", ":"]
     rng = np.random.default_rng(seed)
@@ -34,23 +36,19 @@ def _attributed(task: str, doc_id: int, delta: float, seed: int) -> CaseRecord:
     rel[5] = 2.5  # strongest push toward the wrong answer
     rel[9] = -2.0  # strongest push toward gold
     layers = rng.normal(size=(N_LAYERS + 1, len(tokens))).astype(np.float32)  # (n_layers+1, n_tokens)
-    return CaseRecord(
-        task=task, doc_id=doc_id, doc_hash=f"d{doc_id}", prompt_hash=f"p{doc_id}",
-        target_hash=f"t{doc_id}", filter="none", metric="acc", status=ATTRIBUTED,
+    return explained(
+        rel, task=task, doc_id=doc_id, delta=delta, layer_relevance=layers,
         prompt="".join(tokens), pred_index=1, gold_index=0,
         pred_text=f" {IMG_PAYLOAD} & wrong", gold_text=' "gold" & \'right\'', position=len(tokens),
-        wrong_token_id=11, gold_token_id=12, wrong_token=" B", gold_token=" A", delta=delta,
-        ll_pred=-1.0, ll_gold=-2.0, method="attnlrp", token_ids=list(range(100, 100 + len(tokens))),
-        tokens=tokens, token_relevance=rel, layer_relevance=layers,
+        wrong_token_id=11, gold_token_id=12, wrong_token=" B", gold_token=" A",
+        ll_pred=-1.0, ll_gold=-2.0, token_ids=range(100, 100 + len(tokens)), tokens=tokens,
     )
 
 
-def _skipped(task: str, doc_id: int, reason: str) -> CaseRecord:
-    return CaseRecord(
-        task=task, doc_id=doc_id, doc_hash=f"d{doc_id}", prompt_hash=f"p{doc_id}",
-        target_hash=f"t{doc_id}", filter="none", metric="acc", status=SKIPPED, skip_reason=reason,
-        prompt="Q?", pred_index=2, gold_index=0, pred_text="same", gold_text="same",
-    )
+def _skipped(task: str, doc_id: int, reason: str) -> tuple[Case, None]:
+    return make_skipped(doc_id, task=task, reason=reason, prompt_hash=f"p{doc_id}",
+                        target_hash=f"t{doc_id}", pred_index=2, gold_index=0, pred_text="same",
+                        gold_text="same"), None
 
 
 @pytest.fixture()
@@ -78,8 +76,8 @@ def store_db(tmp_path: Path) -> tuple[str, dict]:
             TaskSummary(ODD_TASK, "acc", 0.5, 4, 2, "multiple_choice"),
         ])
         for task, items in cases.items():
-            for c in items:
-                ids[(task, c.doc_id)] = (store.write_case(run_id, c), c)
+            for c, ex in items:  # ex None: skipped
+                ids[(task, c.doc_id)] = (store.write_case(run_id, c, ex), c, ex)
     return db, {"run_id": run_id, "cases": ids}
 
 
@@ -131,8 +129,8 @@ def test_render_structure_links_and_escaping(store_db: tuple[str, dict], tmp_pat
     run_dir = out / f"run-{info['run_id']}"
     expected = {"index.html", f"run-{info['run_id']}/task-arc_fixture.html",
                 f"run-{info['run_id']}/task-{task_slug(ODD_TASK)}.html"}
-    for (task, doc), (case_id, case) in info["cases"].items():
-        if case.status == ATTRIBUTED:
+    for (task, doc), (case_id, case, ex) in info["cases"].items():
+        if ex is not None:  # explained: stored as attributed
             expected.add(f"run-{info['run_id']}/case-{case_id}.html")
     written = {str(p.relative_to(out)) for p in out.rglob("*.html")}
     assert written == expected  # skipped cases get no page; the odd task name stays inside out/
@@ -158,7 +156,7 @@ def test_render_structure_links_and_escaping(store_db: tuple[str, dict], tmp_pat
     assert idx.count("<script") == 1 and '<script src="assets/report.js">' in idx
     assert "script-src 'self'" in idx and "'unsafe-inline'" not in idx.split("script-src")[1][:40]
 
-    case_id, _ = info["cases"][("arc_fixture", 1)]
+    case_id, _, _ = info["cases"][("arc_fixture", 1)]
     page = (run_dir / f"case-{case_id}.html").read_text("utf-8")
     assert page.count("<script") == 2 and "<img" not in page  # the JSON data + report.js
     data = page.split('<script type="application/json" id="case-data">')[1].split("</script>")[0]
@@ -176,7 +174,7 @@ def test_task_page_sorted_by_delta_desc(store_db: tuple[str, dict], tmp_path: Pa
     render_report(db, tmp_path / "r")
     html = (tmp_path / "r" / f"run-{info['run_id']}" / "task-arc_fixture.html").read_text("utf-8")
     links = [h for h in _parse(html).hrefs if h.startswith("case-")]
-    by_id = {f"case-{cid}.html": c for cid, c in info["cases"].values()}
+    by_id = {f"case-{cid}.html": ex for cid, _, ex in info["cases"].values()}
     deltas = [by_id[h].delta for h in dict.fromkeys(links)]
     assert deltas == [2.25, 0.5, -0.75]
     # skipped rows are listed with their reason, after the attributed ones
@@ -203,7 +201,7 @@ def test_failure_page_in_headless_chromium(store_db: tuple[str, dict], tmp_path:
     db, info = store_db
     out = tmp_path / "r"
     render_report(db, out)
-    case_id, case = info["cases"][("arc_fixture", 1)]
+    case_id, case, ex = info["cases"][("arc_fixture", 1)]
     page = out / f"run-{info['run_id']}" / f"case-{case_id}.html"
 
     dom = _chromium(["--dump-dom", page.as_uri()], tmp_path).stdout
@@ -215,14 +213,14 @@ def test_failure_page_in_headless_chromium(store_db: tuple[str, dict], tmp_path:
     # one heatmap span per stored token, in position order, with the stored values
     assert [int(s["data-position"]) for s in p.spans] == list(range(len(case.tokens)))
     got = np.array([float(s["data-relevance"]) for s in p.spans])
-    np.testing.assert_allclose(got, case.token_relevance.astype(np.float64), rtol=0, atol=1e-12)
-    assert all(f"{float(case.token_relevance[i]):+.6g}" in s["title"] for i, s in enumerate(p.spans))
+    np.testing.assert_allclose(got, ex.token_relevance.astype(np.float64), rtol=0, atol=1e-12)
+    assert all(f"{float(ex.token_relevance[i]):+.6g}" in s["title"] for i, s in enumerate(p.spans))
 
     pos_r, pos_g, pos_b = _rgb(p.spans[5]["style"])  # +2.5: the scale max once BOS is excluded
     neg_r, neg_g, neg_b = _rgb(p.spans[9]["style"])  # -2.0
     assert pos_r > pos_b + 100 and pos_r > pos_g + 100  # red
     assert neg_b > neg_r + 100  # blue
-    zero_ish = min(range(1, len(case.tokens)), key=lambda i: abs(float(case.token_relevance[i])))
+    zero_ish = min(range(1, len(case.tokens)), key=lambda i: abs(float(ex.token_relevance[i])))
     assert min(_rgb(p.spans[zero_ish]["style"])) > min(pos_r, pos_g, pos_b)  # weaker = paler
 
     shot = tmp_path / "shot.png"
@@ -282,37 +280,36 @@ def test_task_slug_is_safe() -> None:
     assert task_slug("ARC_Easy") != task_slug("arc_easy")
 
 
-def _rich_case() -> CaseRecord:
+def _rich_case() -> tuple[Case, Explanation]:
     """An attributed case carrying every optional result: segments, states, heads, curve, graph."""
-    from harness_xai.records import Faithfulness, GraphRecord
-
-    case = _attributed("arc_fixture", 42, 1.5, 7)
+    case, ex = _attributed("arc_fixture", 42, 1.5, 7)
     n = len(case.tokens)
     rng = np.random.default_rng(11)
-    case.segments = ["special"] + ["fewshot"] * 4 + ["question"] * 6 + ["option"] * 2 + ["question"] * 2
-    case.segment_index = [None] + [0] * 4 + [None] * 6 + [0, 1] + [None] * 2
-    case.state_relevance = {k: rng.normal(size=(N_LAYERS, n)).astype(np.float32)
-                            for k in ("mid", "attn", "mlp")}
-    case.head_relevance = rng.normal(size=(N_LAYERS, 4, n)).astype(np.float32)
-    case.faithfulness = Faithfulness(
+    case = replace(
+        case, segments=("special",) + ("fewshot",) * 4 + ("question",) * 6 + ("option",) * 2 + ("question",) * 2,
+        segment_index=(None,) + (0,) * 4 + (None,) * 6 + (0, 1) + (None,) * 2)
+    state_relevance = {k: rng.normal(size=(N_LAYERS, n)).astype(np.float32) for k in ("mid", "attn", "mlp")}
+    head_relevance = rng.normal(size=(N_LAYERS, 4, n)).astype(np.float32)
+    faithfulness = Faithfulness(
         fractions=[0.1, 0.2, 0.5], n_removed=[2, 3, 8], delta_relevance=[0.4, -0.2, -1.0],
         delta_random=[1.3, 1.2, 0.9], aopc=0.9, aopc_random=0.2, baseline_token_id=0)
     src = np.array([0, 0, 1, 2], dtype=np.int32)
-    case.graph = GraphRecord(
+    graph = GraphRecord(
         node_layers=["emb", "1", "2", "3"],
         node_relevance=rng.normal(size=(N_LAYERS + 1, n)).astype(np.float32),
         source_layer=src, source_position=np.array([3, 5, 5, 9], dtype=np.int32),
         target_layer=src + 1, target_position=np.array([5, 9, 9, 14], dtype=np.int32),
         weight=np.array([0.7, -0.3, 1.1, 0.5], dtype=np.float32),
         params={"mass": 0.85}, metrics={"n_edges": 4, "mass_kept": 0.9, "formation_layer": 2})
-    return case
+    return case, replace(ex, state_relevance=state_relevance, head_relevance=head_relevance,
+                         faithfulness=faithfulness, graph=graph)
 
 
 def test_failure_page_shows_internals_in_chromium(store_db: tuple[str, dict], tmp_path: Path) -> None:
     db, info = store_db
-    case = _rich_case()
+    case, ex = _rich_case()
     with Store.open(db) as store:
-        case_id = store.write_case(info["run_id"], case)
+        case_id = store.write_case(info["run_id"], case, ex)
     out = tmp_path / "r"
     render_report(db, out)
     page = out / f"run-{info['run_id']}" / f"case-{case_id}.html"
@@ -327,7 +324,7 @@ def test_failure_page_shows_internals_in_chromium(store_db: tuple[str, dict], tm
     assert mid.count("<rect") == N_LAYERS * n
     heads = dom.split('id="heads"')[1].split("</svg>")[0]
     assert heads.count("<rect") == N_LAYERS * 4
-    head_sum = float(case.head_relevance[1, 2].sum())
+    head_sum = float(ex.head_relevance[1, 2].sum())
     assert f"block 2, head 2: {head_sum:+.6g}" in heads
     graph = dom.split('id="graph"')[1].split("</svg>")[0]
     assert graph.count('class="edge"') == 4 and 'data-visible-edges="4"' in graph
@@ -340,7 +337,7 @@ def test_failure_page_shows_internals_in_chromium(store_db: tuple[str, dict], tm
     assert [m[1] for m in marks] == ["special", "fewshot 0", "question", "option 0", "option 1",
                                      "question"]
     seg_rows = dom.split('id="segments"')[1].split("</table>")[0]
-    q_sum = float(case.token_relevance[[5, 6, 7, 8, 9, 10, 13, 14]].sum())
+    q_sum = float(ex.token_relevance[[5, 6, 7, 8, 9, 10, 13, 14]].sum())
     assert f"{q_sum:+.4g}" in seg_rows
     shot = tmp_path / "internals.png"
     _chromium([f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()], tmp_path)

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness_xai.records import (ATTRIBUTED, CaseRecord, DocOutcome, Faithfulness, GraphRecord,
-                                 RunRecord, TaskSummary)
+from factory import explained
+from harness_xai.records import (Case, DocOutcome, Explanation, Faithfulness, GraphRecord, RunRecord,
+                                 TaskSummary)
 from harness_xai.report import render, render_report, task_slug
 from harness_xai.store import Store
 from browser import Browser, png_stats
@@ -30,36 +31,34 @@ N_CASES = 23
 PAGE_SIZE = 10
 
 
-def _case(doc_id: int, rng: np.random.Generator, graph: bool = False) -> CaseRecord:
+def _case(doc_id: int, rng: np.random.Generator, graph: bool = False) -> tuple[Case, Explanation]:
     tokens = ["<s>", " key", " 7", " is", *XSS, " Q", ":"]
     n = len(tokens)
     rel = rng.normal(size=n).astype(np.float32)  # (n,)
-    case = CaseRecord(
-        task=TASK, doc_id=doc_id, doc_hash=f"d{doc_id}", prompt_hash=f"p{doc_id}",
-        target_hash=f"t{doc_id}", filter="none", metric="acc", status=ATTRIBUTED,
-        prompt="".join(tokens), pred_index=1, gold_index=0, pred_text=XSS[2], gold_text=XSS[3],
-        position=n, wrong_token_id=1, gold_token_id=2, wrong_token=XSS[4], gold_token=XSS[0],
-        delta=float(doc_id) - 10.0, ll_pred=-1.0, ll_gold=-2.0, method="attnlrp",
-        token_ids=list(range(100, 100 + n)), tokens=tokens, token_relevance=rel,
-        layer_relevance=rng.normal(size=(3, n)).astype(np.float32),
-        segments=["special"] + ["question"] * (n - 1), segment_index=[None] * n,
-        state_relevance={k: rng.normal(size=(2, n)).astype(np.float32) for k in ("mid", "attn", "mlp")},
-        head_relevance=rng.normal(size=(2, 4, n)).astype(np.float32), evidence_positions=[2],
-        analysis={"evidence.top1": 1.0, "concentration.gini": 0.5, "triage": "unflagged",
-                  "flags": []})
+    layers = rng.normal(size=(3, n)).astype(np.float32)  # (n_layers + 1, n)
+    states = {k: rng.normal(size=(2, n)).astype(np.float32) for k in ("mid", "attn", "mlp")}
+    heads = rng.normal(size=(2, 4, n)).astype(np.float32)
+    internals: dict = {}  # faithfulness and graph of the one graph case
     if graph:
-        case.faithfulness = Faithfulness(
+        internals["faithfulness"] = Faithfulness(
             fractions=[0.1, 0.5], n_removed=[1, 6], delta_relevance=[0.2, -1.0],
             delta_random=[0.9, 0.8], aopc=0.9, aopc_random=0.1, baseline_token_id=0)
         src_pos = np.array([1, 2, 2, 3, 5, 8, 2, 9], dtype=np.int32)
         src_layer = np.array([0, 0, 1, 0, 0, 1, 2, 2], dtype=np.int32)
-        case.graph = GraphRecord(
+        internals["graph"] = GraphRecord(
             node_layers=["emb", "1", "2", "3"], node_relevance=rng.normal(size=(4, n)).astype(np.float32),
             source_layer=src_layer, source_position=src_pos,
             target_layer=src_layer + 1, target_position=np.full(8, n - 1, np.int32),
             weight=np.array([0.9, -0.5, 0.3, 0.05, -0.1, 0.6, 1.2, -0.02], dtype=np.float32),
             params={"mass": 0.85}, metrics={"n_edges": 8, "formation_layer": 2})
-    return case
+    return explained(
+        rel, task=TASK, doc_id=doc_id, delta=float(doc_id) - 10.0, layer_relevance=layers,
+        state_relevance=states, head_relevance=heads, prompt="".join(tokens), pred_index=1, gold_index=0, pred_text=XSS[2], gold_text=XSS[3],
+        position=n, wrong_token_id=1, gold_token_id=2, wrong_token=XSS[4], gold_token=XSS[0],
+        ll_pred=-1.0, ll_gold=-2.0, token_ids=range(100, 100 + n), tokens=tokens,
+        segments=["special"] + ["question"] * (n - 1), segment_index=[None] * n, evidence_positions=[2],
+        analysis={"evidence.top1": 1.0, "concentration.gini": 0.5, "triage": "unflagged", "flags": []},
+        **internals)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +82,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 outcomes=[DocOutcome(d, f"d{d}", "none", "acc", float(d not in wrong),
                                      int(d not in wrong)) for d in range(30)])])
             for d in wrong:
-                cid = store.write_case(run_id, _case(d, rng, graph=(k == 0 and d == 5)))
+                cid = store.write_case(run_id, *_case(d, rng, graph=(k == 0 and d == 5)))
                 if k == 0 and d == 5:
                     ids["graph_case"] = cid
     out = tmp / "report"

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness_xai.records import (ATTRIBUTED, CaseRecord, DocOutcome, RunRecord, TaskSummary)
+from factory import explained
+from harness_xai.records import Case, DocOutcome, Explanation, RunRecord, TaskSummary
 from harness_xai.report import charts, render_report
 from harness_xai.report.history import DocIndex
 from harness_xai.report.payload import embed
@@ -22,17 +23,15 @@ TASK = "kv_fixture"
 N_DOCS = 6
 
 
-def _case(doc_id: int, delta: float, top1: float, triage: str, rel: np.ndarray) -> CaseRecord:
+def _case(doc_id: int, delta: float, top1: float, triage: str,
+          rel: np.ndarray) -> tuple[Case, Explanation]:
     n = rel.size
-    return CaseRecord(
-        task=TASK, doc_id=doc_id, doc_hash=f"d{doc_id}", prompt_hash=f"p{doc_id}",
-        target_hash=f"t{doc_id}", filter="none", metric="acc", status=ATTRIBUTED,
+    return explained(
+        rel.astype(np.float32), task=TASK, doc_id=doc_id, delta=delta,
+        layer_relevance=np.vstack([rel, rel]).astype(np.float32),
         prompt="k v " * n, pred_index=1, gold_index=0, pred_text=" 1", gold_text=" 2",
         position=n, wrong_token_id=1, gold_token_id=2, wrong_token=" 1", gold_token=" 2",
-        delta=delta, ll_pred=-1.0, ll_gold=-2.0, method="attnlrp",
-        token_ids=list(range(10, 10 + n)), tokens=[f" t{i}" for i in range(n)],
-        token_relevance=rel.astype(np.float32),
-        layer_relevance=np.vstack([rel, rel]).astype(np.float32),
+        ll_pred=-1.0, ll_gold=-2.0, token_ids=range(10, 10 + n), tokens=[f" t{i}" for i in range(n)],
         analysis={"evidence.top1": top1, "concentration.gini": 0.25 + 0.5 * top1,
                   "segment.question.share": 1.0, "triage": triage, "flags": []})
 
@@ -71,9 +70,9 @@ def _build(db: str) -> dict:
             for d in wrong:
                 rel = np.random.default_rng(100 * k + d).normal(size=8)
                 top1 = 1.0 if (d + k) % 2 == 0 else 0.0
-                case = _case(d, 0.5 + d + k, top1, "unflagged" if top1 else
-                             "evidence-underweighted", rel)
-                ids["cases"][(k, d)] = (store.write_case(run_id, case), case)
+                case, ex = _case(d, 0.5 + d + k, top1, "unflagged" if top1 else
+                                 "evidence-underweighted", rel)
+                ids["cases"][(k, d)] = (store.write_case(run_id, case, ex), ex)
     return ids
 
 

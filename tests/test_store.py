@@ -1,6 +1,6 @@
 """The parametrized store suite: every test runs on DuckDB, SQLite and PostgreSQL (real files and a
-real server): open/migrate, round trip of every CaseRecord field, idempotency, atomicity, skipped
-cases, task summaries with every document's outcome (replace semantics, bulk path), the writer
+real server): open/migrate, round trip of every Case and Explanation field, idempotency, atomicity,
+skipped cases, task summaries with every document's outcome (replace semantics, bulk path), the writer
 lock on DuckDB/SQLite files, and the `db` command."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -21,14 +22,15 @@ import sqlalchemy as sa
 
 from harness_xai.cli import main as cli_main
 from harness_xai.errors import UserError
-from harness_xai.records import SKIPPED, CaseRecord, DocOutcome, TaskSummary
+from harness_xai.records import ATTRIBUTED, PENDING, DocOutcome, TaskSummary
 from harness_xai.store import Store, bulk, migrate, normalize_url, run_sql, writer
 from harness_xai.store.cli import db_main
 from harness_xai.store.engine import display_url
 from harness_xai.store.models import (ALL_TABLES, cases, doc_outcomes, faithfulness, graph_edges, graph_nodes,
                                       graphs, head_relevance, layer_relevance, runs, state_relevance,
                                       task_results, token_relevance)
-from test_store_support import NASTY, backend, counts, db, db_path, make_case, make_run  # noqa: F401
+from test_store_support import (NASTY, backend, counts, db, db_path, make_case, make_run,  # noqa: F401
+                                make_skipped)
 
 EMPTY_COUNTS = {t.name: 0 for t in ALL_TABLES}
 
@@ -145,7 +147,8 @@ def _rows(conn: sa.Connection, table: sa.Table) -> list[sa.Row]:
 
 def test_round_trip_every_field(db: str) -> None:
     run = make_run()
-    case = make_case()
+    built = {"contrast": {"rule": "first_difference", "note": NASTY[1]}, "budget": None}
+    case, ex = make_case(built=built)
     with Store.open(db) as store:
         run_id = store.ensure_run(run)
         store.write_task_summaries(run_id, [
@@ -153,7 +156,7 @@ def test_round_trip_every_field(db: str) -> None:
             TaskSummary("arc_easy", "acc_norm", np.float64(0.5), 4, 2, "multiple_choice"),
         ])
         store.write_task_summaries(run_id, [TaskSummary("tiny_mc", "acc", 0.375, 8, 5, "multiple_choice")])
-        case_id = store.write_case(run_id, case)
+        case_id = store.write_case(run_id, case, ex)
         assert store.done_keys(run_id) == {case.unit_key}
         with store.engine.connect() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().one()
@@ -171,46 +174,51 @@ def test_round_trip_every_field(db: str) -> None:
         (run_id, "arc_easy", "acc_norm", 0.5, 4, 2, "multiple_choice"),
         (run_id, "tiny_mc", "acc", 0.375, 8, 5, "multiple_choice"),
     ]
-    for name in ("task", "doc_id", "doc_hash", "prompt_hash", "target_hash", "filter", "metric", "status",
+    for name in ("task", "doc_id", "doc_hash", "prompt_hash", "target_hash", "filter", "metric",
                  "prompt", "gold_index", "pred_text", "gold_text", "position", "wrong_token_id",
-                 "gold_token_id", "wrong_token", "gold_token", "ll_pred", "ll_gold", "method",
+                 "gold_token_id", "wrong_token", "gold_token", "ll_pred", "ll_gold",
                  "output_type", "contrast", "ll_error"):
         assert crow[name] == getattr(case, name), name
+    assert case.status == PENDING and crow["status"] == ATTRIBUTED  # explained: stored as attributed
+    assert crow["method"] == ex.method == "attnlrp"
     assert crow["pred_index"] == 2 and crow["delta"] == 1.25 and crow["skip_reason"] is None
     assert crow["n_tokens"] == n and crow["aopc"] == 0.5 and crow["aopc_random"] == 0.2
-    assert json.loads(crow["method_params"]) == {**case.method_params,
+    # the method's params beside how the contrast was built (case.built)
+    assert json.loads(crow["method_params"]) == {**ex.params, **built,
                                                  "faithfulness": {"baseline_token_id": 0, "orders": 3}}
     # tokens: nasty text byte for byte, ids, relevance, segments
-    assert [t.token for t in toks] == case.tokens and [t.position for t in toks] == list(range(n))
-    assert [t.token_id for t in toks] == case.token_ids
-    assert [t.segment for t in toks] == case.segments and [t.segment_index for t in toks] == case.segment_index
-    np.testing.assert_allclose([t.relevance for t in toks], case.token_relevance, rtol=1e-6)
-    got = np.array([r.relevance for r in layers]).reshape(case.layer_relevance.shape)  # (L+1, n)
-    np.testing.assert_allclose(got, case.layer_relevance, rtol=1e-6)
+    assert [t.token for t in toks] == list(case.tokens) and [t.position for t in toks] == list(range(n))
+    assert [t.token_id for t in toks] == list(case.token_ids)
+    assert [t.segment for t in toks] == list(case.segments)
+    assert [t.segment_index for t in toks] == list(case.segment_index)
+    assert [t.evidence for t in toks] == [None] * n  # no evidence positions: unknown
+    np.testing.assert_allclose([t.relevance for t in toks], ex.token_relevance, rtol=1e-6)
+    got = np.array([r.relevance for r in layers]).reshape(ex.layer_relevance.shape)  # (L+1, n)
+    np.testing.assert_allclose(got, ex.layer_relevance, rtol=1e-6)
     assert [(r.layer, r.position) for r in layers][: n + 1] == [(0, p) for p in range(n)] + [(1, 0)]
     # states: kind, 1-based block, position
-    for kind, arr in case.state_relevance.items():
+    for kind, arr in ex.state_relevance.items():
         cells = [r for r in states if r.kind == kind]
         assert {r.layer for r in cells} == {1, 2, 3}
         np.testing.assert_allclose(np.array([r.relevance for r in cells]).reshape(arr.shape), arr, rtol=1e-6)
     assert [(r.layer, r.head, r.position) for r in heads][:2] == [(1, 0, 0), (1, 0, 1)]
-    np.testing.assert_allclose(np.array([r.relevance for r in heads]).reshape(case.head_relevance.shape),
-                               case.head_relevance, rtol=1e-6)
-    f = case.faithfulness
+    np.testing.assert_allclose(np.array([r.relevance for r in heads]).reshape(ex.head_relevance.shape),
+                               ex.head_relevance, rtol=1e-6)
+    f = ex.faithfulness
     assert [(r.step, r.n_removed) for r in curve] == list(enumerate(f.n_removed))
     np.testing.assert_allclose([[r.fraction, r.delta_relevance, r.delta_random] for r in curve],
                                np.array([f.fractions, f.delta_relevance, f.delta_random]).T)
     (g,) = graph
-    assert json.loads(g.node_layers) == case.graph.node_layers and g.n_edges == len(edges) == 6
+    assert json.loads(g.node_layers) == ex.graph.node_layers and g.n_edges == len(edges) == 6
     assert g.mass_kept == 0.8 and g.formation_layer == 2 and json.loads(g.params) == {"top_k": 2}
     assert json.loads(g.metrics)["n_edges"] == 6
-    expected_nodes = {(int(l), int(p)) for l, p in zip(*np.nonzero(case.graph.node_relevance))}
+    expected_nodes = {(int(l), int(p)) for l, p in zip(*np.nonzero(ex.graph.node_relevance))}
     assert {(r.layer, r.position) for r in nodes} == expected_nodes and g.n_nodes == len(nodes)
     for r in nodes:
-        assert r.relevance == pytest.approx(float(case.graph.node_relevance[r.layer, r.position]), rel=1e-6)
+        assert r.relevance == pytest.approx(float(ex.graph.node_relevance[r.layer, r.position]), rel=1e-6)
     assert sorted((r.source_layer, r.source_position, r.target_layer, r.target_position) for r in edges) == sorted(
-        zip(case.graph.source_layer.tolist(), case.graph.source_position.tolist(),
-            case.graph.target_layer.tolist(), case.graph.target_position.tolist()))
+        zip(ex.graph.source_layer.tolist(), ex.graph.source_position.tolist(),
+            ex.graph.target_layer.tolist(), ex.graph.target_position.tolist()))
     # the same rows through the read-only SQL path, with a bound parameter
     cols, rows = run_sql(db, "SELECT token FROM token_relevance WHERE token = :t", {"t": NASTY[0]})
     assert cols == ["token"] and rows == [(NASTY[0],)]
@@ -222,16 +230,16 @@ def test_idempotent_writes(db: str) -> None:
         assert store.ensure_run(make_run()) == run_id
         other = store.ensure_run(make_run("run-2"))
         assert other != run_id
-        first = store.write_case(run_id, make_case(doc_id=1))
-        second_case = store.write_case(run_id, make_case(doc_id=2))
+        first = store.write_case(run_id, *make_case(doc_id=1))
+        second_case = store.write_case(run_id, *make_case(doc_id=2))
         before = counts(store)
-        assert store.write_case(run_id, make_case(doc_id=1, seed=5)) == first
+        assert store.write_case(run_id, *make_case(doc_id=1, seed=5)) == first
         assert counts(store) == before
-        assert store.write_case(other, make_case(doc_id=1)) not in (first, second_case)  # other run: new case
+        assert store.write_case(other, *make_case(doc_id=1)) not in (first, second_case)  # other run: new case
     with Store.open(db) as store:  # across sessions too
         assert store.ensure_run(make_run()) == run_id
         after = counts(store)
-        assert store.write_case(run_id, make_case(doc_id=2)) == second_case
+        assert store.write_case(run_id, *make_case(doc_id=2)) == second_case
         assert counts(store) == after
     n = len(NASTY)
     assert after["runs"] == 2 and after["cases"] == 3 and after["graphs"] == 3
@@ -252,46 +260,44 @@ def test_write_case_is_atomic(db: str, failing_table: str, monkeypatch: pytest.M
 
     with Store.open(db) as store:
         run_id = store.ensure_run(make_run())
-        kept = store.write_case(run_id, make_case(doc_id=1))
+        kept = store.write_case(run_id, *make_case(doc_id=1))
         before = counts(store)
         monkeypatch.setattr(bulk, "insert_columns", duplicate_first_row)
         with pytest.raises(sa.exc.IntegrityError):
-            store.write_case(run_id, make_case(doc_id=2))
+            store.write_case(run_id, *make_case(doc_id=2))
         assert counts(store) == before  # no case row, no rows of any table of the failed case
-        assert store.done_keys(run_id) == {make_case(doc_id=1).unit_key}
+        assert store.done_keys(run_id) == {make_case(doc_id=1)[0].unit_key}
         monkeypatch.setattr(bulk, "insert_columns", real_insert)
-        bad = make_case(doc_id=3)
-        bad.head_relevance = bad.head_relevance[:, :, :-1]  # shape mismatch: refused before writing
+        bad, ex = make_case(doc_id=3)
+        ex = replace(ex, head_relevance=ex.head_relevance[:, :, :-1])  # shape mismatch: refused before writing
         with pytest.raises(ValueError, match="head_relevance shape"):
-            store.write_case(run_id, bad)
+            store.write_case(run_id, bad, ex)
         assert counts(store) == before
-        assert store.write_case(run_id, make_case(doc_id=2)) not in (None, kept)  # retry succeeds
+        assert store.write_case(run_id, *make_case(doc_id=2)) not in (None, kept)  # retry succeeds
         assert counts(store)["cases"] == 2
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda c: setattr(c, "segments", c.segments[:-1]), "segment labels"),
-    (lambda c: setattr(c, "segments", ["bogus"] * len(c.tokens)), "unknown segment"),
-    (lambda c: c.state_relevance.update(mid=c.state_relevance["mid"][:, :-1]), "state_relevance"),
-    (lambda c: setattr(c.graph, "target_position", c.graph.target_position + 100), "outside node_relevance"),
-    (lambda c: setattr(c.faithfulness, "n_removed", [1]), "faithfulness"),
-    (lambda c: setattr(c, "layer_relevance", c.layer_relevance[:, :-1]), "layer_relevance shape"),
+@pytest.mark.parametrize("mutate, message", [  # (case, explanation) → a changed pair
+    (lambda c, e: (replace(c, segments=c.segments[:-1]), e), "segment labels"),
+    (lambda c, e: (replace(c, segments=("bogus",) * len(c.tokens)), e), "unknown segment"),
+    (lambda c, e: (c, replace(e, state_relevance={**e.state_relevance, "mid": e.state_relevance["mid"][:, :-1]})),
+     "state_relevance"),
+    (lambda c, e: (c, replace(e, graph=replace(e.graph, target_position=e.graph.target_position + 100))),
+     "outside node_relevance"),
+    (lambda c, e: (c, replace(e, faithfulness=replace(e.faithfulness, n_removed=[1]))), "faithfulness"),
+    (lambda c, e: (c, replace(e, layer_relevance=e.layer_relevance[:, :-1])), "layer_relevance shape"),
 ])
 def test_bad_shapes_are_refused_before_writing(tmp_path: Path, mutate, message: str) -> None:
-    case = make_case()
-    mutate(case)
+    case, ex = mutate(*make_case())
     with Store.open(str(tmp_path / "x.duckdb")) as store:
         run_id = store.ensure_run(make_run())
         with pytest.raises(ValueError, match=message):
-            store.write_case(run_id, case)
+            store.write_case(run_id, case, ex)
         assert counts(store)["cases"] == 0
 
 
 def test_skipped_case_writes_only_case_row(db: str) -> None:
-    skipped = CaseRecord(
-        task="tiny_mc", doc_id=4, doc_hash="d4", prompt_hash="p", target_hash="t", filter="none",
-        metric="acc", status=SKIPPED, skip_reason="identical continuations", prompt="Q?",
-    )
+    skipped = make_skipped(doc_id=4, task="tiny_mc", reason="identical continuations")
     with Store.open(db) as store:
         run_id = store.ensure_run(make_run(step=None))
         case_id = store.write_case(run_id, skipped)
@@ -302,21 +308,30 @@ def test_skipped_case_writes_only_case_row(db: str) -> None:
         assert row["status"] == "skipped" and row["skip_reason"] == "identical continuations"
         assert row["n_tokens"] is None and row["delta"] is None and row["contrast"] == "token"
         assert row["method_params"] is None and row["aopc"] is None
+        # a case skipped after it was built (Case.skipped): no token rows, how it was built kept
+        budget = make_case(doc_id=5)[0].skipped("over the token budget", budget={"max_tokens": 4})
+        budget_id = store.write_case(run_id, budget)
+        assert counts(store) == {**EMPTY_COUNTS, "runs": 1, "cases": 2}
+        with store.engine.connect() as conn:
+            row = conn.execute(sa.select(cases).where(cases.c.id == budget_id)).mappings().one()
+        assert row["status"] == "skipped" and row["skip_reason"] == "over the token budget"
+        assert row["n_tokens"] is None and row["delta"] is None and row["method"] is None
+        assert json.loads(row["method_params"]) == {"budget": {"max_tokens": 4}}
 
 
 def test_large_case_through_bulk_path(db: str) -> None:
     """Thousands of rows per table (several bulk chunks on the way) arrive exactly."""
-    case = make_case(n_tokens=700, n_layers=6, n_heads=4, seed=3)
+    case, ex = make_case(n_tokens=700, n_layers=6, n_heads=4, seed=3)
     with Store.open(db) as store:
         run_id = store.ensure_run(make_run())
-        case_id = store.write_case(run_id, case)
+        case_id = store.write_case(run_id, case, ex)
         with store.engine.connect() as conn:
             heads = conn.execute(sa.select(head_relevance.c.relevance).where(head_relevance.c.case_id == case_id)
                                  .order_by(head_relevance.c.layer, head_relevance.c.head,
                                            head_relevance.c.position)).scalars().all()
             total = conn.execute(sa.select(sa.func.sum(state_relevance.c.relevance))).scalar()
-    np.testing.assert_allclose(np.array(heads).reshape(6, 4, 700), case.head_relevance, rtol=1e-6)
-    assert total == pytest.approx(sum(float(a.astype(np.float64).sum()) for a in case.state_relevance.values()))
+    np.testing.assert_allclose(np.array(heads).reshape(6, 4, 700), ex.head_relevance, rtol=1e-6)
+    assert total == pytest.approx(sum(float(a.astype(np.float64).sum()) for a in ex.state_relevance.values()))
 
 
 def _outcomes(conn: sa.Connection) -> list[tuple]:
@@ -479,8 +494,8 @@ def test_duckdb_store_killed_right_after_creation_reopens(tmp_path: Path) -> Non
     after creating the store and writing a case leaves a file that opens with that case."""
     path = tmp_path / "killed.duckdb"
     code = ("import os, signal, sys\nsys.path.insert(0, sys.argv[2])\n"
-            "from harness_xai.store import Store\nfrom test_store_support import make_case, make_run\n"
-            "s = Store.open(sys.argv[1])\ns.write_case(s.ensure_run(make_run()), make_case())\n"
+            "from harness_xai.store import Store\nfrom factory import make_case, make_run\n"
+            "s = Store.open(sys.argv[1])\ns.write_case(s.ensure_run(make_run()), *make_case())\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(path), str(Path(__file__).parent)])
     assert proc.returncode == -signal.SIGKILL
@@ -497,9 +512,9 @@ def test_concurrent_writers_share_a_postgres_store(tmp_path: Path) -> None:
 
     db = new_db("postgresql", tmp_path)
     code = ("import sys\nsys.path.insert(0, sys.argv[2])\nfrom harness_xai.store import Store\n"
-            "from test_store_support import make_case, make_run\n"
+            "from factory import make_case, make_run\n"
             "with Store.open(sys.argv[1]) as s:\n    r = s.ensure_run(make_run())\n"
-            "    for d in range(12):\n        s.write_case(r, make_case(doc_id=d))\n")
+            "    for d in range(12):\n        s.write_case(r, *make_case(doc_id=d))\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, db, str(Path(__file__).parent)]) for _ in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert run_sql(db, "SELECT count(*), count(DISTINCT doc_id) FROM cases")[1] == [(12, 12)]

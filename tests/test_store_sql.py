@@ -16,12 +16,13 @@ import pytest
 
 from harness_xai.cli import main as cli_main
 from harness_xai.errors import UserError
-from harness_xai.records import SKIPPED, CaseRecord, DocOutcome, TaskSummary
+from harness_xai.records import DocOutcome, TaskSummary
 from harness_xai.store import Store, query, run_sql
 from harness_xai.store.cli import export_main, sql_main
 from harness_xai.store.examples import EXAMPLES, markdown, sql_block
 from harness_xai.store.models import ALL_TABLES
-from test_store_support import BACKENDS, NASTY, backend, counts, db, dump, make_case, make_run, new_db  # noqa: F401
+from test_store_support import (BACKENDS, NASTY, backend, counts, db, dump, make_case, make_run,  # noqa: F401
+                                make_skipped, new_db)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -30,8 +31,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def filled_db(db: str) -> str:
     with Store.open(db) as store:
         run_id = store.ensure_run(make_run())
-        store.write_case(run_id, make_case(doc_id=1))
-        store.write_case(run_id, make_case(doc_id=22))
+        store.write_case(run_id, *make_case(doc_id=1))
+        store.write_case(run_id, *make_case(doc_id=22))
     return db
 
 
@@ -181,7 +182,7 @@ def test_postgres_quoting_forms(backend: str, tmp_path: Path) -> None:
 def test_injection_strings_are_bound_parameters(filled_db: str, capsys: pytest.CaptureFixture) -> None:
     before = dump(filled_db)
     for text in NASTY:
-        expected = sum(1 for t in make_case().tokens if t == text) * 2  # two cases
+        expected = sum(1 for t in make_case()[0].tokens if t == text) * 2  # two cases
         got = run_sql(filled_db, "SELECT count(*) FROM token_relevance WHERE token = :t", {"t": text})[1]
         assert got == [(expected,)], text
         assert cli_main(["sql", "--db", filled_db, "--format", "json", "-p", f"t={text}",
@@ -245,10 +246,9 @@ def _populate(db: str) -> None:
             store.write_task_summaries(run_id, [TaskSummary("xai_kv", "acc", 0.5 + 0.1 * k, 8, 4 - k, "multiple_choice", kv),
                                                 TaskSummary("xai_arith", "acc", 0.9, 4, 1, "multiple_choice", arith)])
             for doc_id in range(4 - k):  # doc 0 and 1 fail everywhere, doc 3 only in run a
-                store.write_case(run_id, make_case(doc_id=doc_id, seed=10 * k + doc_id, n_tokens=9 + doc_id, task="xai_kv"))
-            store.write_case(run_id, CaseRecord(task="xai_arith", doc_id=5, doc_hash="d5", prompt_hash="p",
-                                                target_hash="t", filter="none", metric="acc", status=SKIPPED,
-                                                skip_reason="identical continuations" if k else NASTY[0]))
+                store.write_case(run_id, *make_case(doc_id=doc_id, seed=10 * k + doc_id, n_tokens=9 + doc_id, task="xai_kv"))
+            store.write_case(run_id, make_skipped(doc_id=5, task="xai_arith", prompt="",
+                                                  reason="identical continuations" if k else NASTY[0]))
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +282,8 @@ def test_example_answers(populated: dict[str, str]) -> None:
     by_name = {e.name: e for e in EXAMPLES}
     db = populated["sqlite"]
     worst = run_sql(db, by_name["worst_failures"].sql, {"n": 3})[1]
-    deltas = sorted((float(make_case(doc_id=d, seed=10 * k + d).delta) for k in range(3) for d in range(4 - k)), reverse=True)
+    deltas = sorted((float(make_case(doc_id=d, seed=10 * k + d)[1].delta) for k in range(3) for d in range(4 - k)),
+                    reverse=True)
     assert [r[-1] for r in worst] == pytest.approx(deltas[:3])
     trajectory = run_sql(db, by_name["doc_trajectory"].sql, {"task": "xai_kv", "doc_id": 3})[1]
     assert [(r[0], r[1], r[4], r[5]) for r in trajectory] == [  # every run evaluated doc 3

@@ -1,4 +1,6 @@
-"""Shared fixtures and record factories of the store tests (no tests in this module).
+"""Shared fixtures and helpers of the store tests (no tests in this module); the record
+factories (``make_run``, ``make_case``, ``make_skipped``, ``NASTY``) live in tests/factory.py and
+are re-exported here.
 
 ``db`` is parametrized over the three backends: a DuckDB file, an SQLite file, and a fresh
 database on a real PostgreSQL server (harness_xai.store.pgtemp: initdb + pg_ctl on loopback, one
@@ -7,7 +9,6 @@ server per test process, or $HARNESS_XAI_TEST_PG_URL).
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import select
@@ -17,11 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from harness_xai.records import ATTRIBUTED, CaseRecord, Faithfulness, GraphRecord, RunRecord
+from factory import NASTY, explained, make_case, make_run, make_skipped  # noqa: F401 (re-exported)
 from harness_xai.store import Store, pgtemp
 from harness_xai.store.models import ALL_TABLES
 
@@ -30,16 +30,6 @@ CASE_CHILD_TABLES = tuple(t for t in ALL_TABLES if "case_id" in t.c)
 
 BACKENDS = ("duckdb", "sqlite", "postgresql")
 FILE_BACKENDS = ("duckdb", "sqlite")
-
-NASTY = [
-    "'; DROP TABLE cases; --",
-    "<script>alert('x')</script>",
-    'say "hi"',
-    "naïve ☃ 日本語 🙂",
-    "\n",
-    "",
-    " back\\slash %s :param ? $1 $$",
-]
 
 
 def new_db(backend: str, tmp_path: Path, name: str = "results") -> str:
@@ -62,87 +52,6 @@ def db(backend: str, tmp_path: Path) -> str:
 @pytest.fixture(params=FILE_BACKENDS)
 def db_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return tmp_path / f"results.{request.param}"
-
-
-def make_run(key: str = "run-1", *, step: int | None = 3000, n_params: int = 123_456_789_012,
-             pretrained: str = "/models/tiny") -> RunRecord:
-    return RunRecord(
-        run_key=key,
-        model="hf",
-        model_args=f"pretrained={pretrained},dtype=float32",
-        pretrained=pretrained,
-        revision=None if step is None else f"step{step}",
-        model_type="llama",
-        n_params=n_params,
-        tasks=["arc_easy", "tiny_mc"],
-        method="attnlrp",
-        lm_eval_version="0.4.13",
-        harness_xai_version="0.1.0",
-        config={"num_fewshot": 2, "limit": None, "nested": {"a": [1, 2.5, "x"]}, "text": NASTY[0]},
-        created_at=dt.datetime(2026, 11, 24, 9, 30, 15, tzinfo=dt.timezone(dt.timedelta(hours=2))),
-        step=step,
-    )
-
-
-def make_case(doc_id: int = 7, n_tokens: int = len(NASTY), n_layers: int = 3, seed: int = 0,
-              *, full: bool = True, task: str = "tiny_mc", n_heads: int = 2) -> CaseRecord:
-    """An attributed case; ``full`` adds segments, states, heads, faithfulness and a graph."""
-    rng = np.random.default_rng(seed)
-    tokens = [NASTY[i % len(NASTY)] for i in range(n_tokens)]
-    case = CaseRecord(
-        task=task,
-        doc_id=doc_id,
-        doc_hash=f"dh{doc_id}",
-        prompt_hash="ph",
-        target_hash="th",
-        filter="none",
-        metric="acc",
-        status=ATTRIBUTED,
-        prompt="Q: " + " | ".join(NASTY),
-        pred_index=np.int64(2),  # numpy scalars must be accepted
-        gold_index=0,
-        pred_text=" <b>wrong</b>",
-        gold_text=" right'",
-        position=n_tokens,
-        wrong_token_id=11,
-        gold_token_id=12,
-        wrong_token=" <b>",
-        gold_token=" r'",
-        delta=np.float32(1.25) + seed,
-        ll_pred=-0.5,
-        ll_gold=-1.75,
-        method="attnlrp",
-        token_ids=[int(t) for t in rng.integers(0, 50_000, n_tokens)],
-        tokens=tokens,
-        token_relevance=rng.normal(size=n_tokens).astype(np.float32),  # (n_tokens,)
-        layer_relevance=rng.normal(size=(n_layers + 1, n_tokens)).astype(np.float32),  # (L+1, n)
-    )
-    if not full:
-        return case
-    labels = ["special", "instruction", "fewshot", "question", "option", "continuation"]
-    case.output_type = "multiple_choice"
-    case.contrast = "token"
-    case.ll_error = 1e-6 * (seed + 1)
-    case.method_params = {"eps": 1e-6, "note": NASTY[0]}
-    case.segments = [labels[min(i * len(labels) // n_tokens, len(labels) - 1)] for i in range(n_tokens)]
-    case.segment_index = [i % 2 if case.segments[i] in ("fewshot", "option") else None for i in range(n_tokens)]
-    case.state_relevance = {k: rng.normal(size=(n_layers, n_tokens)).astype(np.float32) for k in ("mid", "attn", "mlp")}
-    case.head_relevance = rng.normal(size=(n_layers, n_heads, n_tokens)).astype(np.float32)  # (L, H, n)
-    steps = 4
-    case.faithfulness = Faithfulness(
-        fractions=[0.1 * (s + 1) for s in range(steps)], n_removed=[s + 1 for s in range(steps)],
-        delta_relevance=rng.normal(size=steps).tolist(), delta_random=rng.normal(size=steps).tolist(),
-        aopc=0.5 + 0.1 * seed, aopc_random=0.2, baseline_token_id=0, params={"orders": 3})
-    nodes = rng.normal(size=(n_layers + 1, n_tokens)).astype(np.float32)  # (L+1, n)
-    nodes[:, 0] = 0.0  # pruned nodes are zero
-    src = np.arange(n_layers).repeat(2)
-    case.graph = GraphRecord(
-        node_layers=["emb"] + [str(l) for l in range(1, n_layers + 1)], node_relevance=nodes,
-        source_layer=src.astype(np.int32), source_position=np.tile([1, 2], n_layers).astype(np.int32),
-        target_layer=(src + 1).astype(np.int32), target_position=np.tile([2, 3], n_layers).astype(np.int32),
-        weight=rng.normal(size=2 * n_layers).astype(np.float32), params={"top_k": 2},
-        metrics={"mass_kept": 0.8, "formation_layer": 2, "n_edges": 2 * n_layers})
-    return case
 
 
 def counts(store: Store) -> dict[str, int]:

@@ -10,7 +10,8 @@ import pytest
 from harness_xai import cli
 from harness_xai.errors import UserError
 from harness_xai.store import run_sql
-from harness_xai.sweep import checkpoint_step, sweep_main
+from harness_xai.identity import checkpoint_step
+from harness_xai.sweep import sweep_main
 from harness_xai.zoo import build_zoo
 
 #: the zoo family's architectures and data, a few steps each (seconds)
@@ -126,8 +127,10 @@ def test_unfinished_or_different_cells_run_again(swept, zoo, monkeypatch, tmp_pa
         conn.execute(sa.text("DELETE FROM cases WHERE id = :c"), {"c": case_id})
     engine.dispose()
     calls: list[list[str]] = []
-    real_run = cli.run
-    monkeypatch.setattr(cli, "run", lambda argv: calls.append(argv) or real_run(argv))
+    import harness_xai.pipeline as pipeline
+
+    real_run = pipeline.run_main
+    monkeypatch.setattr(pipeline, "run_main", lambda argv: calls.append(argv) or real_run(argv))
     assert _sweep(zoo, db) == 0
     assert len(calls) == 1 and "subfolder=step2" in calls[0][calls[0].index("--model_args") + 1]
     assert Path(target["pretrained"]).as_posix() in calls[0][calls[0].index("--model_args") + 1]

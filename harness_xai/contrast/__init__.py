@@ -8,29 +8,32 @@ Per output type (each builder documents its algorithm):
   answer, after greedy regeneration with exact ids.
 - ``loglikelihood_rolling``: perplexity only, no notion of a wrong answer: every sample is
   recorded as skipped with reason ``no-contrast:loglikelihood_rolling``.
-Two contrast modes (``Options.contrast``): ``token`` (one logit difference at one position,
-attributed by the engine) and ``sequence`` (difference of the two continuations' summed
-log-probs, attributed by ``sequence.attribute_sequence``). Every case carries ``output_type``,
-``contrast``, token ``segments``, ``ll_error`` where lm-eval logged log-likelihoods, and how it was
-built in ``method_params["contrast"]``; nothing incorrect is dropped silently. Docs that record an
-``evidence_span`` give ``evidence_positions`` (``evidence``).
+Two contrast modes (``Options.contrast``): ``token`` (one logit difference at one position) and
+``sequence`` (difference of the two continuations' summed log-probs); ``Case.objective`` says
+which, and the engine (``harness_xai.lrp.explain``) explains either. Every case carries
+``output_type``, ``contrast``, token ``segments``, ``ll_error`` where lm-eval logged
+log-likelihoods, and how it was built in ``built["contrast"]``; nothing incorrect is dropped
+silently. Docs that record an ``evidence_span`` give ``evidence_positions`` (``evidence``).
+
+Builders are a registry keyed by lm-eval output type: ``register_contrast(output_type, builder)``
+— the built-ins register through that same call below. A builder is
+``builder(sample, task, task_name, lm, options, cache) -> CaseDraft | None`` (None: the sample is
+correct); ``cache`` is one dict per task and run (e.g. one regeneration per document).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from harness_xai.contrast.case import CONTRASTS, MC_METRICS, Options, new_case, skip
+from harness_xai.contrast.case import CONTRASTS, MC_METRICS, CaseDraft, Options, new_case, skip
 from harness_xai.contrast.generation import generation_case
 from harness_xai.contrast.loglikelihood import loglikelihood_case
 from harness_xai.contrast.multiple_choice import multiple_choice_case
-from harness_xai.contrast.sequence import (SequenceTarget, attribute_sequence,
-                                           attribute_sequence_case)
-from harness_xai.records import CaseRecord
+from harness_xai.records import Case
+from harness_xai.registry import Registry
 
-__all__ = ["CONTRASTS", "MC_METRICS", "Options", "SequenceTarget", "attribute_case",
-           "attribute_sequence", "attribute_sequence_case", "cases_for_task", "decision_metric",
-           "output_type"]
+__all__ = ["CONTRASTS", "CONTRAST_BUILDERS", "MC_METRICS", "CaseDraft", "Options",
+           "cases_for_task", "decision_metric", "output_type", "register_contrast"]
 
 #: metric that decides "incorrect" per output type (first one present in the sample wins)
 DECISION_METRICS = {
@@ -38,6 +41,31 @@ DECISION_METRICS = {
     "loglikelihood": ("acc",),
     "generate_until": ("exact_match", "acc"),
 }
+
+Builder = Callable[..., "CaseDraft | None"]
+#: lm-eval output type → contrast builder
+CONTRAST_BUILDERS: Registry[Builder] = Registry(
+    "output type", "Register a builder with harness_xai.contrast.register_contrast.")
+
+
+def register_contrast(output_type: str, builder: Builder, *, overwrite: bool = False) -> Builder:
+    """Use ``builder`` for every sample of tasks with this lm-eval ``output_type`` (a taken type
+    is refused unless ``overwrite=True``)."""
+    return CONTRAST_BUILDERS.register(output_type, builder, overwrite=overwrite)
+
+
+def perplexity_case(sample, task, task_name, lm, options, cache) -> CaseDraft:
+    """``loglikelihood_rolling``: no notion of a wrong answer, recorded as a skip."""
+    metrics = sample.get("metrics") or [""]
+    return skip(new_case(sample, task_name, "loglikelihood_rolling", str(metrics[0]),
+                         options.contrast, prompt=_first_argument(sample)),
+                "no-contrast:loglikelihood_rolling")
+
+
+register_contrast("multiple_choice", multiple_choice_case)
+register_contrast("loglikelihood", loglikelihood_case)
+register_contrast("generate_until", generation_case)
+register_contrast("loglikelihood_rolling", perplexity_case)
 
 
 def output_type(task) -> str:
@@ -56,23 +84,14 @@ def decision_metric(task, sample: dict | None = None, preferred: str = "acc") ->
 
 
 def cases_for_task(task_name: str, task, samples: list[dict], lm, metric: str = "acc",
-                   contrast: str = "token", prompts: dict | None = None) -> Iterator[CaseRecord]:
+                   contrast: str = "token", prompts: dict | None = None) -> Iterator[Case]:
     """Cases for every incorrect sample of one task (``prompts``: ``Captured.prompts[task]``)."""
     options = Options(metric=metric, contrast=contrast, prompts=prompts or {})
     kind = output_type(task)
-    generations: dict = {}  # doc_id → regeneration, shared by a document's filters
+    cache: dict = {}
     for sample in samples:
-        if kind == "multiple_choice":
-            case = multiple_choice_case(sample, task, task_name, lm, options)
-        elif kind == "loglikelihood":
-            case = loglikelihood_case(sample, task, task_name, lm, options)
-        elif kind == "generate_until":
-            case = generation_case(sample, task, task_name, lm, options, generations)
-        elif kind == "loglikelihood_rolling":
-            metrics = sample.get("metrics") or [""]
-            case = skip(new_case(sample, task_name, kind, str(metrics[0]), contrast,
-                                 prompt=_first_argument(sample)),
-                        "no-contrast:loglikelihood_rolling")
+        if kind in CONTRAST_BUILDERS:
+            case = CONTRAST_BUILDERS.get(kind)(sample, task, task_name, lm, options, cache)
         else:
             used = decision_metric(task, sample)
             if used is None or float(sample[used]) != 0.0:
@@ -81,15 +100,7 @@ def cases_for_task(task_name: str, task, samples: list[dict], lm, metric: str = 
                                  prompt=_first_argument(sample)),
                         f"unsupported-output-type:{kind}")
         if case is not None:
-            yield case
-
-
-def attribute_case(case: CaseRecord, model, tokenizer, method: str = "attnlrp") -> bool:
-    """Attribute a sequence-contrast case in place; ``False`` for token cases (the engine's)."""
-    if case.contrast != "sequence":
-        return False
-    attribute_sequence_case(case, model, tokenizer, method)
-    return True
+            yield case.freeze(lm.tokenizer)
 
 
 def _first_argument(sample: dict) -> str:

@@ -1,13 +1,18 @@
-"""Shared pieces of every contrast builder: the options, a fresh case, skips, token segments."""
+"""Shared pieces of every contrast builder: the options, the case draft, skips, token segments.
+
+A builder fills a ``CaseDraft`` (mutable, private to this stage) step by step; the stage hands
+on ``draft.freeze(tokenizer)``, a frozen ``records.Case``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from harness_xai.contrast import segments as seg
 from harness_xai.errors import UserError
-from harness_xai.harness.prompts import PromptRecord
-from harness_xai.records import PENDING, SKIPPED, CaseRecord
+from harness_xai.lmeval_hook.prompts import PromptRecord
+from harness_xai.records import PENDING, SKIPPED, Case
 
 CONTRASTS = ("token", "sequence")
 MC_METRICS = ("acc", "acc_norm")
@@ -31,9 +36,57 @@ class Options:
                             f"{', '.join(MC_METRICS)} (--xai-metric).")
 
 
+@dataclass
+class CaseDraft:
+    """A ``records.Case`` while a builder fills it (same fields; lists instead of tuples)."""
+
+    task: str
+    doc_id: int
+    doc_hash: str
+    prompt_hash: str
+    target_hash: str
+    filter: str
+    metric: str
+    status: str
+    output_type: str | None = None
+    contrast: str = "token"
+    skip_reason: str | None = None
+    prompt: str = ""
+    pred_index: int | None = None
+    gold_index: int | None = None
+    pred_text: str | None = None
+    gold_text: str | None = None
+    position: int | None = None
+    wrong_token_id: int | None = None
+    gold_token_id: int | None = None
+    ll_pred: float | None = None
+    ll_gold: float | None = None
+    ll_error: float | None = None
+    token_ids: list[int] = field(default_factory=list)
+    segments: list[str] = field(default_factory=list)
+    segment_index: list[int | None] = field(default_factory=list)
+    evidence_positions: list[int] = field(default_factory=list)
+    method_params: dict[str, Any] = field(default_factory=dict)  # → Case.built
+
+    def freeze(self, tokenizer) -> Case:
+        """The frozen case; a pending one gets its tokens (and contrast tokens) decoded."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "method_params"}
+        values.update(token_ids=tuple(self.token_ids), segments=tuple(self.segments),
+                      segment_index=tuple(self.segment_index),
+                      evidence_positions=tuple(self.evidence_positions), built=self.method_params)
+        if self.status == PENDING:
+            decode = (lambda t: tokenizer.decode([t]))
+            values["tokens"] = tuple(decode(t) for t in self.token_ids)
+            if self.wrong_token_id is not None:
+                values["wrong_token"] = decode(self.wrong_token_id)
+            if self.gold_token_id is not None:
+                values["gold_token"] = decode(self.gold_token_id)
+        return Case(**values)
+
+
 def new_case(sample: dict, task_name: str, kind: str, metric: str, contrast: str,
-             prompt: str = "") -> CaseRecord:
-    return CaseRecord(task=task_name, doc_id=int(sample["doc_id"]),
+             prompt: str = "") -> CaseDraft:
+    return CaseDraft(task=task_name, doc_id=int(sample["doc_id"]),
                       doc_hash=str(sample["doc_hash"]),
                       prompt_hash=str(sample["prompt_hash"]),
                       target_hash=str(sample["target_hash"]), filter=str(sample["filter"]),
@@ -41,7 +94,7 @@ def new_case(sample: dict, task_name: str, kind: str, metric: str, contrast: str
                       contrast=contrast)
 
 
-def skip(case: CaseRecord, reason: str) -> CaseRecord:
+def skip(case: CaseDraft, reason: str) -> CaseDraft:
     case.status, case.skip_reason = SKIPPED, reason
     case.token_ids = []
     case.segments, case.segment_index = [], []
@@ -49,7 +102,7 @@ def skip(case: CaseRecord, reason: str) -> CaseRecord:
     return case
 
 
-def note(case: CaseRecord, **info) -> None:
+def note(case: CaseDraft, **info) -> None:
     """Record how the contrast was built (``method_params["contrast"]``)."""
     case.method_params.setdefault("contrast", {}).update(info)
 
@@ -74,11 +127,11 @@ def context_token_labels(lm, task, options: Options, context: str, ctx_ids: list
     return [seg.SPECIAL if t in special else ("question", None) for t in ctx_ids]
 
 
-def set_segments(case: CaseRecord, labels: list[seg.Label]) -> None:
+def set_segments(case: CaseDraft, labels: list[seg.Label]) -> None:
     case.segments, case.segment_index = seg.split(labels)
 
 
-def set_evidence(case: CaseRecord, lm, task, doc: dict, context: str, ctx_ids: list[int],
+def set_evidence(case: CaseDraft, lm, task, doc: dict, context: str, ctx_ids: list[int],
                  offset: int = 0) -> None:
     """``case.evidence_positions`` from the doc's ``evidence_span`` (``contrast.evidence``);
     ``ctx_ids`` encode ``context``, the attributed input is ``ids[offset:]`` (``case.token_ids``

@@ -3,7 +3,7 @@
 A task may record, per doc, where the evidence sits: ``evidence_span`` = ``[start, end]`` (or a
 list of such pairs), character offsets into the doc's prompt text as ``doc_to_text`` returns it
 (the bundled ``xai_kv`` docs: the queried record's value). Any task whose docs carry the field
-gets ``CaseRecord.evidence_positions``; other tasks get ``[]``.
+gets ``Case.evidence_positions``; other tasks get ``[]``.
 
 Algorithm (``evidence_positions``):
 1. Read the spans; malformed values (not integer pairs with 0 <= start < end <= len(text))

@@ -37,11 +37,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from harness_xai.contrast.case import (Options, context_token_labels, new_case, note,
+from harness_xai.contrast.case import (CaseDraft, Options, context_token_labels, new_case, note,
                                        set_evidence, set_segments, skip)
 from harness_xai.contrast.scoring import first_difference, window_start
-from harness_xai.contrast.sequence import SequenceTarget
-from harness_xai.records import CaseRecord
+from harness_xai.records import SequenceTarget
 
 GEN = ("generated", None)
 
@@ -54,7 +53,7 @@ class Generation:
 
 
 def generation_case(sample: dict, task, task_name: str, lm, options: Options,
-                    cache: dict[int, Generation | None]) -> CaseRecord | None:
+                    cache: dict) -> CaseDraft | None:
     metric = next((m for m in ("exact_match", "acc") if m in sample), None)
     if metric is None or float(sample[metric]) != 0.0:
         return None

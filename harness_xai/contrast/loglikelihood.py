@@ -13,15 +13,14 @@ Algorithm, per sample with ``acc == 0`` (the target is not the greedy continuati
 
 from __future__ import annotations
 
-from harness_xai.contrast.case import (Options, context_token_labels, new_case, note,
+from harness_xai.contrast.case import (CaseDraft, Options, context_token_labels, new_case, note,
                                        set_segments, skip)
 from harness_xai.contrast.scoring import build, first_difference, score, window_start
-from harness_xai.contrast.sequence import SequenceTarget
-from harness_xai.records import CaseRecord
+from harness_xai.records import SequenceTarget
 
 
-def loglikelihood_case(sample: dict, task, task_name: str, lm, options: Options
-                       ) -> CaseRecord | None:
+def loglikelihood_case(sample: dict, task, task_name: str, lm, options: Options,
+                       cache: dict | None = None) -> CaseDraft | None:
     if "acc" not in sample or float(sample["acc"]) != 0.0:
         return None
     context, target = sample["arguments"][0][0], sample["arguments"][0][1]

@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness_xai.contrast.case import (Options, context_token_labels, new_case, note,
+from harness_xai.contrast.case import (CaseDraft, Options, context_token_labels, new_case, note,
                                        set_evidence, set_segments, skip)
 from harness_xai.contrast.scoring import Scored, build, first_difference, score
-from harness_xai.contrast.sequence import SequenceTarget
-from harness_xai.records import CaseRecord
+from harness_xai.records import SequenceTarget
 
 CONT = ("continuation", None)
 
@@ -47,8 +46,8 @@ def decision_metric(sample: dict, preferred: str) -> str | None:
     return next((m for m in (preferred, "acc", "acc_norm") if m in sample), None)
 
 
-def multiple_choice_case(sample: dict, task, task_name: str, lm, options: Options
-                         ) -> CaseRecord | None:
+def multiple_choice_case(sample: dict, task, task_name: str, lm, options: Options,
+                         cache: dict | None = None) -> CaseDraft | None:
     """The contrast case of one sample, or ``None`` if the model answered correctly."""
     metric = decision_metric(sample, options.metric)
     if metric is None or float(sample[metric]) != 0.0:

@@ -10,7 +10,7 @@ scored.
 ``score`` re-runs one scored sequence the way ``HFLM._loglikelihood_tokens`` does (same window,
 same ``_model_call``, log-softmax in ``lm.softmax_dtype``) and returns the summed log-likelihood,
 the per-token log-probs and the greedy tokens of the continuation, so every case can check itself
-against lm-eval's logged value (``CaseRecord.ll_error``).
+against lm-eval's logged value (``Case.ll_error``).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness_xai.harness.prompts import PromptRecord
+from harness_xai.lmeval_hook.prompts import PromptRecord
 
 Label = tuple[str, "int | None"]
 SPECIAL: Label = ("special", None)

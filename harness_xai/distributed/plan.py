@@ -12,6 +12,9 @@ that still need work:
 attribution time grows with context length), greedy longest-first: sort by cost descending
 (ties by index) and give each case to the least-loaded rank (ties to the lowest rank) — the LPT
 rule, within 4/3 of the best possible makespan. Each rank's share keeps the original order.
+``passes`` groups a rank's cases into the engine's passes (``--xai-batch-size``): sort by length
+(ties by index), cut a pass when it has ``batch_size`` cases or its padded size B·n_max would pass
+``max_tokens`` (``MAX_PASS_TOKENS``: bounds activation memory like one case of that length).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import math
 from dataclasses import dataclass
 
 from harness_xai.errors import UserError
-from harness_xai.records import PENDING, CaseRecord
+from harness_xai.records import PENDING, Case, SequenceTarget
 
 MAX_TOKENS_REASON = "budget:max-tokens"
+#: padded tokens per batched pass
+MAX_PASS_TOKENS = 8192
 #: command-line names (``--xai-max-cases`` …) of the budget options, as argparse dests
 BUDGET_ARGS = ("xai_max_cases", "xai_max_tokens", "xai_time_budget", "xai_batch_size")
 
@@ -37,7 +42,7 @@ class Budget:
     ``seconds``: each rank stops starting new attributions once this much wall time has passed
     since it began attributing; what it did not reach is left for a re-run;
     ``batch_size``: up to this many token-contrast cases per forward/backward pass (exact: right
-    padding, see ``batching``); 1 = one pass per case.
+    padding, see ``harness_xai.lrp.engine``); 1 = one pass per case.
     """
 
     max_cases: int | None = None
@@ -86,35 +91,32 @@ def add_budget_arguments(group) -> None:
                             "(exact; default 1)")
 
 
-def case_tokens(case: CaseRecord) -> int:
+def case_tokens(case: Case) -> int:
     """Length of the attributed input (the ``max_tokens`` measure)."""
     return len(case.token_ids)
 
 
-def case_cost(case: CaseRecord) -> int:
-    """Relative attribution cost: input tokens (a sequence contrast runs two passes)."""
-    return max(1, case_tokens(case)) * (2 if case.contrast == "sequence" else 1)
+def case_cost(case: Case) -> int:
+    """Relative attribution cost: input tokens (a sequence contrast runs two rows)."""
+    return max(1, case_tokens(case)) * (2 if isinstance(case.objective, SequenceTarget) else 1)
 
 
 @dataclass
 class CasePlan:
     """The pending work of one run after the budget (see module docstring)."""
 
-    write: list[CaseRecord]  # skipped cases (contrast stage or budget): written as they are
-    attribute: list[CaseRecord]  # pending cases to attribute, in the original order
+    write: list[Case]  # skipped cases (contrast stage or budget): written as they are
+    attribute: list[Case]  # pending cases to attribute, in the original order
     left: int  # pending cases cut by ``max_cases`` (not written)
 
 
-def plan_cases(todo: list[CaseRecord], budget: Budget) -> CasePlan:
-    from harness_xai.contrast.case import skip
-
+def plan_cases(todo: list[Case], budget: Budget) -> CasePlan:
     write, pending = [], []
     for case in todo:
         if case.status == PENDING and budget.max_tokens is not None \
                 and case_tokens(case) > budget.max_tokens:
-            case.method_params["budget"] = {"max_tokens": budget.max_tokens,
-                                            "n_tokens": case_tokens(case)}
-            skip(case, MAX_TOKENS_REASON)  # like every skip: no token arrays
+            case = case.skipped(MAX_TOKENS_REASON, budget={"max_tokens": budget.max_tokens,
+                                                           "n_tokens": case_tokens(case)})
         (pending if case.status == PENDING else write).append(case)
     cut = len(pending) if budget.max_cases is None else min(budget.max_cases, len(pending))
     return CasePlan(write=write, attribute=pending[:cut], left=len(pending) - cut)
@@ -131,3 +133,19 @@ def balance(costs: list[int], n_ranks: int) -> list[list[int]]:
         shares[rank].append(index)
         heapq.heappush(heap, (load + costs[index], rank))
     return [sorted(share) for share in shares]
+
+
+def passes(lengths: list[int], batch_size: int, max_tokens: int = MAX_PASS_TOKENS) -> list[list[int]]:
+    """Indices grouped into passes (module docstring); one case per pass when batch_size=1."""
+    if batch_size <= 1:
+        return [[i] for i in range(len(lengths))]
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    out: list[list[int]] = []
+    for index in order:
+        current = out[-1] if out else None
+        longest = max([lengths[i] for i in current] + [lengths[index]]) if current else 0
+        if current and len(current) < batch_size and longest * (len(current) + 1) <= max_tokens:
+            current.append(index)
+        else:
+            out.append([index])
+    return out

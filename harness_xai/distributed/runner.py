@@ -1,6 +1,6 @@
 """Attribute a run's pending cases — on one process or sharded over the ranks of a launch.
 
-``attribute_cases`` (rank 0, inside ``pipeline.explain``; the store is open):
+``explain_cases`` (rank 0, inside ``pipeline.explain``; the store is open):
 1. Merge shard files a rank of an earlier, killed run of the same run left behind (file stores),
    so finished work is kept; then drop the cases whose unit key is stored.
 2. Apply the budget (``plan.plan_cases``): write the skipped cases, cut to ``max_cases``.
@@ -11,7 +11,8 @@
    and all agree (``all_gather``) before anyone starts. Rank 0 writes into the open store; the
    others write PostgreSQL directly (it has many writers) or, for DuckDB/SQLite (one writer),
    append to their own shard file (``shards.ShardWriter``).
-4. Each rank: ``work`` — its cases in batches (``batching``), progress bar with ETA per rank
+4. Each rank: ``work`` — its cases in passes (``plan.passes``: cases of similar length share the
+   engine's one forward+backward), progress bar with ETA per rank
    (tqdm, ``position=rank``, measured in tokens since cost grows with them), stopping when the
    time budget is spent. An error stops the rank's loop; it is reported, not raised, so the
    other ranks finish cleanly.
@@ -35,27 +36,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness_xai.distributed import shards
-from harness_xai.distributed.plan import Budget, balance, case_cost, plan_cases
+from harness_xai.distributed.plan import Budget, balance, case_cost, passes, plan_cases
 from harness_xai.distributed.world import World
 from harness_xai.errors import UserError
-from harness_xai.records import ATTRIBUTED, PENDING, SKIPPED, CaseRecord
+from harness_xai.records import SKIPPED, Case, Explained, Explanation
 
 clock = time.monotonic  # the time budget's clock (tests replace it)
 
 
 @dataclass
 class CaseWorker:
-    """How a rank turns a pending case into an attributed one (built by the pipeline).
+    """How a rank explains its pending cases (built by the pipeline from the run's config).
 
-    ``attribute(case, result)`` fills the case in place (``result``: an engine ``Attribution``
-    computed in a batched pass, or None to compute it); ``finish(cases)`` runs on each group of
-    up to ``group`` finished cases before they are written (e.g. batched faithfulness curves).
+    ``explain(cases)`` returns one ``Explanation`` per case of one pass group (the engine's
+    forward+backward; the pipeline decides which cases share a pass); ``finish(done)`` runs on
+    each group of up to ``group`` explained cases before they are written and returns them
+    completed (e.g. batched faithfulness curves, then each case's analysis).
     """
 
-    model: object
-    method: str
-    attribute: Callable[[CaseRecord, object], None]
-    finish: Callable[[list[CaseRecord]], None] | None = None
+    explain: Callable[[list[Case]], list[Explanation]]
+    finish: Callable[[list[Explained]], list[Explained]] | None = None
     group: int = 1
 
 
@@ -65,7 +65,7 @@ MakeWorker = Callable[[dict], CaseWorker]
 
 @dataclass
 class Outcome:
-    """What ``attribute_cases`` did (summed over ranks)."""
+    """What ``explain_cases`` did (summed over ranks)."""
 
     attributed: int = 0
     already_stored: int = 0
@@ -86,7 +86,7 @@ class _Work:
     exc: BaseException | None = field(default=None, repr=False)  # stays on its own rank
 
 
-def attribute_cases(store, run_id: int, cases: list[CaseRecord], make_worker: MakeWorker,
+def explain_cases(store, run_id: int, cases: list[Case], make_worker: MakeWorker,
                     options: dict, *, budget: Budget | None = None, world: World | None = None,
                     progress: bool = True) -> Outcome:
     """Steps 1–5 on rank 0 (module docstring); ``cases``: every case of the run; ``options``
@@ -107,12 +107,12 @@ def attribute_cases(store, run_id: int, cases: list[CaseRecord], make_worker: Ma
                            if c.status == SKIPPED and c.unit_key in done)
     plan = plan_cases(todo, budget)
     for case in plan.write:
-        store.write_case(run_id, case)
+        store.write_case(run_id, case, None)
         outcome.skipped[case.skip_reason] += 1
     outcome.left = plan.left
     if world.size == 1:
         mine = work(plan.attribute, make_worker(options), budget,
-                    lambda c: store.write_case(run_id, c), rank=0, progress=progress)
+                    lambda c, e: store.write_case(run_id, c, e), rank=0, progress=progress)
         if mine.exc is not None:
             raise mine.exc
         outcome.attributed, outcome.left = mine.attributed, outcome.left + mine.left
@@ -136,7 +136,7 @@ def attribute_cases(store, run_id: int, cases: list[CaseRecord], make_worker: Ma
         mine = _Work(rank=0, left=len(shares[0]), error=_describe(exc), exc=exc)
     else:
         mine = work([plan.attribute[i] for i in shares[0]], worker, budget,
-                    lambda c: store.write_case(run_id, c), rank=0, progress=progress)
+                    lambda c, e: store.write_case(run_id, c, e), rank=0, progress=progress)
     reports: list[_Work] = world.gather(_sendable(mine))  # type: ignore[assignment]
     files = {Path(r.shard) for r in reports if r.shard}
     if header["shard_dir"]:  # also the file of a rank that failed half-way
@@ -175,7 +175,8 @@ def follow(world: World, make_worker: MakeWorker, *, progress: bool = True) -> N
 
             with Store.open(header["url"], create=False) as store:
                 mine = work(cases, worker, budget,
-                            lambda c: store.write_case(header["run_id"], c), world.rank, progress)
+                            lambda c, e: store.write_case(header["run_id"], c, e), world.rank,
+                            progress)
         else:
             path = shards.shard_path(Path(header["shard_dir"]), header["run_id"], world.rank,
                                      header["nonce"])
@@ -190,49 +191,39 @@ def follow(world: World, make_worker: MakeWorker, *, progress: bool = True) -> N
               file=sys.stderr, flush=True)
 
 
-def work(cases: list[CaseRecord], worker: CaseWorker, budget: Budget,
-         write: Callable[[CaseRecord], object], rank: int = 0, progress: bool = True) -> _Work:
-    """Attribute ``cases`` (one rank's share) and ``write`` each; stop at the time budget."""
+def work(cases: list[Case], worker: CaseWorker, budget: Budget,
+         write: Callable[[Case, Explanation | None], object], rank: int = 0,
+         progress: bool = True) -> _Work:
+    """Explain ``cases`` (one rank's share) and ``write`` each; stop at the time budget."""
     from tqdm.auto import tqdm
-
-    from harness_xai.distributed.batching import attribute_batch, batches
 
     result = _Work(rank=rank)
     written = 0
-    passes = (batches([len(c.token_ids) for c in cases], budget.batch_size)
-              if budget.batch_size > 1 else [[i] for i in range(len(cases))])
+    groups = passes([len(c.token_ids) for c in cases], budget.batch_size)
     total = sum(len(c.token_ids) for c in cases)
     bar = tqdm(total=total, unit="tok", unit_scale=total >= 10_000,
                position=rank, file=sys.stderr, desc=f"attributing (rank {rank})",
                disable=not progress, leave=True, dynamic_ncols=True)
     start = clock()
-    ready: list[CaseRecord] = []  # attributed, waiting for ``finish`` and the write
+    ready: list[Explained] = []  # explained, waiting for ``finish`` and the write
 
     def flush() -> None:
-        nonlocal written
+        nonlocal written, ready
         if ready and worker.finish is not None:
-            worker.finish(ready)
+            ready = worker.finish(ready)
         while ready:
-            write(ready[0])
+            case, explanation = ready.pop(0)
+            write(case, explanation)
             written += 1
-            result.attributed += ready.pop(0).status == ATTRIBUTED
+            result.attributed += explanation is not None
 
     try:
-        for indices in passes:
+        for indices in groups:
             if budget.seconds is not None and clock() - start >= budget.seconds:
                 break
             group = [cases[i] for i in indices]
-            batched = [c for c in group if c.contrast == "token" and c.status == PENDING]
-            found = {}
-            if len(batched) > 1 and _batchable(worker):
-                done = attribute_batch(worker.model, [(c.token_ids, c.wrong_token_id,
-                                                       c.gold_token_id) for c in batched],
-                                       worker.method)
-                found = {id(c): r for c, r in zip(batched, done)}
-            for case in group:
-                if case.status == PENDING:
-                    worker.attribute(case, found.get(id(case)))
-                ready.append(case)
+            for case, explanation in zip(group, worker.explain(group)):
+                ready.append((case, explanation))
                 bar.update(len(case.token_ids))
                 if len(ready) >= worker.group:
                     flush()
@@ -240,7 +231,7 @@ def work(cases: list[CaseRecord], worker: CaseWorker, budget: Budget,
         flush()
     except Exception as exc:  # noqa: BLE001 — reported to rank 0, which raises it
         result.error, result.exc = _describe(exc), exc
-        try:  # cases attributed before the error are kept
+        try:  # cases explained before the error are kept
             flush()
         except Exception:  # noqa: BLE001
             pass
@@ -252,15 +243,6 @@ def work(cases: list[CaseRecord], worker: CaseWorker, budget: Budget,
 
 def _describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
-
-
-def _batchable(worker: CaseWorker) -> bool:
-    """Batched passes: one-backward methods on models on one device (the positions of a
-    multi-device ``device_map`` model's last hidden states live on its last device)."""
-    from harness_xai.lrp import get_method
-
-    devices = set((getattr(worker.model, "hf_device_map", None) or {}).values())
-    return not get_method(worker.method).integrate and len(devices) <= 1
 
 
 def _agree(world: World, header: dict) -> bool:

@@ -5,8 +5,8 @@ each finished case to its own shard file; rank 0 merges the files through the no
 
 File format (``<db>.shards/run<ID>-rank<R>-<NONCE>.shard``): a sequence of frames
 ``[8-byte little-endian payload length][4-byte CRC32 of the payload][payload]``; the first
-payload is a header dict ``{"format", "run_id", "rank"}``, every other one a pickled
-``CaseRecord`` (numpy arrays included).
+payload is a header dict ``{"format", "run_id", "rank"}``, every other one a pickled pair
+(``Case``, ``Explanation``) (numpy arrays included).
 
 1. ``ShardWriter``: creates the file, holds an exclusive ``flock`` on it while writing, and
    ``fsync``s after every case — a killed rank leaves whole cases plus at most one torn frame.
@@ -31,12 +31,13 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness_xai.records import CaseRecord
+from harness_xai.records import Case, Explained, Explanation
 
-FORMAT = "harness-xai-shard/1"
+FORMAT = "harness-xai-shard/2"
 _FRAME = struct.Struct("<QI")  # payload length, crc32
 _ALLOWED = {
-    ("harness_xai.records", "CaseRecord"), ("harness_xai.records", "Faithfulness"),
+    ("harness_xai.records", "Case"), ("harness_xai.records", "Explanation"),
+    ("harness_xai.records", "Faithfulness"),
     ("harness_xai.records", "GraphRecord"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
@@ -79,8 +80,8 @@ class ShardWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
 
-    def write_case(self, case: CaseRecord) -> None:
-        self._frame(case)
+    def write_case(self, case: Case, explanation: Explanation | None = None) -> None:
+        self._frame((case, explanation))
         self.n_cases += 1
 
     def close(self) -> None:
@@ -101,16 +102,17 @@ def read_header(path: Path) -> dict | None:
     return None
 
 
-def read_shard(path: Path) -> Iterator[CaseRecord]:
-    """The cases of a shard file (complete frames only)."""
+def read_shard(path: Path) -> Iterator[Explained]:
+    """The (case, explanation) pairs of a shard file (complete frames only)."""
     frames = _frames(path)
     header = next(frames, None)
     if not (isinstance(header, dict) and header.get("format") == FORMAT):
         raise ValueError(f"{path} is not a harness-xai shard file")
-    for case in frames:
-        if not isinstance(case, CaseRecord):
-            raise ValueError(f"{path}: unexpected {type(case).__name__} in a shard file")
-        yield case
+    for item in frames:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Case)
+                and (item[1] is None or isinstance(item[1], Explanation))):
+            raise ValueError(f"{path}: unexpected {type(item).__name__} in a shard file")
+        yield item
 
 
 def _frames(path: Path) -> Iterator[object]:
@@ -135,9 +137,9 @@ def merge_shards(store, run_id: int, paths: list[Path]) -> int:
         if header is None or header.get("run_id") != int(run_id):
             raise ValueError(f"{path} does not belong to run {run_id}")
         done = store.done_keys(run_id)
-        for case in read_shard(path):
+        for case, explanation in read_shard(path):
             if case.unit_key not in done:
-                store.write_case(run_id, case)
+                store.write_case(run_id, case, explanation)
                 done.add(case.unit_key)
                 written += 1
         path.unlink()

@@ -2,9 +2,10 @@
 
 Algorithm:
 1. Validate the inputs exactly like ``harness_xai.attribute`` (same ids, tokens, method, family).
-2. Inside ``with lrp(model, method)`` (the same rules as ``attribute``): ``fast`` traces one
-   forward and one backward (``capture.trace``); ``reference`` runs the definition
-   (``reference.reference_edges``).
+2. ``fast``: the engine's one forward and one backward with the graph's per-block capture
+   (``lrp.engine.explain(…, trace=True)``; the run's ``--xai-graph`` gets the same capture from
+   the pass that attributes the case, so a graph costs no second pass). ``reference`` runs the
+   definition inside ``with lrp(model, method)`` (``reference.reference_edges``).
 3. Fast, unpruned: each block's dense (n, n) matrix, chunk by chunk (``fast.dense``). Fast,
    pruned: per block only the target rows that pass the node threshold, chunk by chunk into a
    ``prune.Collector`` — no dense n×n is held; then ancestors of the output node.
@@ -32,15 +33,16 @@ from torch import nn
 
 from harness_xai.errors import UserError
 from harness_xai.graph import fast
-from harness_xai.graph.capture import trace
 from harness_xai.graph.prune import (Collector, Edges, Prune, ancestors, as_prune, n_entries,
                                      prune_dense, target_nodes)
 from harness_xai.graph.reference import reference_edges
 from harness_xai.lrp.adapters import adapter_for
-from harness_xai.lrp.attribute import contrast_inputs
-from harness_xai.lrp.methods import get_method
+from harness_xai.lrp.blocktrace import Trace
+from harness_xai.lrp.engine import explain
+from harness_xai.lrp.inputs import contrast_inputs
+from harness_xai.lrp.methods import Method, get_method
 from harness_xai.lrp.patch import lrp
-from harness_xai.records import GraphRecord
+from harness_xai.records import GraphRecord, TokenTarget
 
 
 @dataclass
@@ -118,48 +120,49 @@ def graph(model: nn.Module, tokenizer, input_ids, target_id, foil_id, method: st
     pruning = as_prune(prune)
     adapter = adapter_for(model)
     ids, target, foil = contrast_inputs(model, tokenizer, input_ids, target_id, foil_id)
-    n = ids.shape[1]
-
     started = time.perf_counter()
+    if impl == "fast":
+        objective = TokenTarget(tuple(ids[0].tolist()), target, foil)
+        traced = explain(model, [objective], spec, states=False, trace=True)[0].trace
+        return graph_from_trace(traced, spec, pruning, objective, chunk_elements, started)
     metrics: dict = {}
     with torch.inference_mode(False), torch.enable_grad(), lrp(model, spec):
-        if impl == "reference":
-            nodes, dense, delta = reference_edges(model, adapter, ids, target, foil, batch=batch)
-        else:
-            tr = trace(model, adapter, ids, target, foil, spec)
-            nodes, delta = tr.nodes, tr.delta
-    if impl == "reference":
-        edges: list = dense if pruning is None else prune_dense(nodes, dense, pruning)
-        _dense_metrics(metrics, dense, nodes, pruning, edges)
-    elif pruning is None:
-        with torch.no_grad():
-            dense = [fast.dense(layer, chunk_elements) for layer in tr.layers]
-        edges = dense
-        _dense_metrics(metrics, dense, nodes, None, edges)
-    else:
-        with torch.no_grad():
-            edges = _pruned(tr, pruning, chunk_elements, metrics)
+        nodes, dense, delta = reference_edges(model, adapter, ids, target, foil, batch=batch)
+    edges: list = dense if pruning is None else prune_dense(nodes, dense, pruning)
+    _dense_metrics(metrics, dense, nodes, pruning, edges)
+    return _finish(nodes, edges, delta, spec, "reference", pruning, metrics, started,
+                   TokenTarget(tuple(ids[0].tolist()), target, foil))
 
-    L = nodes.shape[0] - 1
+
+def graph_from_trace(traced: Trace, method: str | Method, prune, objective: TokenTarget,
+                     chunk_elements: int | None = None, started: float | None = None) -> Graph:
+    """Steps 3–4 of the fast path on the engine's per-block capture of ``objective``."""
+    spec = get_method(method)
+    pruning = as_prune(prune)
+    started = time.perf_counter() if started is None else started
+    metrics: dict = {}
+    nodes = traced.nodes
+    with torch.no_grad():
+        if pruning is None:
+            edges: list = [fast.dense(layer, chunk_elements) for layer in traced.layers]
+            _dense_metrics(metrics, edges, nodes, None, edges)
+        else:
+            edges = _pruned(traced, pruning, chunk_elements, metrics)
+    return _finish(nodes, edges, traced.delta, spec, "fast", pruning, metrics, started, objective)
+
+
+def _finish(nodes, edges, delta, spec, impl, pruning, metrics, started, objective) -> Graph:
+    L, n = nodes.shape[0] - 1, nodes.shape[1]
     _common_metrics(metrics, nodes, edges, pruning)
     metrics["seconds"] = round(time.perf_counter() - started, 4)
     params = {"method": spec.name, **dict(getattr(spec, "params", {})), "impl": impl,
               "prune": None if pruning is None else pruning.as_dict(),
               "output_node": [L, n - 1]}
     return Graph(nodes=nodes, edges=edges, node_layers=["emb", *map(str, range(1, L + 1))],
-                 delta=delta, method=spec.name, input_ids=ids[0].cpu(), target_id=target,
-                 foil_id=foil, params=params, metrics=metrics)
-
-
-def case_graph(case, model: nn.Module, tokenizer, method: str = "attnlrp",
-               prune=True) -> GraphRecord | None:
-    """The (pruned) graph of a token-contrast ``records.CaseRecord`` as a ``GraphRecord``; None
-    for cases without a single logit difference (sequence contrasts, skipped cases)."""
-    if (case.contrast != "token" or not case.token_ids or case.wrong_token_id is None
-            or case.gold_token_id is None):
-        return None
-    return graph(model, tokenizer, case.token_ids, case.wrong_token_id, case.gold_token_id,
-                 method=method, prune=prune).to_record()
+                 delta=delta, method=spec.name,
+                 input_ids=torch.as_tensor(objective.input_ids, dtype=torch.long),
+                 target_id=objective.target, foil_id=objective.foil, params=params,
+                 metrics=metrics)
 
 
 def _pruned(tr, spec: Prune, chunk_elements, metrics) -> list[Edges]:

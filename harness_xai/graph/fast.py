@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from harness_xai.graph.capture import LayerTrace
+from harness_xai.lrp.blocktrace import LayerTrace
 
 #: elements of one (H, chunk, n) temporary (~16 MB fp32)
 CHUNK_ELEMENTS = 1 << 22

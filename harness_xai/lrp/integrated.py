@@ -15,6 +15,7 @@ Algorithm (``steps`` = m intervals, ``batch_size`` = B rows per pass):
    same rule on their own path ``h(α_k)`` (conductance; the capture's ``trapezoid_pair``), so each
    block output's relevance also sums to ≈ Δℓ(e) − Δℓ(0).
 Cost: m + ⌈m/(B − 1)⌉ path rows forward and backward (vs. one row for LRP); memory × B.
+The passes are the engine's own (``engine.explain`` runs them over ``Path.chunks()``).
 """
 
 from __future__ import annotations
@@ -22,29 +23,44 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness_xai.lrp.capture import StateCapture, trapezoid_pair
+from harness_xai.lrp.states import trapezoid_pair
 
 
-def integrated_gradients(model: nn.Module, capture: StateCapture, embeddings: torch.Tensor,
-                         target: int, foil: int, params: dict) -> tuple[torch.Tensor, float, float]:
-    """(token relevance (n,) fp32 on the CPU, Δℓ(input), Δℓ(baseline))."""
-    from harness_xai.lrp.attribute import forward_backward
+class Path:
+    """Steps 1–3 for one input: ``chunks()`` yields the path points of each pass as a leaf
+    (b, n, d) that requires grad; ``add(points, grad, deltas)`` takes the pass's gradient and
+    Δℓ per point (the engine's pass computes them)."""
 
-    steps, batch = int(params["steps"]), int(params["batch_size"])
-    alphas = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)  # (m + 1,)
-    tokens = torch.zeros(embeddings.shape[1], dtype=torch.float32)  # (n,)
-    deltas = torch.zeros(steps + 1, dtype=torch.float32)  # (m + 1,)
-    base = baseline(model, embeddings, params["baseline"])  # (1, n, d)
-    start = 0
-    while start < steps:
-        stop = min(start + batch - 1, steps)  # chunk = points start..stop (shares `start`)
-        a = alphas[start:stop + 1].to(embeddings.device, embeddings.dtype)  # (b,) → (b, n, d)
-        path = (base + a[:, None, None] * (embeddings - base)).detach().requires_grad_(True)
-        chunk_deltas, grad = forward_backward(model, capture, path, target, foil)
-        tokens += trapezoid_pair(path.detach(), grad).sum((0, 2)).cpu()
-        deltas[start:stop + 1] = chunk_deltas
-        start = stop
-    return tokens, float(deltas[-1]), float(deltas[0])
+    def __init__(self, model: nn.Module, embeddings: torch.Tensor, params: dict):
+        self.embeddings = embeddings  # (1, n, d)
+        self.steps, self.batch = int(params["steps"]), int(params["batch_size"])
+        self.alphas = torch.linspace(0.0, 1.0, self.steps + 1, dtype=torch.float64)  # (m + 1,)
+        self.tokens = torch.zeros(embeddings.shape[1], dtype=torch.float32)  # (n,)
+        self.deltas = torch.zeros(self.steps + 1, dtype=torch.float32)  # (m + 1,)
+        self.base = baseline(model, embeddings, params["baseline"])  # (1, n, d)
+        self._start = 0
+
+    def chunks(self):
+        start = 0
+        while start < self.steps:
+            stop = min(start + self.batch - 1, self.steps)  # chunk = points start..stop
+            a = self.alphas[start:stop + 1].to(self.embeddings.device, self.embeddings.dtype)
+            self._start = start
+            yield (self.base + a[:, None, None] * (self.embeddings - self.base)) \
+                .detach().requires_grad_(True)  # (b, n, d)
+            start = stop  # neighbouring chunks share their boundary point
+
+    def add(self, points: torch.Tensor, grad: torch.Tensor, deltas) -> None:
+        self.tokens += trapezoid_pair(points.detach(), grad).sum((0, 2)).cpu()
+        self.deltas[self._start:self._start + len(deltas)] = torch.tensor(deltas)
+
+    @property
+    def end_delta(self) -> float:
+        return float(self.deltas[-1])
+
+    @property
+    def start_delta(self) -> float:
+        return float(self.deltas[0])
 
 
 @torch.no_grad()

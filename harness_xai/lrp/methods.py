@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from harness_xai.errors import UserError
 from harness_xai.lrp.rules.attention import ATTNLRP, CP_LRP, QKVScales
-from harness_xai.suggest import unknown_name_message
+from harness_xai.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,12 @@ class Method:
         return merged
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("attribution method", "Pass one of them to --xai-method.")
 
 
-def register_method(method: Method) -> Method:
-    METHODS[method.name] = method
-    return method
+def register_method(method: Method, *, overwrite: bool = False) -> Method:
+    """Register ``method`` under its name (a taken name is refused unless ``overwrite=True``)."""
+    return METHODS.register(method.name, method, overwrite=overwrite)
 
 
 register_method(Method("attnlrp", "AttnLRP rules as modified gradients", ATTNLRP, True,
@@ -83,10 +83,7 @@ register_method(Method("integrated-gradients", "plain gradients integrated from 
                        choices={"baseline": ("mean-embedding", "zero")}))
 
 
-def get_method(name: str) -> Method:
-    """The registered method ``name``; unknown names get a one-line "did you mean" error."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise UserError(unknown_name_message("attribution method", name, METHODS,
-                                             "Pass one of them to --xai-method.")) from None
+def get_method(name: str | Method) -> Method:
+    """The registered method ``name`` (a ``Method`` passes through); unknown names get a
+    one-line "did you mean" error."""
+    return name if isinstance(name, Method) else METHODS.get(name)

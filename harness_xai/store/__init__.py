@@ -3,7 +3,7 @@
 Public API: ``normalize_url`` (``--db`` value → URL), ``Store`` (open/migrate, write runs, task
 summaries and cases), ``run_sql`` (read-only query → column names + rows).
 Modules: engine (URLs, engines), models + migrations/ (schema), migrate (alembic in code),
-writer (Store), caserows (CaseRecord → rows), bulk (per-backend bulk inserts), duckfile (crash-safe
+writer (Store), caserows (Case + Explanation → rows), bulk (per-backend bulk inserts), duckfile (crash-safe
 DuckDB migrations), lock (one writer per file), query (read-only SQL), export (parquet),
 examples (README queries), cli (`db`, `sql`, `export`), pgtemp (throwaway PostgreSQL for tests).
 """

@@ -1,5 +1,8 @@
-"""A CaseRecord as database rows: validation, the ``cases`` row, and column-wise child rows.
+"""A case and its explanation as database rows: validation, the ``cases`` row, child rows.
 
+0. ``case_row(case, explanation)`` joins the two frozen records into one flat, read-only view
+   (``CaseRow``): the case's fields, the explanation's arrays, ``status`` attributed when there
+   is an explanation, and ``method_params`` = the method's params plus ``case.built``.
 1. ``validate_case`` checks every array's shape against the case's token count (and segment
    labels against ``records.SEGMENTS``, evidence positions against the tokens, ``analysis``
    values: numbers, plus the ``triage`` label and ``flags`` list) before anything touches the
@@ -24,12 +27,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 
-from harness_xai.records import SEGMENTS, CaseRecord
+from harness_xai.records import ATTRIBUTED, SEGMENTS, Case, Explanation
 from harness_xai.store.models import (
     case_labels,
     case_metrics,
@@ -42,6 +46,42 @@ from harness_xai.store.models import (
     state_relevance,
     token_relevance,
 )
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    """One case as the store sees it: ``Case`` fields, ``Explanation`` fields (None/empty for a
+    skipped case), the stored status and ``method_params``."""
+
+    case: Case
+    explanation: Explanation | None
+
+    def __getattr__(self, name: str) -> Any:
+        ex = object.__getattribute__(self, "explanation")
+        if name in _EXPLANATION_FIELDS:
+            default = {} if name in ("state_relevance", "analysis", "params") else None
+            return default if ex is None else getattr(ex, name)
+        return getattr(object.__getattribute__(self, "case"), name)
+
+    @property
+    def status(self) -> str:
+        return ATTRIBUTED if self.explanation is not None else self.case.status
+
+    @property
+    def method_params(self) -> dict[str, Any]:
+        base = {} if self.explanation is None else dict(self.explanation.params)
+        return {**base, **self.case.built}
+
+    @property
+    def unit_key(self) -> tuple[str, int, str, str]:
+        return self.case.unit_key
+
+
+_EXPLANATION_FIELDS = {f.name for f in fields(Explanation)}
+
+
+def case_row(case: Case | CaseRow, explanation: Explanation | None = None) -> CaseRow:
+    return case if isinstance(case, CaseRow) else CaseRow(case, explanation)
 
 
 def _py(value: Any) -> Any:
@@ -70,11 +110,11 @@ def to_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=_json_default)
 
 
-def _fail(case: CaseRecord, what: str) -> None:
+def _fail(case: CaseRow, what: str) -> None:
     raise ValueError(f"case {case.unit_key}: {what}")
 
 
-def validate_case(case: CaseRecord) -> None:
+def validate_case(case: CaseRow) -> None:
     """Shape checks before any write (a ValueError here means a bug upstream, not user input)."""
     n = len(case.tokens)
     if case.token_ids and len(case.token_ids) != n:
@@ -115,11 +155,11 @@ def validate_case(case: CaseRecord) -> None:
     _validate_analysis(case)
 
 
-#: keys of ``CaseRecord.analysis`` that are labels, not metrics
+#: keys of ``Explanation.analysis`` that are labels, not metrics
 LABEL_KEYS = {"triage": "triage", "flags": "flag"}
 
 
-def _validate_analysis(case: CaseRecord) -> None:
+def _validate_analysis(case: CaseRow) -> None:
     for key, value in (case.analysis or {}).items():
         if not isinstance(key, str) or not key:
             _fail(case, f"analysis key {key!r} is not a name")
@@ -134,7 +174,7 @@ def _validate_analysis(case: CaseRecord) -> None:
             _fail(case, f"analysis metric {key!r} = {value!r} is not a number")
 
 
-def _validate_graph(case: CaseRecord) -> None:
+def _validate_graph(case: CaseRow) -> None:
     g = case.graph
     nodes = np.shape(g.node_relevance)
     if len(nodes) != 2 or nodes[0] != len(g.node_layers):
@@ -147,7 +187,7 @@ def _validate_graph(case: CaseRecord) -> None:
             _fail(case, "graph edge endpoint outside node_relevance")
 
 
-def case_values(run_id: int, case: CaseRecord) -> dict[str, Any]:
+def case_values(run_id: int, case: CaseRow) -> dict[str, Any]:
     """The ``cases`` row of ``case``."""
     params = dict(case.method_params or {})
     f = case.faithfulness
@@ -191,7 +231,7 @@ def case_values(run_id: int, case: CaseRecord) -> dict[str, Any]:
 Rows = list[tuple[sa.Table, dict[str, Any]]]
 
 
-def child_rows(case_id: int, case: CaseRecord) -> Rows:
+def child_rows(case_id: int, case: CaseRow) -> Rows:
     """Column-wise rows of every child table the case carries (graphs row included)."""
     out: Rows = []
     n = len(case.tokens)
@@ -251,7 +291,7 @@ def child_rows(case_id: int, case: CaseRecord) -> Rows:
     return out
 
 
-def _evidence_column(case: CaseRecord, n: int) -> np.ndarray | None:
+def _evidence_column(case: CaseRow, n: int) -> np.ndarray | None:
     if not case.evidence_positions:
         return None  # unknown: NULL
     column = np.zeros(n, dtype=np.int32)  # (n,)
@@ -259,7 +299,7 @@ def _evidence_column(case: CaseRecord, n: int) -> np.ndarray | None:
     return column
 
 
-def _analysis_rows(case_id: int, case: CaseRecord) -> Rows:
+def _analysis_rows(case_id: int, case: CaseRow) -> Rows:
     analysis = case.analysis or {}
     metrics = sorted((k, float(v)) for k, v in analysis.items()
                      if k not in LABEL_KEYS and v is not None and np.isfinite(float(v)))
@@ -275,7 +315,7 @@ def _analysis_rows(case_id: int, case: CaseRecord) -> Rows:
     return out
 
 
-def _graph_rows(case_id: int, case: CaseRecord) -> Rows:
+def _graph_rows(case_id: int, case: CaseRow) -> Rows:
     g = case.graph
     nodes = np.asarray(g.node_relevance, dtype=np.float64)  # (n_node_layers, n)
     layer, position = np.nonzero(np.isfinite(nodes) & (nodes != 0))  # (n_nodes,) each

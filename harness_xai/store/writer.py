@@ -39,9 +39,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from harness_xai.errors import UserError
-from harness_xai.records import CaseRecord, DocOutcome, RunRecord, TaskSummary
+from harness_xai.records import Case, DocOutcome, Explanation, RunRecord, TaskSummary
 from harness_xai.store import bulk, duckfile, migrate
-from harness_xai.store.caserows import _py, case_values, child_rows, opt_float, opt_int, validate_case
+from harness_xai.store.caserows import (CaseRow, _py, case_row, case_values, child_rows, opt_float,
+                                       opt_int, validate_case)
 from harness_xai.store.engine import db_file, make_engine, normalize_url, open_error, remove_new_file
 from harness_xai.store.lock import WriterLock
 from harness_xai.store.models import cases, doc_outcomes, runs, task_results
@@ -166,7 +167,7 @@ class Store:
         with self.engine.connect() as conn:
             return {(t, int(d), h, f) for t, d, h, f in conn.execute(stmt)}
 
-    def _existing_case(self, conn: Connection, run_id: int, case: CaseRecord) -> int | None:
+    def _existing_case(self, conn: Connection, run_id: int, case: CaseRow) -> int | None:
         task, doc_id, doc_hash, filter_ = case.unit_key
         found = conn.execute(
             sa.select(cases.c.id).where(
@@ -179,8 +180,11 @@ class Store:
         ).scalar()
         return None if found is None else int(found)
 
-    def write_case(self, run_id: int, case: CaseRecord) -> int:
-        """Write the case row and all its relevance rows in one transaction; returns cases.id."""
+    def write_case(self, run_id: int, case: Case | CaseRow,
+                   explanation: Explanation | None = None) -> int:
+        """Write the case row (``explanation``: what was computed for it; None for a skipped
+        case) and all its relevance rows in one transaction; returns cases.id."""
+        case = case_row(case, explanation)
         validate_case(case)
         try:
             with self.engine.begin() as conn:

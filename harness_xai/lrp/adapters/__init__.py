@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from harness_xai.errors import UserError
-from harness_xai.suggest import unknown_name_message
+from harness_xai.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -55,30 +55,34 @@ class Adapter:
     head_input: Callable[[nn.Module], nn.Module] = lambda block: block.self_attn.o_proj
 
 
-ADAPTERS: dict[str, Adapter] = {}
+#: config.model_type → Adapter (built-ins registered at the bottom of this module)
+ADAPTERS: Registry[Adapter] = Registry(
+    "model family", "Add an adapter (harness_xai/lrp/adapters/, register_adapter) or use a "
+    "supported model.")
 
 
-def register_adapter(adapter: Adapter) -> Adapter:
+def register_adapter(adapter: Adapter, *, overwrite: bool = False) -> Adapter:
+    """Register ``adapter`` for each of its ``model_types``; a type already taken is refused
+    unless ``overwrite=True`` (checked for all types before any is registered)."""
+    if not overwrite:
+        for model_type in adapter.model_types:
+            if model_type in ADAPTERS and ADAPTERS[model_type] is not adapter:
+                ADAPTERS.register(model_type, adapter)  # raises: taken
     for model_type in adapter.model_types:
-        ADAPTERS[model_type] = adapter
+        ADAPTERS.register(model_type, adapter, overwrite=True)
     return adapter
 
 
 def get_adapter(model_type: str | None) -> Adapter:
     """The adapter for ``config.model_type``; unknown types fail before any work is done."""
-    _load_builtin()
-    if model_type in ADAPTERS:
-        return ADAPTERS[model_type]
-    raise UserError(unknown_name_message(
-        "model family", str(model_type), ADAPTERS,
-        "Add an adapter (harness_xai/lrp/adapters/) or use a supported model."))
+    return ADAPTERS.get(model_type)
 
 
 def adapter_for(model: nn.Module) -> Adapter:
     return get_adapter(getattr(getattr(model, "config", None), "model_type", None))
 
 
-def _load_builtin() -> None:
-    # Built-in families register themselves exactly as a user's adapter module would.
-    from harness_xai.lrp.adapters import (  # noqa: F401
-        gemma, gpt2, gpt_neox, llama, olmo2, phi3, qwen3)
+# Built-in families register themselves exactly as a user's adapter module would, when this
+# module is first imported (before any user code can register).
+from harness_xai.lrp.adapters import (  # noqa: E402,F401
+    gemma, gpt2, gpt_neox, llama, olmo2, phi3, qwen3)

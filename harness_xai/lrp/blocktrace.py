@@ -1,7 +1,8 @@
-"""One forward, one backward: everything the fast graph needs, per decoder block.
+"""The graph's per-block capture, taken inside the engine's one forward and one backward.
 
 The graph's edges between residual states ``h_{l-1}`` and ``h_l`` mix positions only inside
-block ``l``'s attention. This module records, under the engine's rules (``with lrp(model, …)``):
+block ``l``'s attention. ``BlockTrace`` records, under the engine's rules (``with lrp(model, …)``),
+as an option of the engine's pass (``harness_xai.lrp.engine.explain(…, trace=True)``):
 
 1. A recording attention kernel ``xgraph_<base>`` (registered like the engine's own wrapper, and
    wrapping whatever kernel is active — the engine's rule wrapper included) keeps each block's
@@ -15,7 +16,7 @@ block ``l``'s attention. This module records, under the engine's rules (``with l
    ``1/σ`` held at its forward value). Projections are position-local, so one pass covers all
    positions. For block 1 the source is the embedding leaf, so anything the model adds before
    the first block (GPT-2's ``wpe``, Gemma's scale) is handled by the same autograd graph.
-3. One global backward of Δℓ gives ``g_l = ∂̃Δℓ/∂h_l`` (node relevance ``R_l = Σ_d h_l ⊙ g_l``),
+3. The engine's one global backward of Δℓ also gives ``g_l = ∂̃Δℓ/∂h_l`` (node relevance ``R_l = Σ_d h_l ⊙ g_l``),
    ``γ = ∂̃Δℓ/∂o`` (what the graph calls ``∂̃⟨h_l[j], g_l[j]⟩/∂o[j]``: everything after attention
    is position-local) and ``G_k``, ``G_v`` (gradients at k and v, the rule's scales included).
 4. ``local_l(j) = R_{l-1}(j) − ⟨k̃[j], G_k[j]⟩ − ⟨ṽ[j], G_v[j]⟩``: the part of the column sum that
@@ -141,61 +142,90 @@ def recording(model: nn.Module, blocks: list[nn.Module]) -> Iterator[_Recorder]:
         _ACTIVE.reset(token)
 
 
-def trace(model: nn.Module, adapter: Adapter, ids: torch.Tensor, target: int, foil: int,
-          spec: Method) -> Trace:
-    """Forward + backward passes of steps 1–4 (caller has entered ``lrp(model, spec)``)."""
-    blocks = list(adapter.blocks(model))
-    embeddings = model.get_input_embeddings()(ids).detach().requires_grad_(True)  # (1, n, d)
-    states: list[torch.Tensor] = [embeddings]
-    def keep(module, inputs, output) -> None:
-        states.append(output[0] if isinstance(output, (tuple, list)) else output)
+class BlockTrace:
+    """Steps 1–4 around the engine's pass of one contrast (batch of one row).
 
-    hooks = [block.register_forward_hook(keep) for block in blocks]
-    try:
-        with recording(model, blocks) as recorder:
-            logits = model(inputs_embeds=embeddings, use_cache=False, logits_to_keep=1).logits
-    finally:
-        for hook in hooks:
-            hook.remove()
-    if len(states) != len(blocks) + 1 or len(recorder.calls) != len(blocks):
-        raise RuntimeError("graph: the model did not run each decoder block's attention once")
-    last = logits[0, -1].float()
-    delta = last[target] - last[foil]
-    calls = [recorder.calls[layer] for layer in range(len(blocks))]
+    ``with BlockTrace(model, adapter, spec) as bt:`` wraps the forward (block outputs kept,
+    attention routed through the recording kernel); then ``bt.backward_inputs()`` computes the
+    linear parts (step 2) and names the tensors whose gradients the engine's one backward must
+    also return; ``bt.finish(grads, delta)`` turns those gradients into the ``Trace``.
+    """
 
-    scales = spec.attention
-    c_v = 1.0 if scales is None else scales.v
-    c_k = 1.0 if scales is None else scales.k
-    lin = [_linear_parts(states[l], call, need_k=c_k != 0) for l, call in enumerate(calls)]
+    def __init__(self, model: nn.Module, adapter: Adapter, spec: Method):
+        self.model, self.spec = model, spec
+        self.blocks = list(adapter.blocks(model))
+        self.states: list[torch.Tensor] = []  # (L,) block outputs, each (1, n, d)
+        self.calls: list[AttnCall] = []
+        self._lin: list = []
+        self._stack = None
 
-    inputs = [*states, *(c.out for c in calls), *(c.k for c in calls), *(c.v for c in calls)]
-    grads = torch.autograd.grad(delta, inputs, allow_unused=True)
-    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
-    n_l = len(blocks)
-    g_states, g_out = grads[:n_l + 1], grads[n_l + 1:2 * n_l + 1]
-    g_k, g_v = grads[2 * n_l + 1:3 * n_l + 1], grads[3 * n_l + 1:]
+    def __enter__(self) -> BlockTrace:
+        from contextlib import ExitStack
 
-    nodes = torch.stack([(h.detach().float() * g.float()).sum(-1)[0]
-                         for h, g in zip(states, g_states)])  # (L + 1, n)
-    layers = []
-    for l, call in enumerate(calls):
-        v_lin, k_lin = lin[l]
-        local = nodes[l] - (v_lin * g_v[l].float()).sum((0, 1, 3))
-        if k_lin is not None:
-            local = local - (k_lin * g_k[l].float()).sum((0, 1, 3))
-        # a target whose g_t row is zero has an all-zero row by definition (not rounding noise)
-        local = local * (g_states[l + 1][0] != 0).any(-1)
-        out = call.out.detach().float()[0].transpose(0, 1)  # (H, n, hd)
-        gamma = g_out[l].float()[0].transpose(0, 1)  # (H, n, hd)
-        layers.append(LayerTrace(
-            q=call.q.detach().float()[0], k=call.k.detach().float()[0],
-            v=call.v.detach().float()[0], v_lin=c_v * v_lin[0],
-            k_lin=None if k_lin is None else (c_k * call.scaling) * k_lin[0],
-            gamma=gamma, gamma_o=(gamma * out).sum(-1), out=out, local=local,
-            mask=None if call.mask is None else call.mask.detach(), scaling=call.scaling,
-            softcap=call.softcap, identity_cap=scales is not None and (scales.q != 0 or scales.k != 0),
-            tolerance=2e-3 if call.out.dtype in (torch.float32, torch.float64) else 5e-2))
-    return Trace(nodes=nodes.cpu(), layers=layers, delta=float(delta.detach()))
+        def keep(module, inputs, output) -> None:
+            self.states.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+        self._stack = ExitStack()
+        for block in self.blocks:
+            self._stack.callback(block.register_forward_hook(keep).remove)
+        self._recorder = self._stack.enter_context(recording(self.model, self.blocks))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+        if exc[0] is None and (len(self.states) != len(self.blocks)
+                               or len(self._recorder.calls) != len(self.blocks)):
+            raise RuntimeError("graph: the model did not run each decoder block's attention once")
+        self.calls = [self._recorder.calls[layer] for layer in range(len(self._recorder.calls))]
+
+    def backward_inputs(self, embeddings: torch.Tensor) -> list[torch.Tensor]:
+        """Step 2, then the tensors whose gradients step 3 needs: block outputs, kernel outputs,
+        keys, values (in that order; ``finish`` reads them back in the same order)."""
+        scales = self.spec.attention
+        need_k = (1.0 if scales is None else scales.k) != 0
+        sources = [embeddings, *self.states[:-1]]
+        self._lin = [_linear_parts(src, call, need_k) for src, call in zip(sources, self.calls)]
+        return [*self.states, *(c.out for c in self.calls), *(c.k for c in self.calls),
+                *(c.v for c in self.calls)]
+
+    def finish(self, embeddings: torch.Tensor, grads: list, delta: float) -> Trace:
+        """Step 4 from ``grads`` = [∂/∂embeddings, *the gradients of ``backward_inputs``]."""
+        inputs = [embeddings, *self.backward_inputs_list()]
+        grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+        states = [embeddings, *self.states]
+        n_l = len(self.calls)
+        g_states, g_out = grads[:n_l + 1], grads[n_l + 1:2 * n_l + 1]
+        g_k, g_v = grads[2 * n_l + 1:3 * n_l + 1], grads[3 * n_l + 1:]
+        scales = self.spec.attention
+        c_v = 1.0 if scales is None else scales.v
+        c_k = 1.0 if scales is None else scales.k
+        nodes = torch.stack([(h.detach().float() * g.float()).sum(-1)[0]
+                             for h, g in zip(states, g_states)])  # (L + 1, n)
+        layers = []
+        for l, call in enumerate(self.calls):
+            v_lin, k_lin = self._lin[l]
+            local = nodes[l] - (v_lin * g_v[l].float()).sum((0, 1, 3))
+            if k_lin is not None:
+                local = local - (k_lin * g_k[l].float()).sum((0, 1, 3))
+            # a target whose g_t row is zero has an all-zero row by definition (not rounding noise)
+            local = local * (g_states[l + 1][0] != 0).any(-1)
+            out = call.out.detach().float()[0].transpose(0, 1)  # (H, n, hd)
+            gamma = g_out[l].float()[0].transpose(0, 1)  # (H, n, hd)
+            layers.append(LayerTrace(
+                q=call.q.detach().float()[0], k=call.k.detach().float()[0],
+                v=call.v.detach().float()[0], v_lin=c_v * v_lin[0],
+                k_lin=None if k_lin is None else (c_k * call.scaling) * k_lin[0],
+                gamma=gamma, gamma_o=(gamma * out).sum(-1), out=out, local=local,
+                mask=None if call.mask is None else call.mask.detach(), scaling=call.scaling,
+                softcap=call.softcap,
+                identity_cap=scales is not None and (scales.q != 0 or scales.k != 0),
+                tolerance=2e-3 if call.out.dtype in (torch.float32, torch.float64) else 5e-2))
+        self._lin = []
+        return Trace(nodes=nodes.cpu(), layers=layers, delta=float(delta))
+
+    def backward_inputs_list(self) -> list[torch.Tensor]:
+        return [*self.states, *(c.out for c in self.calls), *(c.k for c in self.calls),
+                *(c.v for c in self.calls)]
 
 
 def _linear_parts(source: torch.Tensor, call: AttnCall, need_k: bool):

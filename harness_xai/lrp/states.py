@@ -14,12 +14,15 @@ Algorithm:
    it. Forwards re-run inside the backward (gradient checkpointing) come after recording stopped
    and are ignored: the gradient still arrives at the tensors of the recorded forward.
 3. When the backward reaches ``x`` with its (rule-modified) gradient ``g``, the gradient hook
-   reduces ``pair(x, g)`` (batch', n, d') in fp32: summed over the hidden dimension (split into
-   ``n_heads`` groups for ``heads``) and over the batch, giving (n,) or (n_heads, n). Results add
-   up across passes (integrated gradients runs several chunks). Gradients are never kept: the
-   extra memory is the captured states themselves, O(n·d) per state.
-4. ``stacked(kind)`` gives (n_layers, n) or (n_layers, n_heads, n) fp32; a state the gradient
-   never reached is zero.
+   reduces ``pair(x, g)`` (rows, n, d') in fp32: summed over the hidden dimension (split into
+   ``n_heads`` groups for ``heads``), giving (rows, n) or (rows, n_heads, n) — one row per batch
+   row (several contrasts in one pass), or summed over the rows when ``sum_rows`` (the points of
+   one integrated-gradients path). Results add up across passes (integrated gradients runs
+   several chunks). Gradients are never kept: the extra memory is the captured states
+   themselves, O(n·d) per state. While ``paused`` (the graph's linear-part probes, which are
+   backward passes too) gradients reaching a state are ignored.
+4. ``stacked(kind, n)`` gives (rows, n_layers, n) or (rows, n_layers, n_heads, n) fp32; a state
+   the gradient never reached is zero.
 """
 
 from __future__ import annotations
@@ -63,13 +66,15 @@ def state_sites(adapter: Adapter, block: nn.Module) -> dict[str, tuple[nn.Module
 class StateCapture:
     """Context manager: hooks that turn internal states into relevance during the backward."""
 
-    def __init__(self, model: nn.Module, adapter: Adapter, kinds: Sequence[str], pair: Pair):
+    def __init__(self, model: nn.Module, adapter: Adapter, kinds: Sequence[str], pair: Pair,
+                 sum_rows: bool = False):
         self.blocks = list(adapter.blocks(model))
-        self.adapter, self.kinds, self.pair = adapter, tuple(kinds), pair
+        self.adapter, self.kinds, self.pair, self.sum_rows = adapter, tuple(kinds), pair, sum_rows
         self.n_heads = int(model.config.num_attention_heads)
         self.results: dict[tuple[str, int], torch.Tensor] = {}
         self.present: set[str] = set()  # kinds at least one block has
         self.recording = False
+        self.paused = False
         self._handles: list = []
         self._saved: dict[tuple[str, int], torch.Tensor] = {}
 
@@ -113,15 +118,19 @@ class StateCapture:
 
     def _reducer(self, key: tuple[str, int]):
         def on_grad(g: torch.Tensor) -> None:
+            if self.paused:
+                return
             x = self._saved.pop(key, None)  # freed as soon as its relevance is known
             if x is None:
                 return
             with torch.no_grad():
-                prod = self.pair(x.detach(), g)  # (batch', n, d')
-                if key[0] == "heads":  # (batch', n, H, d'/H) → (H, n)
-                    value = prod.reshape(*prod.shape[:2], self.n_heads, -1).sum((0, 3)).T
-                else:
-                    value = prod.sum((0, 2))  # (n,)
+                prod = self.pair(x.detach(), g)  # (rows, n, d')
+                if key[0] == "heads":  # (rows, n, H, d'/H) → (rows, H, n)
+                    prod = prod.reshape(*prod.shape[:2], self.n_heads, -1)
+                    value = (prod.sum((0, 3)).T[None] if self.sum_rows
+                             else prod.sum(3).transpose(1, 2))
+                else:  # (rows, n), or (1, n) summed over the rows
+                    value = prod.sum((0, 2))[None] if self.sum_rows else prod.sum(2)
                 old = self.results.get(key)
                 self.results[key] = value if old is None else old + value
         return on_grad
@@ -130,8 +139,8 @@ class StateCapture:
         """End of one backward: drop states the gradient never reached."""
         self._saved.clear()
 
-    def stacked(self, kind: str, n: int) -> torch.Tensor:
-        """(n_layers, n) — or (n_layers, n_heads, n) for heads — fp32 on the CPU."""
-        shape = (self.n_heads, n) if kind == "heads" else (n,)
-        rows = [self.results.get((kind, layer)) for layer in range(len(self.blocks))]
-        return torch.stack([torch.zeros(shape) if r is None else r.cpu() for r in rows])
+    def stacked(self, kind: str, rows: int, n: int) -> torch.Tensor:
+        """(rows, n_layers, n) — or (rows, n_layers, n_heads, n) for heads — fp32 on the CPU."""
+        shape = (rows, self.n_heads, n) if kind == "heads" else (rows, n)
+        found = [self.results.get((kind, layer)) for layer in range(len(self.blocks))]
+        return torch.stack([torch.zeros(shape) if r is None else r.cpu() for r in found], dim=1)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from harness_xai.harness.prompts import PromptRecord, PromptRecorder
+from harness_xai.lmeval_hook.prompts import PromptRecord, PromptRecorder
 
 
 @dataclass

@@ -1,0 +1,221 @@
+"""The one forward+backward (``lrp.engine.explain``): batched objectives equal one pass each,
+the graph's capture rides in the same pass, sequence objectives equal their definition, and the
+registries refuse taken names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import random_ids, tiny_model
+
+from harness_xai import attribute
+from harness_xai.errors import UserError
+from harness_xai.lrp import explain, get_method
+from harness_xai.records import SequenceTarget, TokenTarget
+
+TOL = 1e-5
+FAMILIES = ("llama", "qwen2", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text", "gpt_neox",
+            "gpt2", "mistral")
+
+
+def _model(family: str):
+    return tiny_model(family, attn="eager" if family == "gemma2" else "sdpa")
+
+
+def _close(got, want) -> None:
+    assert got.delta == pytest.approx(want.delta, abs=TOL)
+    assert got.layers.shape == want.layers.shape
+    torch.testing.assert_close(got.layers, want.layers, atol=TOL, rtol=0)
+    assert got.states.keys() == want.states.keys()
+    for kind in want.states:
+        torch.testing.assert_close(got.states[kind], want.states[kind], atol=TOL, rtol=0)
+    if want.heads is not None:
+        torch.testing.assert_close(got.heads, want.heads, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_pass_equals_one_pass_per_case(family):
+    """Right-padded rows of different lengths in one pass = ``attribute`` of each alone:
+    tokens, every layer, mid/attn/mlp states, heads and Δℓ within 1e-5."""
+    model = _model(family)
+    items = [TokenTarget(random_ids(n, seed=i)[0].tolist(), (7 * i) % 97, (11 * i + 3) % 97)
+             for i, n in enumerate((5, 17, 12, 17, 30))]
+    for method in ("attnlrp", "cp-lrp") if family in ("llama", "gpt2") else ("attnlrp",):
+        got = explain(model, items, method)
+        for item, g in zip(items, got):
+            ref = attribute(model, None, list(item.input_ids), item.target, item.foil,
+                            method=method)
+            assert g.layers.shape == (model.config.num_hidden_layers + 1, item.n_tokens)
+            assert ref.states
+            _close(g, ref)
+            assert g.tokens.abs().sum() > 0
+
+
+def _sequence_by_definition(model, target: SequenceTarget, method: str):
+    """The sequence contrast the slow way: each window its own forward, the shared prefix one
+    embedding leaf (one input token, seen by both), rules installed around both passes."""
+    from harness_xai.lrp import lrp
+
+    embed = model.get_input_embeddings()
+    shared = target.shared
+    wrong, gold = list(target.wrong_ids[:-1]), list(target.gold_ids[:-1])
+    leaves = [embed(torch.tensor([ids])).detach().requires_grad_(True)
+              for ids in (wrong[:shared], wrong[shared:], gold[shared:])]
+    total = 0
+    with torch.enable_grad(), lrp(model, get_method(method)):
+        for rest, ids, start, weight in ((leaves[1], target.wrong_ids, target.wrong_from,
+                                          target.wrong_weight),
+                                         (leaves[2], target.gold_ids, target.gold_from,
+                                          -target.gold_weight)):
+            logits = model(inputs_embeds=torch.cat([leaves[0], rest], 1), use_cache=False).logits
+            logp = torch.log_softmax(logits[0].float(), -1)
+            scored = torch.tensor(ids[start:])
+            total = total + weight * logp[start - 1: len(ids) - 1].gather(1, scored[:, None]).sum()
+        grads = torch.autograd.grad(total, leaves)
+    rel = [(e * g).sum(-1)[0].detach() for e, g in zip(leaves, grads)]
+    return float(total.detach()), torch.cat(rel[:2]), rel[2]
+
+
+@pytest.mark.parametrize("family,method", [("llama", "grad-x-input"), ("llama", "attnlrp"),
+                                           ("gpt2", "cp-lrp"), ("qwen3", "attnlrp")])
+def test_sequence_objective_equals_its_definition(family, method):
+    """Both windows as two rows of one pass == two separate forwards with one leaf for the
+    shared prefix; the gold window's own tokens' relevance is kept in the params."""
+    model = _model(family)
+    target = SequenceTarget([5, 6, 7, 8, 9, 10], 4, [5, 6, 7, 11, 12, 13, 14], 4, 0.5, 0.25)
+    (got,) = explain(model, [target], method)
+    delta, tokens, gold_rest = _sequence_by_definition(model, target, method)
+    assert got.delta == pytest.approx(delta, abs=TOL)
+    torch.testing.assert_close(got.tokens, tokens, atol=TOL, rtol=0)
+    assert got.params["gold_tokens"] == [11, 12, 13]
+    np.testing.assert_allclose(got.params["gold_relevance"], gold_rest.numpy(), atol=TOL)
+    assert list(got.input_ids) == [5, 6, 7, 8, 9] and got.layers.shape[1] == 5
+    assert (got.target_id, got.foil_id) == (9, 12)
+
+
+def test_token_and_sequence_objectives_share_a_pass():
+    model = _model("llama")
+    token = TokenTarget(random_ids(11)[0].tolist(), 3, 4)
+    seq = SequenceTarget([5, 6, 7, 8, 9, 10], 4, [5, 6, 11, 12], 3)
+    both = explain(model, [token, seq, token], "attnlrp")
+    _close(both[0], explain(model, [token], "attnlrp")[0])
+    _close(both[1], explain(model, [seq], "attnlrp")[0])
+    _close(both[2], both[0])
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp-lrp", "grad-x-input"])
+def test_graph_capture_rides_in_the_attribution_pass(method):
+    """``--xai-graph``'s one pass (states, heads and the graph's capture together) equals
+    ``attribute`` and ``graph`` run separately, to the bit."""
+    import harness_xai
+    from harness_xai.graph import graph_from_trace
+
+    model = _model("qwen2")
+    ids = random_ids(19)[0].tolist()
+    objective = TokenTarget(ids, 5, 7)
+    (one,) = explain(model, [objective], method, trace=True)
+    ref = attribute(model, None, ids, 5, 7, method=method)
+    assert one.delta == ref.delta
+    assert torch.equal(one.layers, ref.layers) and torch.equal(one.heads, ref.heads)
+    assert all(torch.equal(one.states[k], ref.states[k]) for k in ref.states)
+    got = graph_from_trace(one.trace, method, True, objective).to_record()
+    want = harness_xai.graph(model, None, ids, 5, 7, method=method, prune=True).to_record()
+    for name in ("node_relevance", "source_layer", "source_position", "target_layer",
+                 "target_position", "weight"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    assert torch.equal(one.trace.nodes, one.layers)  # node relevance = the layer relevance
+
+
+def test_device_map_hooks_attribute_like_the_plain_model(micro_model):
+    """A model dispatched block by block with accelerate's device-map hooks (what
+    ``parallelize=True`` / ``device_map`` builds; every execution device is the CPU here):
+    the rules and captures compose with the hooks, results equal the plain model's, and the
+    hooks are intact afterwards."""
+    from accelerate import dispatch_model
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(micro_model, dtype=torch.float32)
+    hooked = AutoModelForCausalLM.from_pretrained(micro_model, dtype=torch.float32)
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu",
+                  "lm_head": "cpu", **{f"model.layers.{i}": "cpu"
+                                       for i in range(plain.config.num_hidden_layers)}}
+    hooked = dispatch_model(hooked, device_map=device_map, force_hooks=True)
+    blocks = hooked.model.layers
+    wrapped = [b.forward for b in blocks]
+    assert all(hasattr(b, "_hf_hook") for b in blocks)
+    ids = list(range(3, 40))
+    for method in ("attnlrp", "cp-lrp"):
+        want = attribute(plain, None, ids, 5, 7, method=method)
+        got = attribute(hooked, None, ids, 5, 7, method=method)
+        (batched, _) = explain(hooked, [TokenTarget(ids, 5, 7), TokenTarget(ids[:9], 5, 7)],
+                               method)
+        for g in (got, batched):
+            _close(g, want)
+    assert [b.forward for b in blocks] == wrapped  # accelerate's forwards restored
+    with torch.no_grad():
+        torch.testing.assert_close(hooked(torch.tensor([ids])).logits,
+                                   plain(torch.tensor([ids])).logits)
+
+
+def test_bad_objectives_fail_before_any_work():
+    model = _model("llama")
+    with pytest.raises(UserError, match="vocabulary"):
+        explain(model, [TokenTarget([1, 2, 3], 5, 500)], "attnlrp")
+    with pytest.raises(UserError, match="at least one input token"):
+        explain(model, [TokenTarget([], 5, 6)], "attnlrp")
+    with pytest.raises(UserError, match="sequence contrasts"):
+        explain(model, [SequenceTarget([5, 6, 7], 2, [5, 8, 9], 2)], "integrated-gradients")
+    with pytest.raises(UserError, match="did you mean 'attnlrp'"):
+        explain(model, [TokenTarget([1, 2, 3], 5, 6)], "atnlrp")
+    assert explain(model, [], "attnlrp") == []
+
+
+def test_attribution_repr_is_compact():
+    model = _model("llama")
+    result = attribute(model, None, random_ids(40)[0].tolist(), 5, 7)
+    text = repr(result)
+    assert len(text) < 300 and "delta=" in text and "n_tokens=40" in text and "tensor" not in text
+    top = int(result.tokens.abs().argmax())
+    assert text.split("top=[")[1].startswith(f"{top}: ")
+
+
+# -- registries ---------------------------------------------------------------------------------
+def test_registries_refuse_taken_names_and_keep_builtins():
+    from dataclasses import replace
+
+    from harness_xai.contrast import CONTRAST_BUILDERS, register_contrast
+    from harness_xai.lrp.adapters import ADAPTERS, get_adapter, register_adapter
+    from harness_xai.lrp.methods import METHODS, register_method
+
+    llama = get_adapter("llama")
+    assert {"llama", "gpt2", "gpt_neox"} <= set(ADAPTERS)  # built-ins are in on import
+    with pytest.raises(UserError, match="model family 'llama' is already registered"):
+        register_adapter(replace(llama, family="mine", model_types=("my_llama", "llama")))
+    assert "my_llama" not in ADAPTERS  # nothing half-registered
+    mine = register_adapter(replace(llama, family="mine", model_types=("my_llama",)))
+    try:
+        assert get_adapter("my_llama") is mine and get_adapter("llama") is llama
+        again = register_adapter(replace(mine, family="mine2"), overwrite=True)
+        assert get_adapter("my_llama") is again
+    finally:
+        ADAPTERS.unregister("my_llama")
+    with pytest.raises(UserError, match=r"did you mean 'llama'\?"):
+        get_adapter("lama")
+
+    attn = METHODS.get("attnlrp")
+    with pytest.raises(UserError, match="already registered"):
+        register_method(replace(attn, description="x"))
+    assert METHODS.get("attnlrp") is attn
+    register_method(replace(attn, name="attnlrp-copy"))
+    try:
+        assert get_method("attnlrp-copy").attention == attn.attention
+    finally:
+        METHODS.unregister("attnlrp-copy")
+
+    builtin = CONTRAST_BUILDERS.get("multiple_choice")
+    with pytest.raises(UserError, match="output type 'multiple_choice' is already registered"):
+        register_contrast("multiple_choice", lambda *a: None)
+    assert CONTRAST_BUILDERS.get("multiple_choice") is builtin
+    with pytest.raises(UserError, match="did you mean 'generate_until'"):
+        CONTRAST_BUILDERS.get("generate_untill")
