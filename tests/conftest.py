@@ -19,3 +19,19 @@ def micro_model(tmp_path_factory) -> Path:
     from harness_xai.zoo.train import TrainSpec
 
     return build_model(tmp_path_factory.mktemp("zoo"), spec=TrainSpec(**MICRO_SPEC), progress=False)
+
+
+#: a test that needs one of these (a trained model, an lm-eval run, a browser, a zoo) is slow;
+#: so is every test of the modules in SLOW_MODULES (several processes, subprocess CLIs)
+SLOW_FIXTURES = {"micro_model", "zoo", "attributed_run", "zero_shot", "degenerate", "browser",
+                 "report_dir", "hostile_report", "reference", "fixture_tasks"}
+SLOW_MODULES = {"test_distributed", "test_report_browser", "test_store_alembic_cli",
+                "test_store_resume", "test_sweep", "test_zoo", "test_browser"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the slow tests (``pytest -m "not slow"`` is the fast loop; CI runs everything)."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

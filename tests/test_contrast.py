@@ -9,6 +9,7 @@ Every check recomputes what lm-eval scored independently where it can.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -621,3 +622,65 @@ def test_prompt_recorder_leaves_tasks_unchanged(zero_shot):
         sampler = getattr(task, "sampler", None)
         assert sampler is None or "sample" not in vars(sampler)
     assert json.dumps([c.segments for _, c in zero_shot.all_cases()])  # plain JSON-able labels
+
+
+# --- the extension point ------------------------------------------------------------------------
+
+def test_register_contrast_drives_cases_for_task():
+    """A builder registered for an output type is what ``cases_for_task`` calls, with one cache
+    per task; its draft comes out frozen with its tokens decoded."""
+    from types import SimpleNamespace
+
+    from harness_xai.contrast import CONTRAST_BUILDERS, new_case, register_contrast
+    from harness_xai.records import Case
+
+    seen = []
+
+    def builder(sample, task, task_name, lm, options, cache):
+        cache.setdefault("n", 0)
+        cache["n"] += 1
+        seen.append(cache["n"])
+        if sample["ok"]:
+            return None
+        draft = new_case(sample, task_name, "my_type", "my_metric", options.contrast)
+        draft.token_ids, draft.wrong_token_id, draft.gold_token_id = [3, 4], 5, 6
+        return draft
+
+    register_contrast("my_type", builder)
+    try:
+        task = SimpleNamespace(OUTPUT_TYPE="my_type")
+        lm = SimpleNamespace(tokenizer=SimpleNamespace(decode=lambda ids: f"<{ids[0]}>"))
+        samples = [dict(doc_id=i, doc_hash=f"h{i}", prompt_hash="p", target_hash="t",
+                        filter="none", ok=i % 2 == 0) for i in range(4)]
+        cases = list(cases_for_task("mine", task, samples, lm))
+        assert seen == [1, 2, 3, 4]
+        assert [c.doc_id for c in cases] == [1, 3] and all(isinstance(c, Case) for c in cases)
+        assert cases[0].tokens == ("<3>", "<4>") and cases[0].wrong_token == "<5>"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            cases[0].doc_id = 9
+    finally:
+        CONTRAST_BUILDERS.unregister("my_type")
+
+
+def test_readme_contrast_example_registers_and_runs(zero_shot):
+    """The README's "adding a contrast kind" block, executed as written: it replaces the
+    generation builder (overwrite=True) and, on prompts lm-eval did not cut, gives the same
+    cases as the built-in."""
+    import re
+
+    from harness_xai.contrast import CONTRAST_BUILDERS, register_contrast
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+                 if "register_contrast(" in b)
+    builtin = CONTRAST_BUILDERS.get("generate_until")
+    run = zero_shot
+    want = [(c.doc_id, c.status, c.token_ids) for c in run.cases("fx_gsm8k")]
+    try:
+        exec(compile(block, "README.md", "exec"), {})
+        assert CONTRAST_BUILDERS.get("generate_until") is not builtin
+        got = list(cases_for_task("fx_gsm8k", run.captured.tasks["fx_gsm8k"],
+                                  run.samples("fx_gsm8k"), run.lm))
+        assert [(c.doc_id, c.status, c.token_ids) for c in got] == want
+    finally:
+        register_contrast("generate_until", builtin, overwrite=True)

@@ -53,7 +53,8 @@ def _case(doc_id: int, rng: np.random.Generator, graph: bool = False) -> tuple[C
             params={"mass": 0.85}, metrics={"n_edges": 8, "formation_layer": 2})
     return explained(
         rel, task=TASK, doc_id=doc_id, delta=float(doc_id) - 10.0, layer_relevance=layers,
-        state_relevance=states, head_relevance=heads, prompt="".join(tokens), pred_index=1, gold_index=0, pred_text=XSS[2], gold_text=XSS[3],
+        state_relevance=states, head_relevance=heads,
+        prompt="".join(tokens), pred_index=1, gold_index=0, pred_text=XSS[2], gold_text=XSS[3],
         position=n, wrong_token_id=1, gold_token_id=2, wrong_token=XSS[4], gold_token=XSS[0],
         ll_pred=-1.0, ll_gold=-2.0, token_ids=range(100, 100 + n), tokens=tokens,
         segments=["special"] + ["question"] * (n - 1), segment_index=[None] * n, evidence_positions=[2],

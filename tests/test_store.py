@@ -520,3 +520,18 @@ def test_concurrent_writers_share_a_postgres_store(tmp_path: Path) -> None:
     assert run_sql(db, "SELECT count(*), count(DISTINCT doc_id) FROM cases")[1] == [(12, 12)]
     assert run_sql(db, "SELECT count(*) FROM runs")[1] == [(1,)]
     assert run_sql(db, "SELECT count(*) FROM token_relevance")[1] == [(12 * len(NASTY),)]
+
+
+def test_status_and_explanation_must_agree(db):
+    """A pending case is only stored with its explanation and a skipped one only without: a
+    pending case stored alone would count as done and never be explained on a resume."""
+    case, ex = make_case()
+    skipped = make_skipped()
+    with Store.open(db) as store:
+        run_id = store.ensure_run(make_run())
+        with pytest.raises(ValueError, match="pending case written without an explanation"):
+            store.write_case(run_id, case)
+        with pytest.raises(ValueError, match="skipped case written with an explanation"):
+            store.write_case(run_id, skipped, ex)
+        assert store.done_keys(run_id) == set()
+        assert counts(store)["cases"] == 0

@@ -97,7 +97,7 @@ def test_stepwise_up_down_up(db: str) -> None:
         engine.dispose()
     with Store.open(db) as store:  # the re-created schema (sequences, views) is usable
         run_id = store.ensure_run(make_run())
-        assert store.write_case(run_id, make_case()) >= 1
+        assert store.write_case(run_id, *make_case()) >= 1
         store.write_task_summaries(run_id, [TaskSummary("tiny_mc", "acc", 0.0, 1, 1, "multiple_choice",
                                                         [DocOutcome(7, "dh7", "none", "acc", 0.0, 0)])])
     assert run_sql(db, "SELECT count(*) FROM token_ranks WHERE relevance_rank = 1")[1] == [(1,)]
@@ -153,7 +153,7 @@ def test_upgrade_from_0001_keeps_data(db: str) -> None:
     assert run_sql(db, "SELECT token, relevance, segment FROM token_relevance")[1] == [("x", 0.25, None)]
     with Store.open(db) as store:  # and the upgraded store takes new cases (sequences continue)
         new_run = store.ensure_run(make_run())
-        assert new_run != run_id and store.write_case(new_run, make_case()) != case_id
+        assert new_run != run_id and store.write_case(new_run, *make_case()) != case_id
         assert counts(store)["cases"] == 2
 
 
@@ -244,10 +244,10 @@ def test_views_answer_on_empty_and_filled_store(db: str) -> None:
         assert run_sql(db, f"SELECT * FROM {view}")[1] == []
     with Store.open(db) as store:
         run_id = store.ensure_run(make_run())
-        case = make_case(n_tokens=12)
-        store.write_case(run_id, case)
+        case, ex = make_case(n_tokens=12)
+        store.write_case(run_id, case, ex)
     cols, rows = run_sql(db, "SELECT position, relevance_rank, share FROM token_ranks ORDER BY relevance_rank")
-    order = np.argsort(-case.token_relevance.astype(np.float64), kind="stable")
+    order = np.argsort(-ex.token_relevance.astype(np.float64), kind="stable")
     assert [r[0] for r in rows] == order.tolist() and [r[1] for r in rows] == list(range(1, 13))
     assert sum(abs(r[2]) for r in rows) == pytest.approx(1.0)
     shares = dict(run_sql(db, "SELECT segment, share FROM segment_shares")[1])

@@ -41,8 +41,9 @@ def test_identical_second_run_does_nothing(reference, monkeypatch: pytest.Monkey
     (n_samples,) = run_sql(db, "SELECT sum(n_samples) FROM task_results")[1][0]
     assert len(before["doc_outcomes"]) == n_samples > n_cases  # every document, not only the cases
     passes: list[object] = []
-    real = pipeline._attribute_case
-    monkeypatch.setattr(pipeline, "_attribute_case", lambda case, *a, **k: passes.append(case) or real(case, *a, **k))
+    real = pipeline.explain_objectives  # every engine pass (forward + backward) goes through it
+    monkeypatch.setattr(pipeline, "explain_objectives",
+                        lambda model, objectives, *a, **k: passes.append(objectives) or real(model, objectives, *a, **k))
     capsys.readouterr()
     assert cli_main(argv) == 0
     assert passes == []  # zero attribution passes

@@ -33,7 +33,8 @@ from harness_xai.records import Case
 from harness_xai.registry import Registry
 
 __all__ = ["CONTRASTS", "CONTRAST_BUILDERS", "MC_METRICS", "CaseDraft", "Options",
-           "cases_for_task", "decision_metric", "output_type", "register_contrast"]
+           "cases_for_task", "decision_metric", "new_case", "output_type", "register_contrast",
+           "skip"]
 
 #: metric that decides "incorrect" per output type (first one present in the sample wins)
 DECISION_METRICS = {

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from harness_xai.records import ATTRIBUTED, SEGMENTS, Case, Explanation
+from harness_xai.records import ATTRIBUTED, PENDING, SEGMENTS, SKIPPED, Case, Explanation
 from harness_xai.store.models import (
     case_labels,
     case_metrics,
@@ -116,6 +116,11 @@ def _fail(case: CaseRow, what: str) -> None:
 
 def validate_case(case: CaseRow) -> None:
     """Shape checks before any write (a ValueError here means a bug upstream, not user input)."""
+    explained = case.explanation is not None
+    if case.case.status != (PENDING if explained else SKIPPED):
+        _fail(case, f"a {case.case.status} case written "
+                    f"{'with' if explained else 'without'} an explanation (only a pending case "
+                    "is explained, only a skipped one is stored without)")
     n = len(case.tokens)
     if case.token_ids and len(case.token_ids) != n:
         _fail(case, f"{len(case.token_ids)} token ids but {n} tokens")
