@@ -19,3 +19,12 @@ def micro_model(tmp_path_factory) -> Path:
     from harness_xai.zoo.train import TrainSpec
 
     return build_model(tmp_path_factory.mktemp("zoo"), spec=TrainSpec(**MICRO_SPEC), progress=False)
+
+
+@pytest.fixture(scope="session")
+def generative_run(micro_model, tmp_path_factory):
+    """lm-eval's own ifeval, minerva_math, humaneval, mbpp, bbh, mmlu_pro, babilong, RULER NIAH configs
+    on local JSONL, evaluated with the micro model (tests/fixtures/generative_run.py)."""
+    from fixtures.generative_run import run_generative
+
+    return run_generative(micro_model, tmp_path_factory.mktemp("generative_tasks"))
