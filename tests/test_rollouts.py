@@ -138,3 +138,35 @@ def test_task_scorer_is_the_tasks_own_scoring(generative_run, tmp_path):
     with pytest.raises(UserError) as err:
         task_scorer(arc, {})
     assert "\n" not in str(err.value) and "'fx_arc_easy' is multiple_choice" in str(err.value)
+
+
+def test_real_task_end_to_end_with_the_micro_model(generative_run):
+    """Regenerate a logged babilong sample exactly, then localise with the task's own scorer on a
+    doc whose gold is a word one of the model's alternatives leads to."""
+    from fixtures.generative_run import MAX_GEN_TOKS
+
+    lm = generative_run.lm
+    task = generative_run.tasks["fx_babilong_qa1"]
+    sample = generative_run.samples["fx_babilong_qa1"][0]
+    doc = list(task.eval_docs)[sample["doc_id"]]
+    prompt = lm.tok_encode(sample["arguments"][0][0])
+    eos = (lm.tokenizer.eos_token_id,)
+    generated = greedy_continue(lm.model, [prompt], MAX_GEN_TOKS, lm.tokenizer.pad_token_id or 0, eos)[0]
+    assert lm.tok_decode(generated) == sample["resps"][0][0]  # the exact ids lm-eval generated
+    with torch.no_grad():
+        logits = lm.model(torch.tensor([prompt + generated])).logits[0, len(prompt) - 1:-1]
+    ranked = logits.argsort(dim=-1, descending=True)[:, :4].tolist()
+    text = lm.tok_decode(generated).lower()
+    word = next(w for t in range(len(generated)) for tok in ranked[t][1:]
+                if len(w := lm.tok_decode([tok]).strip()) >= 2 and w.isalpha() and w.lower() not in text)
+    score = task_scorer(task, {**doc, "target": word})
+    assert not score(lm.tok_decode(generated))
+    result = first_error(lm.model, lm.tokenizer, prompt, generated, score, top_k=4,
+                         max_rollouts=3 * len(generated), max_rollout_tokens=MAX_GEN_TOKS, eos_token_id=eos)
+    assert result.found, result.reason
+    hit = next(r for r in result.rollouts if r.correct)
+    assert (hit.position, hit.alternative) == (result.position, result.alternative)
+    assert word.lower() in hit.text.lower() and result.model_token == generated[result.position]
+    assert all(not r.correct for r in result.rollouts if r.position < result.position)
+    assert {r.position for r in result.rollouts if r.position < result.position} == \
+        set(range(result.position))  # every earlier position was tried
