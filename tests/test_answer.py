@@ -9,7 +9,8 @@ import pytest
 from fixtures.generative_run import MAX_GEN_TOKS
 from harness_xai.contrast.answer import (LOCATORS, answer_span, generation_truncation, get_locator,
                                          gold_answers, gold_at, gold_tokens, locator_key,
-                                         loglikelihood_truncation, register_locator, token_span)
+                                         loglikelihood_truncation, needle_spans, register_locator,
+                                         token_span)
 
 #: task → (generation, the characters the task's scoring reads)
 GENERATIONS = {
@@ -110,20 +111,24 @@ def test_truncation_matches_hflm_and_tells_whether_evidence_survived(generative_
     lm = generative_run.lm
     room = lm.max_length - MAX_GEN_TOKS
     seen = set()
-    for name, fact in (("fx_babilong_qa1", "John moved to the office."),
-                       ("fx_niah_single_1", "One of the special magic numbers for")):
+    for name in ("fx_babilong_qa1", "fx_niah_single_1"):
+        docs = list(generative_run.tasks[name].eval_docs)
         for s in generative_run.samples[name]:
-            context = s["arguments"][0][0]
-            at = context.find(fact)
-            trunc = generation_truncation(lm, context, MAX_GEN_TOKS,
-                                          evidence=((at, at + len(fact)),) if at >= 0 else ())
+            context, doc = s["arguments"][0][0], docs[s["doc_id"]]
+            needles = needle_spans(doc, context)
+            assert len(needles) == 1, (name, s["doc_id"], needles)
+            (at, end), = needles
+            fact = context[at:end]
+            gold = (doc.get("outputs") or [doc.get("target")])[0]
+            assert gold in fact and fact.endswith(".") and "\n" not in fact, fact
+            trunc = generation_truncation(lm, context, MAX_GEN_TOKS, evidence=needles)
             ids = lm.tok_encode(context)
             fed = lm.tok_batch_encode([context], left_truncate_len=room)[0][0].tolist()
             assert fed == ids[trunc.cut:] and trunc.kept == len(fed) == min(len(ids), room)
             assert context[trunc.cut_chars:] == lm.tok_decode(ids[trunc.cut:])
-            if at >= 0:
-                assert trunc.evidence_kept == ((at >= trunc.cut_chars),)
-                seen.add(trunc.evidence_kept[0])
+            assert trunc.evidence_kept == ((at >= trunc.cut_chars),)
+            assert trunc.evidence_kept[0] == (fact in lm.tok_decode(fed))
+            seen.add(trunc.evidence_kept[0])
     assert seen == {True, False}  # short docs keep their facts, the over-long ones lose them
 
 

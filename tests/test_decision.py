@@ -9,7 +9,7 @@ import math
 import pytest
 
 from harness_xai.contrast.decision import (CORRECT, INCORRECT, UNSCORED, metric_choices,
-                                           primary_metric, verdict, verdicts)
+                                           primary_metric, tally, verdict, verdicts)
 from harness_xai.errors import UserError
 from test_fixture_tasks import REAL_PRIMARY
 
@@ -54,7 +54,13 @@ def test_primary_metric_of_real_configs_from_real_samples(generative_run, name):
     assert primary.name == REAL_PRIMARY[name] and primary.higher_is_better
     assert primary.kind == ("fraction" if name == "fx_niah_single_1" else "binary")
     assert primary.threshold == 1.0
-    for s, v in zip(samples, verdicts(task, samples, name)):
+    outcomes = verdicts(task, samples, name)
+    counts = tally(name, outcomes)
+    assert sum(counts.values()) == len(samples)
+    assert {k[:2] for k in counts} == {(name, REAL_PRIMARY[name])}
+    assert counts.get((name, REAL_PRIMARY[name], INCORRECT, None), 0) == sum(
+        float(s[REAL_PRIMARY[name]]) < 1.0 for s in samples)
+    for s, v in zip(samples, outcomes):
         assert v.outcome in (CORRECT, INCORRECT) and v.reason is None, (name, v)
         assert (v.outcome == CORRECT) == (float(s[primary.name]) == 1.0)
         assert (v.doc_id, v.filter, v.metric) == (s["doc_id"], s["filter"], primary.name)

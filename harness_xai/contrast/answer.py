@@ -228,6 +228,31 @@ def token_span(tokenizer, ids, span: AnswerSpan) -> tuple[int, int]:
     return first, max(first, last + 1)
 
 
+def needle_spans(doc: dict, context: str) -> tuple[tuple[int, int], ...]:
+    """Evidence in a long-context prompt (character spans of sentences): every sentence holding a
+    value of RULER's ``outputs``; else the last sentence stating the doc's ``target`` (babilong:
+    the fact, after any few-shot examples). Best effort: exact string search."""
+    spans = []
+    for value in [str(v) for v in doc.get("outputs") or () if str(v)]:
+        at = context.find(value)
+        while at >= 0:
+            spans.append(_sentence(context, at, len(value)))
+            at = context.find(value, at + 1)
+    target = doc.get("target")
+    if not spans and isinstance(target, str) and target.strip():
+        at = context.rfind(target.strip())
+        if at >= 0:
+            spans.append(_sentence(context, at, len(target.strip())))
+    return tuple(sorted(set(spans)))
+
+
+def _sentence(text: str, at: int, n: int) -> tuple[int, int]:
+    dot, line = text.rfind(". ", 0, at), text.rfind("\n", 0, at)
+    start = max(dot + 2 if dot >= 0 else 0, line + 1)
+    stop = text.find(".", at + n)
+    return start, (stop + 1 if stop >= 0 else at + n)
+
+
 # --- left truncation ----------------------------------------------------------------------------
 
 def generation_truncation(lm, context: str, max_gen_toks: int,

@@ -138,6 +138,15 @@ def verdicts(task, samples: Iterable[dict], task_name: str | None = None,
     return [verdict(primary, s) for s in samples]
 
 
+def tally(task_name: str, outcomes: Iterable[Verdict]) -> dict[tuple[str, str, str, str | None], int]:
+    """Counts for a run summary: (task, metric, outcome, reason) → number of samples."""
+    counts: dict[tuple[str, str, str, str | None], int] = {}
+    for v in outcomes:
+        key = (task_name, v.metric, v.outcome, v.reason)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 # --- helpers -----------------------------------------------------------------------------------
 
 def _declared(task) -> dict[str, bool | None]:
