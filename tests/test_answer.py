@@ -150,3 +150,25 @@ def test_locator_registry_refuses_taken_names_and_suggests(generative_run):
         register_locator(key, lambda *a: None)
     with pytest.raises(KeyError, match="did you mean 'babilong/common_utils.py:process_results'"):
         get_locator("babilong/common_util.py:process_results")
+
+
+def test_gsm8k_strict_and_flexible_filters(tmp_path):
+    """gsm8k's two regex filters (group_select 0 and -1, alternation groups) give the filters' text."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from fixtures.lm_eval_tasks import write_tasks
+
+    tm = TaskManager(include_path=str(write_tasks(tmp_path)), include_defaults=False)
+    task = get_task_dict(["fx_gsm8k"], tm)["fx_gsm8k"]
+    generations = ["She has 3 + 4 = 7 eggs.\n#### 7", "So 12 then 1,200 and $15.", "#### -3.5 is it",
+                   "no digits here", " 10 apples cost $20.\n#### 20\n\nQuestion: 5"]
+    for ensemble in task._filters:
+        for text in generations:
+            resps = [[text]]
+            for make in ensemble.filters:
+                resps = list(make().apply(resps, [{}]))
+            span = answer_span(task, {}, text, ensemble.name)
+            assert span.text == resps[0], (ensemble.name, text, span)
+            assert span.found == (resps[0] != "[invalid]")
+            if span.found:
+                assert text[span.start:span.end] == resps[0]
