@@ -170,3 +170,19 @@ def test_real_task_end_to_end_with_the_micro_model(generative_run):
     assert all(not r.correct for r in result.rollouts if r.position < result.position)
     assert {r.position for r in result.rollouts if r.position < result.position} == \
         set(range(result.position))  # every earlier position was tried
+
+
+def test_rollout_text_is_post_processed_like_hflm(setup):
+    """Reasoning up to the last think_end dropped first, then the stop strings (lm-eval's order)."""
+    model, prompt, generated, _ = setup
+    think_end, until = IdsText.decode(generated[1:3]), [IdsText.decode(generated[8:9])]
+    seen = []
+    result = _run(model, prompt, generated, lambda text: seen.append(text) or False,
+                  max_rollouts=12, think_end=think_end, until=until)
+    assert [r.text for r in result.rollouts] == seen and len(seen) == 12
+    for r in result.rollouts:
+        text = IdsText.decode(r.ids).split(think_end)[-1].lstrip()
+        for stop in until:
+            text = text.split(stop)[0]
+        assert r.text == text
+    assert any(r.position >= 3 and think_end not in r.text for r in result.rollouts)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from lm_eval.models.utils import postprocess_generated_text
 
 NO_FLIP, EMPTY = "no_flip_within_budget", "empty_generation"
 
@@ -31,7 +32,7 @@ class Rollout:
     alternative: int  # the token id put in place of the model's
     rank: int  # rank of the alternative among the model's logits there (0 = top-1)
     ids: tuple[int, ...]  # generated ids: model prefix, alternative, greedy continuation
-    text: str  # what was scored (cut at the first stop string)
+    text: str  # what was scored (after think_end, cut at the first stop string)
     correct: bool
 
 
@@ -53,9 +54,12 @@ class FirstError:
 def first_error(model, tokenizer, prompt_ids: Sequence[int], generated_ids: Sequence[int],
                 score: Callable[[str], bool], *, top_k: int = 5, max_rollouts: int = 32,
                 max_rollout_tokens: int = 64, batch_size: int = 8, until: Sequence[str] = (),
-                eos_token_id: int | Sequence[int] | None = None,
+                think_end: str | None = None, eos_token_id: int | Sequence[int] | None = None,
                 pad_token_id: int | None = None) -> FirstError:
-    """Earliest position where one of the model's top-k alternatives leads to a correct sample."""
+    """Earliest position where one of the model's top-k alternatives leads to a correct sample.
+
+    Each rollout is decoded and post-processed as HFLM does before scoring: the reasoning up to the
+    last ``think_end`` string dropped, then cut at the first ``until`` string."""
     prompt, generated = [int(i) for i in prompt_ids], [int(i) for i in generated_ids]
     if not generated:
         return FirstError((), (), (), reason=EMPTY)
@@ -80,7 +84,7 @@ def first_error(model, tokenizer, prompt_ids: Sequence[int], generated_ids: Sequ
         continuations = greedy_continue(model, rows, max_rollout_tokens, pad, eos)
         for (t, a, r), cont in zip(batch, continuations):
             ids = tuple(generated[:t] + [a] + cont)
-            text = _cut(tokenizer.decode(list(ids)), until)
+            text = postprocess_generated_text(tokenizer.decode(list(ids)), list(until), think_end)
             rollouts.append(Rollout(t, a, r, ids, text, bool(score(text))))
         hit = next((x for x in rollouts if x.correct), None)
         if hit is not None:
@@ -171,11 +175,3 @@ def _pad_id(model, tokenizer, eos: tuple[int, ...]) -> int:
         if pad is not None:
             return int(pad)
     return eos[0] if eos else 0
-
-
-def _cut(text: str, until: Sequence[str]) -> str:
-    """lm-eval's generate_until: the text before the first stop string."""
-    for stop in until:
-        if stop:
-            text = text.split(stop)[0]
-    return text
