@@ -106,8 +106,8 @@ def test_user_metric_fraction_threshold_and_unscored_reasons(generative_run):
     niah = primary_metric(generative_run.tasks["fx_niah_single_1"], "fx_niah_single_1")
     assert niah.name == "4096"  # no samples: the first of the metric_list
     reasons = [verdict(niah, {**base, **extra}).reason for extra in
-               ({}, {"4096": -1.0}, {"4096": math.nan}, {"4096": "n/a"}, {"4096": "1.0"})]
-    assert reasons == ["metric_missing", "metric_out_of_range", "metric_nan", "metric_not_numeric", None]
+               ({}, {"4096": -1.0}, {"4096": math.nan}, {"4096": "n/a"}, {"4096": "1.0"}, {"4096": "True"})]
+    assert reasons == ["metric_missing", "metric_out_of_range", "metric_nan", "metric_not_numeric", None, None]
     # RULER logs -1 under every length a doc is not: the length the docs have decides
     mixed = [{**base, "doc_id": i, "4096": -1.0, "8192": float(i % 2)} for i in range(4)]
     assert primary_metric(generative_run.tasks["fx_niah_single_1"], samples=mixed).name == "8192"

@@ -194,6 +194,8 @@ def _number(value) -> tuple[float | None, str | None]:
             return None, NOT_NUMERIC
         return sum(v for v, _ in parts) / len(parts), None
     if isinstance(value, str):
+        if value in ("True", "False"):  # saved samples stringify bools too (IFEval)
+            return float(value == "True"), None
         try:
             value = float(value)  # saved samples stringify numbers
         except ValueError:
