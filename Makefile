@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the local CPU wheel (any other spec pulls GBs of CUDA wheels)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]"
+	# offline assets of lm-eval's generative tasks: code_eval metric, NLTK punkt_tab (no Hub access)
+	HF_HUB_OFFLINE=1 $(BIN)/python tests/fixtures/offline_assets.py
 	touch $(STAMP)
 
 setup: $(STAMP)

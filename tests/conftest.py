@@ -21,10 +21,20 @@ def micro_model(tmp_path_factory) -> Path:
     return build_model(tmp_path_factory.mktemp("zoo"), spec=TrainSpec(**MICRO_SPEC), progress=False)
 
 
+@pytest.fixture(scope="session")
+def generative_run(micro_model, tmp_path_factory):
+    """lm-eval's own ifeval, minerva_math, humaneval, mbpp, bbh, mmlu_pro, babilong, RULER NIAH configs
+    on local JSONL, evaluated with the micro model (tests/fixtures/generative_run.py)."""
+    from fixtures.generative_run import run_generative
+
+    return run_generative(micro_model, tmp_path_factory.mktemp("generative_tasks"))
+
+
 #: a test that needs one of these (a trained model, an lm-eval run, a browser, a zoo) is slow;
 #: so is every test of the modules in SLOW_MODULES (several processes, subprocess CLIs)
 SLOW_FIXTURES = {"micro_model", "zoo", "attributed_run", "zero_shot", "degenerate", "browser",
-                 "report_dir", "hostile_report", "reference", "fixture_tasks"}
+                 "report_dir", "hostile_report", "reference", "fixture_tasks",
+                 "generative_run"}
 SLOW_MODULES = {"test_distributed", "test_report_browser", "test_store_alembic_cli",
                 "test_store_resume", "test_sweep", "test_zoo", "test_browser"}
 
