@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness_xai.contrast.case import Options
+from harness_xai.contrast.decision import check_choices, for_task, parse_per_task
 from harness_xai.distributed.plan import BUDGET_ARGS, Budget, add_budget_arguments
 from harness_xai.errors import UserError
 from harness_xai.graph.prune import Prune, as_prune
@@ -23,7 +24,7 @@ from harness_xai.store.engine import normalize_url
 DEFAULT_DB = "duckdb:///xai.duckdb"
 #: the ``harness-xai run`` flags of this package (argparse dests); lm-eval never sees them
 XAI_ARGS = ("attribute", "xai_db", "xai_method", "xai_report", "xai_no_progress", "xai_metric",
-            "xai_contrast", "xai_graph", "xai_graph_edges", "xai_graph_nodes", "xai_graph_mass",
+            "xai_threshold", "xai_contrast", "xai_graph", "xai_graph_edges", "xai_graph_nodes", "xai_graph_mass",
             "xai_faithfulness", *BUDGET_ARGS)
 HF_MODELS = {"hf", "hf-auto", "huggingface"}
 
@@ -34,30 +35,38 @@ class RunConfig:
 
     db: str  # normalised SQLAlchemy URL
     method: Method
-    metric: str = "acc"  # multiple choice: acc | acc_norm decides "incorrect"
+    #: the metric that decides "incorrect": None (each task's primary metric), "NAME" (every
+    #: task) or "TASK=NAME,…" (``decision.parse_per_task``)
+    metric: str | None = None
     contrast: str = "token"  # token | sequence
     graph: Prune | None = None  # build a pruned attribution graph per token contrast
     faithfulness: bool = False  # deletion curves and AOPC per case
     budget: Budget = field(default_factory=Budget)
     progress: bool = True
     report: str | None = None  # render the HTML report here at the end
+    #: a non-binary metric's correct value: None, "X" (every task) or "TASK=X,…"
+    threshold: str | None = None
 
     @classmethod
     def create(cls, *, db: str = DEFAULT_DB, method: str | Method = "attnlrp",
-               metric: str = "acc", contrast: str = "token", graph=None,
+               metric: str | None = None, contrast: str = "token", graph=None,
                faithfulness: bool = False, budget: Budget | None = None, progress: bool = True,
-               report: str | None = None) -> RunConfig:
+               report: str | None = None, threshold: float | str | None = None) -> RunConfig:
         """Validate and resolve (``graph``: None/False, True for the paper's pruning, a
         ``Prune`` or a dict of its fields)."""
         spec = get_method(method)
-        Options(metric=metric, contrast=contrast)  # bad values fail before the run
+        Options(contrast=contrast)  # bad values fail before the run
+        metric = metric or None
+        threshold = None if threshold is None or threshold == "" else str(threshold)
+        parse_per_task(metric, "--xai-metric")  # syntax now; per task in check_tasks
+        parse_per_task(threshold, "--xai-threshold", float)
         pruning = as_prune(graph)
         if pruning is not None and spec.integrate:
             raise UserError(f"--xai-graph works with attnlrp, cp-lrp and grad-x-input, not "
                             f"{spec.name}. Drop --xai-graph or pick another --xai-method.")
         return cls(db=normalize_url(db), method=spec, metric=metric, contrast=contrast,
                    graph=pruning, faithfulness=bool(faithfulness), budget=budget or Budget(),
-                   progress=progress, report=report)
+                   progress=progress, report=report, threshold=threshold)
 
     @classmethod
     def from_cli(cls, xai: dict) -> RunConfig:
@@ -67,13 +76,26 @@ class RunConfig:
             graph = Prune(mass=xai["xai_graph_mass"], max_edges=xai["xai_graph_edges"],
                           max_nodes=xai["xai_graph_nodes"])
         return cls.create(db=xai["xai_db"], method=xai["xai_method"], metric=xai["xai_metric"],
+                          threshold=xai["xai_threshold"],
                           contrast=xai["xai_contrast"], graph=graph,
                           faithfulness=xai["xai_faithfulness"], budget=Budget.from_args(xai),
                           progress=not xai["xai_no_progress"], report=xai["xai_report"])
 
+    def metric_for(self, task: str) -> str | None:
+        """The ``--xai-metric`` choice for ``task`` (None: its primary metric)."""
+        return for_task(parse_per_task(self.metric, "--xai-metric"), task)
+
+    def threshold_for(self, task: str) -> float | None:
+        return for_task(parse_per_task(self.threshold, "--xai-threshold", float), task)
+
+    def check_tasks(self, tasks: dict) -> None:
+        """Before lm-eval computes a request: the metric / threshold choices fit the tasks."""
+        check_choices(tasks, self.metric, self.threshold)
+
     def identity(self) -> dict:
         """The attribution settings that make a run (and its ``run_key``) what it is."""
-        return {"method": self.method.name, "metric": self.metric,
+        return {"method": self.method.name, "metric": self.metric or "primary",
+                **({"threshold": self.threshold} if self.threshold is not None else {}),
                 **({"contrast": self.contrast} if self.contrast != "token" else {}),
                 **({"graph": self.graph.as_dict()} if self.graph is not None else {}),
                 **({"faithfulness": True} if self.faithfulness else {})}
@@ -98,8 +120,13 @@ def add_run_arguments(parser) -> None:
                        help=f"store: duckdb:///path, sqlite:///path or a file path (default {DEFAULT_DB})")
     group.add_argument("--xai-method", default="attnlrp", metavar="METHOD",
                        help="attnlrp (default), cp-lrp, grad-x-input, integrated-gradients")
-    group.add_argument("--xai-metric", default="acc", metavar="METRIC",
-                       help="multiple choice: which metric decides 'incorrect': acc (default), acc_norm")
+    group.add_argument("--xai-metric", default=None, metavar="METRIC",
+                       help="the metric that decides 'incorrect' (default: each task's primary "
+                            "metric, the first of its metric_list that decides); NAME for every "
+                            "task or TASK=NAME,TASK2=NAME2")
+    group.add_argument("--xai-threshold", default=None, metavar="X",
+                       help="non-binary metrics: a sample is correct when its score reaches X "
+                            "(<= X when lower is better); X or TASK=X,TASK2=Y")
     group.add_argument("--xai-contrast", default="token", metavar="MODE",
                        help="token (default): one logit difference at the first differing token; "
                             "sequence: difference of the two continuations' summed log-probs")

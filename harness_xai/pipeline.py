@@ -28,7 +28,8 @@ import numpy as np
 
 from harness_xai.analysis import analyse
 from harness_xai.config import DEFAULT_DB, RunConfig
-from harness_xai.contrast import cases_for_task, decision_metric, output_type
+from harness_xai.contrast import TaskCases, output_type, task_cases
+from harness_xai.contrast.decision import CORRECT, INCORRECT, Verdict
 from harness_xai.distributed import Budget, World, prepare_launch
 from harness_xai.distributed.runner import CaseWorker
 from harness_xai.errors import UserError
@@ -61,6 +62,9 @@ class RunSummary:
     report: str | None = None
     left: int = 0  # not attributed this run (--xai-max-cases / --xai-time-budget); not written
     per_rank: list[int] = field(default_factory=list)  # attributed per rank (launcher runs)
+    #: task → ``TaskCases.counts()``: deciding metric, samples, incorrect, cases to explain,
+    #: skips by reason, unscored samples by reason (incorrect = cases + skips)
+    by_task: dict[str, dict] = field(default_factory=dict)
 
     def line(self) -> str:
         skips = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
@@ -70,18 +74,31 @@ class RunSummary:
                  if self.per_rank else "")
         return (f"harness-xai: {self.incorrect} incorrect → {self.attributed} attributed "
                 f"({self.method}){ranks}, {self.already_stored} already stored, "
-                f"{sum(self.skipped.values())} skipped ({skips}){left} in {self.seconds:.1f}s; "
-                f"store → {self.db}{where}")
+                f"{sum(self.skipped.values())} skipped ({skips}){left}{self._tasks()} in "
+                f"{self.seconds:.1f}s; store → {self.db}{where}")
+
+    def _tasks(self) -> str:
+        """`` [task metric: n incorrect = c cases + s skipped, u unscored; …]``."""
+        parts = []
+        for task, c in sorted(self.by_task.items()):
+            unscored = sum(c.get("unscored", {}).values())
+            parts.append(f"{task} {c['metric']}: {c['incorrect']} incorrect = {c['cases']} cases + "
+                         f"{sum(c['skipped'].values())} skipped"
+                         + (f", {unscored} unscored" if unscored else ""))
+        return f" [{'; '.join(parts)}]" if parts else ""
 
 
 def evaluate(*, attribute: bool = True, config: RunConfig | None = None, db: str = DEFAULT_DB,
-             method: str = "attnlrp", metric: str = "acc", contrast: str = "token",
+             method: str = "attnlrp", metric: str | None = None, contrast: str = "token",
              progress: bool = True, graph: dict | bool | None = None, faithfulness: bool = False,
-             budget: Budget | None = None, **simple_evaluate_kwargs):
+             budget: Budget | None = None, threshold: float | str | None = None,
+             **simple_evaluate_kwargs):
     """``lm_eval.simple_evaluate`` plus contrastive attribution of every incorrect response.
 
     ``config``: a resolved ``RunConfig``; without it one is built from the other arguments:
-    ``metric``: acc | acc_norm decides "incorrect" for multiple choice; ``contrast``: token (one
+    ``metric``: the metric that decides "incorrect" (default: each task's primary metric;
+    ``"NAME"`` for every task or ``"TASK=NAME,…"``); ``threshold``: the correct value of a
+    non-binary metric (a number, or ``"TASK=X,…"``); ``contrast``: token (one
     logit difference) | sequence (difference of the continuations' summed log-probs);
     ``graph``: pruning options (``harness_xai.graph.Prune`` fields, or True for the paper's
     defaults) to also build a cross-layer attribution graph per token-contrast case;
@@ -94,10 +111,11 @@ def evaluate(*, attribute: bool = True, config: RunConfig | None = None, db: str
     if config is None:
         config = RunConfig.create(db=db, method=method, metric=metric, contrast=contrast,
                                   graph=graph, faithfulness=faithfulness, budget=budget,
-                                  progress=progress)
+                                  progress=progress, threshold=threshold)
     keep_samples = simple_evaluate_kwargs.get("log_samples", True)
     simple_evaluate_kwargs["log_samples"] = True
-    with capture_evaluate(before_run=_check_attributable) as captured:
+    with capture_evaluate(before_run=_check_attributable,
+                          check_tasks=config.check_tasks) as captured:
         results = lm_eval.evaluator.simple_evaluate(**simple_evaluate_kwargs)
     world = World.detect()  # torchrun / accelerate launch: rank 0 leads, the others follow
     if results is None or not world.leader:
@@ -171,12 +189,13 @@ def explain(results: dict, lm, tasks: dict, config: RunConfig, run_kwargs: dict,
     samples = results.get("samples", {})
     cases: list[Case] = []
     summaries: list[TaskSummary] = []
-    for name, task in tasks.items():
-        task_cases = list(cases_for_task(name, task, samples.get(name, []), lm, config.metric,
-                                         config.contrast, (prompts or {}).get(name)))
-        cases += task_cases
-        summaries.append(_task_summary(name, task, results, samples.get(name, []),
-                                       config.metric, len(task_cases)))
+    by_task: dict[str, dict] = {}
+    for name, task in tasks.items():  # a metric the samples lack fails here, before the store
+        built = task_cases(name, task, samples.get(name, []), lm, config.metric_for(name),
+                           config.contrast, (prompts or {}).get(name), config.threshold_for(name))
+        cases += built.cases
+        by_task[name] = built.counts()
+        summaries.append(_task_summary(name, task, results, samples.get(name, []), built))
     run = run_record(results, lm, sorted(tasks), config, run_kwargs)
     with Store.open(config.db) as store:
         run_id = store.ensure_run(run)
@@ -187,7 +206,7 @@ def explain(results: dict, lm, tasks: dict, config: RunConfig, run_kwargs: dict,
     summary = RunSummary(db=config.db, run_id=run_id, method=config.method.name,
                          incorrect=len(cases), attributed=done.attributed,
                          already_stored=done.already_stored, skipped=dict(done.skipped),
-                         left=done.left, per_rank=done.per_rank)
+                         left=done.left, per_rank=done.per_rank, by_task=by_task)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -244,29 +263,27 @@ def _explanation(result: Attribution, graph=None) -> Explanation:
         graph=graph)
 
 
-def _task_summary(name, task, results, samples, metric, n_cases) -> TaskSummary:
-    kind = output_type(task)
-    used = decision_metric(task, samples[0] if samples else None, metric) or ""
+def _task_summary(name, task, results, samples, built: TaskCases) -> TaskSummary:
+    """The task's row: its deciding metric (``built.primary``), lm-eval's aggregate of it, the
+    number of samples that became cases, and every sample's outcome."""
+    used = built.primary.name
     row = results.get("results", {}).get(name, {})
     value = next((v for k, v in row.items() if k.split(",")[0] == used
                   and isinstance(v, (int, float))), None)
     return TaskSummary(task=name, metric=used, value=None if value is None else float(value),
-                       n_samples=len(samples), n_incorrect=n_cases, output_type=kind,
-                       outcomes=[_doc_outcome(task, s, metric) for s in samples])
+                       n_samples=len(samples), n_incorrect=len(built.cases),
+                       output_type=output_type(task),
+                       outcomes=[_doc_outcome(s, v) for s, v in zip(samples, built.verdicts)])
 
 
-def _doc_outcome(task, sample: dict, metric: str) -> DocOutcome:
-    """One logged sample's outcome (``store: doc_outcomes``). ``correct`` follows the contrast
-    builders' rule exactly: a sample is a case iff its decision metric is 0, so correct = 0 for
-    the cases, 1 otherwise; no decision metric (perplexity) → metric = the first logged metric
-    (as its skipped case records it), correct None. ``value``: None when not a number or NaN."""
-    used = decision_metric(task, sample, metric)
-    name = used if used is not None else next(iter(sample.get("metrics") or []), None)
-    raw = sample.get(name) if name is not None else None
-    value = float(raw) if isinstance(raw, (int, float, np.number, np.bool_)) else None
+def _doc_outcome(sample: dict, verdict: Verdict) -> DocOutcome:
+    """One logged sample's outcome (``store: doc_outcomes``) under the task's deciding metric:
+    correct = 1 / 0 by its verdict, None when unscored (no number, no threshold: the reason is
+    counted in the run summary); a sample is a case iff its verdict is incorrect (perplexity:
+    every sample is a skipped case, correct None). ``value``: None when not a number or NaN."""
+    correct = {CORRECT: 1, INCORRECT: 0}.get(verdict.outcome)
+    value = verdict.value
     return DocOutcome(doc_id=int(sample["doc_id"]), doc_hash=str(sample["doc_hash"]),
-                      filter=str(sample["filter"]), metric=None if name is None else str(name),
-                      value=None if value is None or value != value else value,  # NaN → None
-                      correct=None if used is None else int(float(sample[used]) != 0.0))
-
-
+                      filter=str(sample["filter"]), metric=verdict.metric,
+                      value=None if value is None or value != value else float(value),
+                      correct=correct)

@@ -45,7 +45,7 @@ class Run:
     def samples(self, task: str) -> list[dict]:
         return self.results["samples"][task]
 
-    def cases(self, task: str, contrast: str = "token", metric: str = "acc", prompts=True):
+    def cases(self, task: str, contrast: str = "token", metric: str | None = None, prompts=True):
         key = (task, contrast, metric, prompts)
         if key not in self._cases:
             recorded = self.captured.prompts.get(task) if prompts else None
@@ -179,7 +179,10 @@ def test_one_case_per_incorrect_sample_with_exact_loglikelihoods(name, request):
         assert sorted((c.doc_id, c.filter) for c in cases) == _incorrect(run, task), task
         for case in cases:
             n_cases += 1
-            assert case.output_type == kind and case.contrast == "token"
+            assert case.output_type == kind
+            # token unless the decision-faithful rule replaced it by the decision (multiple choice)
+            assert case.contrast == "token" or (
+                kind == "multiple_choice" and case.built["contrast"]["rule"] == "decision-sequence")
             assert case.status in (PENDING, SKIPPED)
             if kind in MC_LIKE:  # recomputed through the model, compared to lm-eval's log
                 assert case.ll_error is not None and case.ll_error <= 1e-4, (task, case.doc_id)
@@ -193,7 +196,8 @@ def test_one_case_per_incorrect_sample_with_exact_loglikelihoods(name, request):
                         assert index is not None
                     elif label != "fewshot":
                         assert index is None
-                assert case.wrong_token_id != case.gold_token_id
+                if case.contrast == "token" or case.wrong_token_id is not None:
+                    assert case.wrong_token_id != case.gold_token_id
     assert n_cases >= 10
 
 
@@ -206,7 +210,7 @@ def test_token_contrast_is_what_lm_eval_scored(zero_shot):
     for task in ("fx_arc_easy", "fx_hellaswag", "fx_mmlu_anatomy", "fx_truthfulqa_mc1"):
         samples = {s["doc_id"]: s for s in run.samples(task)}
         for case in run.cases(task):
-            if case.status != PENDING:
+            if case.status != PENDING or case.contrast != "token":
                 continue
             sample = samples[case.doc_id]
             seqs = []
@@ -226,7 +230,7 @@ def test_token_contrast_is_what_lm_eval_scored(zero_shot):
             assert list(case.token_ids) == seqs[0][:t] and case.position == t
             assert (case.wrong_token_id, case.gold_token_id) == (seqs[0][t], seqs[1][t])
             checked += 1
-    assert checked >= 4
+    assert checked >= 3  # the others explain the decision (test_every_multiple_choice_case_…)
 
 
 # --- segments ---------------------------------------------------------------------------------
@@ -326,8 +330,10 @@ def test_winogrande_first_differing_prediction(zero_shot, chat):
     for run in (zero_shot, chat):
         samples = {s["doc_id"]: s for s in run.samples("fx_winogrande")}
         for case in run.cases("fx_winogrande"):
-            if case.status != PENDING:
-                assert case.skip_reason == "same-predictions-both-contexts"
+            assert case.status == PENDING  # no skip: a near-tie never decides a winogrande doc here
+            if case.built["contrast"]["rule"] == "decision-sequence":
+                assert case.built["contrast"]["replaced"] in ("same-predictions-both-contexts",
+                                                             "token-disagrees")
                 continue
             assert case.built["contrast"]["rule"] == "first-differing-prediction"
             j = case.built["contrast"]["continuation_position"]
@@ -387,7 +393,7 @@ def test_gsm8k_generation_contrast(zero_shot, chat):
             rules.add(info["rule"])
             n_ctx = case.segments.index("generated") if "generated" in case.segments \
                 else len(case.token_ids)
-            generated = case.token_ids[n_ctx:]
+            generated = list(case.token_ids[n_ctx:])
             assert len(generated) == info["generated_prefix"]
             with torch.no_grad():  # the model's own greedy tokens, by plain HF generation
                 out = run.lm.model.generate(torch.tensor([case.token_ids[:n_ctx]]),
@@ -478,8 +484,11 @@ def test_acc_norm_decides_when_asked(zero_shot):
             choices = run.captured.tasks[task].doc_to_choice(sample["doc"])
             lls = [r[0] for r in sample["filtered_resps"]]
             assert case.pred_index == int(np.argmax([ll / len(c) for ll, c in zip(lls, choices)]))
-    only_acc = run.cases("fx_mmlu_anatomy", metric="acc_norm")  # no acc_norm logged: acc decides
-    assert only_acc and {c.metric for c in only_acc} == {"acc"}
+    from harness_xai.errors import UserError
+
+    with pytest.raises(UserError, match="'acc_norm' is not a metric of task 'fx_mmlu_anatomy'; "
+                                        "supported: acc$"):
+        run.cases("fx_mmlu_anatomy", metric="acc_norm")  # mmlu logs acc only
 
 
 def test_sequence_mode_explains_the_decision(zero_shot):
@@ -509,6 +518,65 @@ def test_sequence_mode_explains_the_decision(zero_shot):
     assert done == {"fx_arc_easy", "fx_winogrande", "fx_lambada_openai", "fx_gsm8k"}
 
 
+# --- decision-faithful multiple choice (issue #14, item 2) -------------------------------------
+
+MC_FIXTURES = ("fx_arc_easy", "fx_hellaswag", "fx_winogrande", "fx_mmlu_anatomy",
+               "fx_truthfulqa_mc1")
+
+
+@pytest.mark.parametrize("metric", ["acc", "acc_norm"])
+def test_every_multiple_choice_case_favours_the_chosen_answer(zero_shot, metric):
+    """The engine's Δ on every pending case is > 0 (the explained quantity favours the answer
+    lm-eval chose); a token contrast whose token favoured the gold answer was replaced by the
+    decision (Δ = decision Δ, computed independently from the logged log-likelihoods)."""
+    from harness_xai.lrp import explain
+
+    run, model = zero_shot, zero_shot.lm.model
+    deltas, rules = [], {}
+    for task in MC_FIXTURES:
+        if metric == "acc_norm" and "acc_norm" not in run.samples(task)[0]:
+            continue
+        choices = run.captured.tasks[task].doc_to_choice
+        samples = {s["doc_id"]: s for s in run.samples(task)}
+        for case in run.cases(task, metric=metric):
+            info = case.built["contrast"]
+            if case.status != PENDING:
+                assert case.skip_reason in ("near-tie", "tie-with-gold", "identical-choices",
+                                            "identical-sequences", "diverge-at-first-token"), case
+                continue
+            (result,) = explain(model, [case.objective], "attnlrp")
+            deltas.append(result.delta)
+            rules[info["rule"]] = rules.get(info["rule"], 0) + 1
+            assert result.delta > 0, (task, case.doc_id, info, result.delta)
+            if info["rule"] == "decision-sequence":
+                sample = samples[case.doc_id]
+                lls = [r[0] for r in sample["filtered_resps"]]
+                texts = choices(sample["doc"])
+                norm = [1.0 / len(texts[i]) if metric == "acc_norm" else 1.0
+                        for i in (case.pred_index, case.gold_index)]
+                want = norm[0] * lls[case.pred_index] - norm[1] * lls[case.gold_index]
+                assert result.delta == pytest.approx(want, abs=1e-4)
+                assert info["replaced"] != "token-disagrees" or info["replaced_token_delta"] <= 1e-4
+            elif case.contrast == "token":
+                assert result.delta == pytest.approx(info["token_delta"], abs=1e-4)
+    assert len(deltas) >= 5 and all(d > 0 for d in deltas)
+    assert rules.get("decision-sequence", 0) >= 1, rules  # the rule is exercised on real formats
+
+
+def test_near_tie_is_a_skip_not_an_explanation(zero_shot):
+    run, task = zero_shot, "fx_arc_easy"
+    arc = run.captured.tasks[task]
+    sample = copy.deepcopy(next(s for s in run.samples(task) if arc.doc_to_target(s["doc"]) > 0))
+    gold = arc.doc_to_target(sample["doc"])
+    lls = [-3.0] * len(sample["filtered_resps"])
+    lls[0], lls[gold] = -1.5, -1.5 - 5e-5  # choice 0 wins by less than the floor
+    sample["filtered_resps"] = [(x, False) for x in lls]
+    sample["acc"] = 0.0
+    (case,) = cases_for_task(task, arc, [sample], run.lm)
+    assert case.status == SKIPPED and case.skip_reason == "near-tie"
+    assert isinstance(case.built["contrast"]["decision_delta"], float)  # recomputed, recorded
+
+
 # --- degenerate situations --------------------------------------------------------------------
 
 def test_degenerate_multiple_choice_reasons(degenerate):
@@ -518,10 +586,16 @@ def test_degenerate_multiple_choice_reasons(degenerate):
     reasons = {c.doc_id: c.skip_reason for c in run.cases("xd_mc")}
     assert reasons[0] == "identical-choices"
     lls = [r[0] for r in samples[1]["filtered_resps"][:2]]
-    assert lls[0] > lls[1] and reasons[1] == "prefix-sequences"
+    assert lls[0] > lls[1] and reasons[1] is None  # prefix choices: the decision is explained
+    prefix = next(c for c in run.cases("xd_mc") if c.doc_id == 1)
+    assert prefix.status == PENDING and prefix.contrast == "sequence"
+    assert prefix.built["contrast"]["rule"] == "decision-sequence"
+    assert prefix.built["contrast"]["replaced"] == "prefix-sequences"
     assert reasons[2] == "gold-out-of-range"
     assert reasons[3] == "gold-not-in-choices"
-    assert [reasons.get(4), reasons.get(5)].count("empty-context") == 1  # one of the pair
+    empty = [c for c in run.cases("xd_mc") if c.doc_id in (4, 5)]  # one of the pair is wrong
+    assert len(empty) == 1 and empty[0].status == PENDING
+    assert empty[0].built["contrast"]["replaced"] in ("empty-context", "token-disagrees")
     shared = [c for c in run.cases("xd_mc") if c.doc_id in (6, 7)]
     assert len(shared) == 1 and shared[0].status == PENDING  # " the" before the divergence
     assert shared[0].segments[0] == "special" and shared[0].token_ids[0] == run.lm.prefix_token_id
@@ -608,7 +682,8 @@ def test_cli_rejects_bad_contrast_options(tmp_path, capsys):
 
     db = tmp_path / "never.duckdb"
     for flag, value, word in (("--xai-contrast", "tokens", "contrast"),
-                              ("--xai-metric", "f1", "decision metric")):
+                              ("--xai-threshold", "high", "not a number"),
+                              ("--xai-metric", "=acc", "TASK=VALUE")):
         assert main(["run", "--model", "hf", "--model_args", "pretrained=x", "--tasks", "x",
                      "--attribute", "--xai-db", str(db), flag, value]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -640,20 +715,20 @@ def test_register_contrast_drives_cases_for_task():
         cache.setdefault("n", 0)
         cache["n"] += 1
         seen.append(cache["n"])
-        if sample["ok"]:
-            return None
-        draft = new_case(sample, task_name, "my_type", "my_metric", options.contrast)
+        assert not sample["ok"]  # called for the incorrect samples only
+        draft = new_case(sample, task_name, "my_type", options.metric_name, options.contrast)
         draft.token_ids, draft.wrong_token_id, draft.gold_token_id = [3, 4], 5, 6
         return draft
 
     register_contrast("my_type", builder)
     try:
-        task = SimpleNamespace(OUTPUT_TYPE="my_type")
+        task = SimpleNamespace(OUTPUT_TYPE="my_type", higher_is_better=lambda: {"acc": True})
         lm = SimpleNamespace(tokenizer=SimpleNamespace(decode=lambda ids: f"<{ids[0]}>"))
         samples = [dict(doc_id=i, doc_hash=f"h{i}", prompt_hash="p", target_hash="t",
-                        filter="none", ok=i % 2 == 0) for i in range(4)]
+                        filter="none", ok=i % 2 == 0, acc=float(i % 2 == 0)) for i in range(4)]
         cases = list(cases_for_task("mine", task, samples, lm))
-        assert seen == [1, 2, 3, 4]
+        assert seen == [1, 2]
+        assert {c.metric for c in cases} == {"acc"}
         assert [c.doc_id for c in cases] == [1, 3] and all(isinstance(c, Case) for c in cases)
         assert cases[0].tokens == ("<3>", "<4>") and cases[0].wrong_token == "<5>"
         with pytest.raises(dataclasses.FrozenInstanceError):

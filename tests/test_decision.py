@@ -129,7 +129,11 @@ def test_multiple_choice_and_lower_is_better_scores(mc_tasks):
     acc = primary_metric(arc, "fx_arc_easy")
     assert (acc.name, acc.kind, acc.threshold) == ("acc", "binary", 1.0)
     assert primary_metric(arc, metric="acc_norm").name == "acc_norm"
-    ppl = primary_metric(lambada, "fx_lambada_openai")
+    # perplexity leads LAMBADA's metric_list but decides nothing without a threshold: acc does
+    assert primary_metric(lambada, "fx_lambada_openai").name == "acc"
+    with pytest.raises(UserError, match="binary.*non-binary metrics of this task: perplexity$"):
+        primary_metric(lambada, "fx_lambada_openai", threshold=5.0)  # --xai-metric perplexity
+    ppl = primary_metric(lambada, "fx_lambada_openai", metric="perplexity")
     assert (ppl.name, ppl.higher_is_better, ppl.kind, ppl.threshold) == ("perplexity", False, "score", None)
     sample = {"doc_id": 3, "filter": "none", "perplexity": 4.0, "acc": 1}
     assert verdict(ppl, sample).reason == "no_threshold"

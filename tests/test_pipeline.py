@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -204,8 +205,9 @@ def fixture_tasks(tmp_path_factory):
 
 
 def test_doc_outcomes_per_filter_acc_norm_and_perplexity(micro_model, fixture_tasks, tmp_path):
-    """One row per (document, filter) for a two-filter generation task; --xai-metric acc_norm
-    decides correct for multiple choice as it decides the cases; perplexity: correct NULL."""
+    """One row per (document, filter) for a two-filter generation task; --xai-metric
+    fx_arc_easy=acc_norm decides correct for that task as it decides its cases (the others keep
+    their primary metric); perplexity: correct NULL."""
     import harness_xai
 
     db = f"sqlite:///{tmp_path / 'o.sqlite'}"
@@ -213,7 +215,7 @@ def test_doc_outcomes_per_filter_acc_norm_and_perplexity(micro_model, fixture_ta
         model="hf", model_args=f"pretrained={micro_model},dtype=float32",
         tasks=["fx_gsm8k", "fx_arc_easy", "xp_rolling"], task_manager=fixture_tasks, device="cpu",
         limit=4, num_fewshot=0, gen_kwargs="max_gen_toks=8", attribute=True, db=db,
-        metric="acc_norm", progress=False)
+        metric="fx_arc_easy=acc_norm", progress=False)
     samples = results["samples"]
     gsm = _outcomes_match_samples_and_cases(db, "fx_gsm8k", samples["fx_gsm8k"], "exact_match")
     assert {r[2] for r in gsm} == {"strict-match", "flexible-extract"}
@@ -223,6 +225,26 @@ def test_doc_outcomes_per_filter_acc_norm_and_perplexity(micro_model, fixture_ta
     _outcomes_match_samples_and_cases(db, "fx_arc_easy", samples["fx_arc_easy"], "acc_norm")
     rolling = _outcomes_match_samples_and_cases(db, "xp_rolling", samples["xp_rolling"], None)
     assert {r[3] for r in rolling} == {"word_perplexity"}
+    # the summary counts every task by its deciding metric, and the counts add up
+    by_task, xai = results["xai"]["by_task"], results["xai"]
+    assert {t: c["metric"] for t, c in by_task.items()} == {
+        "fx_gsm8k": "exact_match", "fx_arc_easy": "acc_norm", "xp_rolling": "word_perplexity"}
+    for task, counts in by_task.items():
+        assert counts["samples"] == len(samples[task])
+        n_cases = sum(1 for r in _outcomes_rows(db, task) if r[5] == 0)
+        if task != "xp_rolling":
+            assert counts["incorrect"] == counts["cases"] + sum(counts["skipped"].values()) == n_cases
+    assert by_task["xp_rolling"]["unscored"] == {"metric_not_numeric": 2}
+    assert by_task["xp_rolling"]["skipped"] == {"no-contrast:loglikelihood_rolling": 2}
+    assert sum(c["cases"] + sum(c["skipped"].values()) for c in by_task.values()) == xai["incorrect"]
+    assert sum(c["cases"] for c in by_task.values()) == xai["attributed"] + xai["left"]
+
+
+def _outcomes_rows(db_url: str, task: str):
+    from harness_xai.store import run_sql
+
+    return run_sql(db_url, "SELECT doc_id, doc_hash, filter, metric, value, correct FROM doc_outcomes "
+                           "WHERE task = :t", {"t": task})[1]
 
 
 def test_python_api_evaluate(micro_model, tmp_path):
@@ -349,3 +371,50 @@ def test_every_method_runs_from_the_cli(micro_model, tmp_path, method):
     ref = attribute(model, None, [t for t, _ in tokens], wrong, gold, method=method)
     got = torch.tensor([r for _, r in tokens], dtype=torch.float32)
     torch.testing.assert_close(got, ref.tokens.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_metric_choices_fail_before_any_request(micro_model, tmp_path, capsys, monkeypatch):
+    """A --xai-metric the task lacks, a threshold on a binary metric, a task the run does not
+    evaluate: one line, exit 2, no store, and lm-eval computed no request."""
+    from lm_eval.models.huggingface import HFLM
+
+    calls = []
+    for name in ("loglikelihood", "generate_until"):
+        real = getattr(HFLM, name)
+        monkeypatch.setattr(HFLM, name, lambda self, *a, _real=real, **k: calls.append(1) or _real(self, *a, **k))
+    db = tmp_path / "never.duckdb"
+    base = ["run", "--model", "hf", "--model_args", f"pretrained={micro_model}", "--device", "cpu",
+            "--include_path", str(TASKS), "--tasks", "xai_arith,xai_kv_gen", "--limit", "2",
+            "--attribute", "--xai-db", f"duckdb:///{db}"]
+
+    def _one_line_error(argv, capsys):  # the model is loaded first: transformers' own bar
+        assert main(argv) == 2
+        err = [e for e in capsys.readouterr().err.strip().splitlines()
+               if not e.startswith("Loading weights")]
+        assert len(err) == 1 and err[0].startswith("harness-xai: ")
+        return err[0]
+
+    line = _one_line_error([*base, "--xai-metric", "bleu"], capsys)
+    assert "'bleu' is not a metric of task" in line and "supported:" in line
+    line = _one_line_error([*base, "--xai-metric", "xai_kv_gen=acc"], capsys)
+    assert "'acc'" in line and "'xai_kv_gen'" in line and "supported: exact_match" in line
+    line = _one_line_error([*base, "--xai-threshold", "0.5"], capsys)
+    assert "binary" in line and "--xai-threshold 0.5" in line
+    line = _one_line_error([*base, "--xai-metric", "xai_nosuch=acc"], capsys)
+    assert "'xai_nosuch'" in line and "tasks: xai_arith, xai_kv_gen" in line
+    assert calls == [] and not db.exists()
+
+
+def test_summary_line_names_tasks_metrics_and_counts():
+    """The one-line summary names every task with its deciding metric and counts; asdict of the
+    summary is plain JSON (results["xai"])."""
+    import harness_xai.pipeline as pipeline
+
+    summary = pipeline.RunSummary(db="duckdb:///x", run_id=1, method="attnlrp", incorrect=3,
+                                  attributed=2, skipped={"near-tie": 1},
+                                  by_task={"t1": {"metric": "acc", "samples": 5, "incorrect": 3,
+                                                  "cases": 2, "skipped": {"near-tie": 1},
+                                                  "unscored": {"no_threshold": 1}}})
+    line = summary.line()
+    assert "\n" not in line and "t1 acc: 3 incorrect = 2 cases + 1 skipped, 1 unscored" in line
+    assert json.loads(json.dumps(dataclasses.asdict(summary))) == dataclasses.asdict(summary)

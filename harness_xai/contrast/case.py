@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from harness_xai.contrast import segments as seg
+from harness_xai.contrast.decision import PrimaryMetric
 from harness_xai.errors import UserError
 from harness_xai.lmeval_hook.prompts import PromptRecord
 from harness_xai.records import PENDING, SKIPPED, Case
@@ -20,20 +21,25 @@ MC_METRICS = ("acc", "acc_norm")
 
 @dataclass
 class Options:
-    """How contrasts are built for one run."""
+    """How contrasts are built for one task of one run."""
 
-    metric: str = "acc"  # multiple choice: which metric decides "incorrect" (acc | acc_norm)
+    #: the metric that decides "incorrect" (``decision.primary_metric``; None: the task's primary)
+    metric: str | None = None
     contrast: str = "token"  # token: one logit difference; sequence: Δ summed log-probs
     #: context string → how lm-eval built it (``Captured.prompts[task]``); missing → fallback
     prompts: dict[str, PromptRecord] = field(default_factory=dict)
+    threshold: float | None = None  # a non-binary metric's correct value (``--xai-threshold``)
+    #: the resolved decision metric (set by ``cases_for_task``; builders read ``.name``)
+    primary: PrimaryMetric | None = None
 
     def __post_init__(self) -> None:
         if self.contrast not in CONTRASTS:
             raise UserError(f"unknown contrast {self.contrast!r}: use one of "
                             f"{', '.join(CONTRASTS)} (--xai-contrast).")
-        if self.metric not in MC_METRICS:
-            raise UserError(f"unknown decision metric {self.metric!r}: use one of "
-                            f"{', '.join(MC_METRICS)} (--xai-metric).")
+
+    @property
+    def metric_name(self) -> str:
+        return self.primary.name if self.primary is not None else (self.metric or "acc")
 
 
 @dataclass
@@ -140,3 +146,23 @@ def set_evidence(case: CaseDraft, lm, task, doc: dict, context: str, ctx_ids: li
 
     case.evidence_positions = evidence_positions(lm.tokenizer, task, doc, context, ctx_ids,
                                                  offset, len(case.token_ids))
+
+
+def truncation_note(lm, pair: tuple[str, str] | None, doc: dict, context: str | None = None,
+                    max_gen_toks: int | None = None) -> dict:
+    """Left truncation of a scored pair (``answer.loglikelihood_truncation``) or of a generation
+    context (``answer.generation_truncation``, ``max_gen_toks`` given): tokens cut, context
+    tokens, characters cut, and whether the doc's evidence (``answer.needle_spans``: RULER's
+    needles, babilong's fact) survived (None: no evidence known)."""
+    from harness_xai.contrast.answer import (generation_truncation, loglikelihood_truncation,
+                                             needle_spans)
+
+    try:
+        if max_gen_toks is not None:
+            cut = generation_truncation(lm, context, max_gen_toks, needle_spans(doc, context))
+        else:
+            cut = loglikelihood_truncation(lm, pair[0], pair[1], needle_spans(doc, pair[0]))
+    except Exception:  # a record must never lose a finished evaluation
+        return {"unknown": True}
+    return {"tokens_cut": cut.cut, "context_tokens": cut.total, "chars_cut": cut.cut_chars,
+            "evidence_kept": None if not cut.evidence_kept else all(cut.evidence_kept)}

@@ -21,6 +21,7 @@ Samples that cannot be judged are ``unscored`` with a machine-readable reason, n
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ def primary_metric(task, task_name: str | None = None, samples: Iterable[dict] =
         raise UserError(f"--xai-metric {metric!r} is not a metric of task {name_of_task!r}; "
                         f"supported: {', '.join(logged) or 'none'}")
     hib = _higher_is_better(task, metric, declared)
-    kind = "binary" if metric in BINARY else "fraction" if _FRACTION.match(metric) else "score"
+    kind = _kind(metric)
     if threshold is not None:
         if kind == "binary":
             raise UserError(f"--xai-threshold {threshold:g} on task {name_of_task!r}: metric {metric!r} is "
@@ -157,15 +158,24 @@ def _declared(task) -> dict[str, bool | None]:
 
 def _default(declared: list[str], logged: list[str], samples: list[dict]) -> str | None:
     """First of the metric_list that the samples log with a real value; else the first key a
-    dict-valued function logged. RULER logs -1 under every length a doc is not: skipped."""
+    dict-valued function logged. RULER logs -1 under every length a doc is not: skipped.
+    A score without a threshold decides nothing, so binary / fraction metrics come first
+    (LAMBADA's metric_list starts with perplexity, its correctness is ``acc``; a threshold on
+    perplexity needs ``--xai-metric perplexity``)."""
+    ranked = ([n for n in declared if n in logged] + [n for n in logged if n not in declared]
+              if samples else list(declared))
+    ranked = [n for n in ranked if _kind(n) != "score"] + [n for n in ranked if _kind(n) == "score"]
     if not samples:
-        return declared[0] if declared else None
+        return ranked[0] if ranked else None
 
     def real(name):
         return any(name in s and (_number(s[name])[0] or 0.0) >= 0.0 for s in samples)
 
-    ranked = [n for n in declared if n in logged] + [n for n in logged if n not in declared]
     return next((n for n in ranked if real(n)), ranked[0] if ranked else None)
+
+
+def _kind(metric: str) -> str:
+    return "binary" if metric in BINARY else "fraction" if _FRACTION.match(metric) else "score"
 
 
 def _higher_is_better(task, metric: str, declared: list[str]) -> bool:
@@ -187,11 +197,10 @@ def _higher_is_better(task, metric: str, declared: list[str]) -> bool:
 
 def _number(value) -> tuple[float | None, str | None]:
     if isinstance(value, (list, tuple)):  # IFEval's instruction-level metrics: one bool each
-        if not value:
+        # (other tuples are corpus-metric inputs, e.g. f1/mcc's (gold, pred), perplexity's (ll, n))
+        if not value or not all(isinstance(v, bool) or v in ("True", "False") for v in value):
             return None, NOT_NUMERIC
         parts = [_number(v) for v in value]
-        if any(r is not None for _, r in parts):
-            return None, NOT_NUMERIC
         return sum(v for v, _ in parts) / len(parts), None
     if isinstance(value, str):
         if value in ("True", "False"):  # saved samples stringify bools too (IFEval)
@@ -209,3 +218,55 @@ def _number(value) -> tuple[float | None, str | None]:
 
 def _task_name(task) -> str:
     return getattr(task.config, "task", None) or type(task).__name__
+
+
+# --- per-task choices (--xai-metric / --xai-threshold) ------------------------------------------
+
+def parse_per_task(spec, flag: str, convert=str) -> dict[str | None, object]:
+    """``"NAME"`` (every task) or ``"TASK=NAME,TASK2=NAME2"`` (per task; a bare entry applies to
+    the tasks not named) → {task or None: value}. ``None`` / ``""`` → {}."""
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return {}
+    if not isinstance(spec, str):
+        return {None: convert(spec)}
+    out: dict[str | None, object] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        named = "=" in part
+        task, _, value = part.rpartition("=") if named else ("", "", part)
+        if not value.strip() or (named and not task.strip()):
+            raise UserError(f"{flag} {spec!r}: write VALUE or TASK=VALUE[,TASK=VALUE…]")
+        try:
+            out[task.strip() or None] = convert(value.strip())
+        except ValueError:
+            raise UserError(f"{flag} {spec!r}: {value.strip()!r} is not a number") from None
+    return out
+
+
+def for_task(choices: dict, task_name: str):
+    """The value a per-task choice gives ``task_name`` (its own, else the bare one, else None)."""
+    return choices.get(task_name, choices.get(None))
+
+
+def check_choices(tasks: dict, metric=None, threshold=None) -> None:
+    """Before lm-eval computes a request: every ``--xai-metric`` / ``--xai-threshold`` fits its
+    task (``tasks``: name → Task). A task whose metric_list has a function metric may log keys
+    only its samples show (HumanEval's ``pass@1``): its metric name is checked after scoring."""
+    metrics = parse_per_task(metric, "--xai-metric")
+    thresholds = parse_per_task(threshold, "--xai-threshold", float)
+    unknown = sorted(k for k in (*metrics, *thresholds) if k is not None and k not in tasks)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(tasks), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"--xai-metric/--xai-threshold name task {unknown[0]!r}, which this run "
+                        f"does not evaluate; {hint}tasks: {', '.join(sorted(tasks))}")
+    for name, task in tasks.items():
+        chosen = for_task(metrics, name)
+        if chosen is not None and chosen not in metric_choices(task) and _open_ended(task):
+            chosen = None  # decided on the logged samples
+        primary_metric(task, name, (), chosen, for_task(thresholds, name))
+
+
+def _open_ended(task) -> bool:
+    """A metric_list entry given as a function (``!function utils.pass_at_k``)."""
+    entries = getattr(task.config, "metric_list", None) or ()
+    return any(callable(e.get("metric")) for e in entries if isinstance(e, dict))

@@ -35,14 +35,18 @@ Algorithm, per logged sample (one per filter) whose ``exact_match`` (or ``acc``)
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 
 from harness_xai.contrast.case import (CaseDraft, Options, context_token_labels, new_case, note,
-                                       set_evidence, set_segments, skip)
+                                       set_evidence, set_segments, skip, truncation_note)
 from harness_xai.contrast.scoring import first_difference, window_start
 from harness_xai.records import SequenceTarget
 
 GEN = ("generated", None)
+#: metrics that compare no reference answer (unit tests run, instructions checked): no gold
+#: token to contrast with; the first-error localiser (``rollouts``) is what explains them
+NO_REFERENCE = re.compile(r"^(pass@\d+|pass_at_\d+|(prompt|inst)_level_(strict|loose)_acc)$")
 
 
 @dataclass
@@ -54,13 +58,15 @@ class Generation:
 
 def generation_case(sample: dict, task, task_name: str, lm, options: Options,
                     cache: dict) -> CaseDraft | None:
-    metric = next((m for m in ("exact_match", "acc") if m in sample), None)
-    if metric is None or float(sample[metric]) != 0.0:
-        return None
+    metric = options.metric_name
     context, gen_kwargs = sample["arguments"][0][0], sample["arguments"][0][1]
     raw, extracted = sample["resps"][0][0], sample["filtered_resps"][0]
     case = new_case(sample, task_name, "generate_until", metric, options.contrast, prompt=context)
     case.pred_text = extracted if isinstance(extracted, str) else str(extracted)
+    max_gen = gen_kwargs.get("max_gen_toks", getattr(lm, "max_gen_toks", 256))
+    note(case, truncation=truncation_note(lm, None, sample["doc"], context, int(max_gen)))
+    if NO_REFERENCE.match(metric):  # scored by running code / checking instructions
+        return skip(case, f"no-reference-answer:{metric}")
     if getattr(lm, "think_end_token", None) is not None:
         return skip(case, "thinking-output-unsupported")
     doc_id = int(sample["doc_id"])
@@ -71,12 +77,18 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
         return skip(case, "regeneration-mismatch")
     ensemble = next((f for f in getattr(task, "_filters", []) if f.name == sample["filter"]), None)
     targets = _targets(task, sample)
-    span = locate_answer(raw, extracted, ensemble)
-    if span is not None:
-        rule, golds = "answer-span", [_filter_text(ensemble, t, sample["doc"]) for t in targets]
-    elif _is_fallback(extracted, ensemble) or not str(extracted).strip():
+    scored = _scored_span(task, sample, raw)
+    span = locate_answer(raw, extracted, ensemble) if scored is None else scored
+    if scored is not None:  # the extraction lives in process_results (MATH's final answer)
+        from harness_xai.contrast.answer import gold_answers
+
+        rule, golds = "answer-span:process-results", gold_answers(task, sample["doc"])
+    elif _is_fallback(extracted, ensemble) or not str(extracted).strip() or \
+            _extraction_failed(task, sample, raw):
         rule, span = "invalid-extraction:full-target", (0, 0)
         golds = [_delimited(task, context, t) for t in targets]
+    elif span is not None:
+        rule, golds = "answer-span", [_filter_text(ensemble, t, sample["doc"]) for t in targets]
     else:
         return skip(case, "answer-not-located")
     dec = [lm.tok_decode(gen.ids[:i]) for i in range(len(gen.ids) + 1)]  # prefix decodings
@@ -124,6 +136,31 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     note(case, rule=rule, answer_start=span[0], answer_token=k, generated_prefix=k + j,
          target=spec.to_params(), truncated_tokens=w0)
     return case
+
+
+def _scored_span(task, sample: dict, raw: str) -> tuple[int, int] | None:
+    """Step 2 for tasks that extract inside ``process_results`` (a registered locator in
+    ``answer``: MATH's "Final Answer: …"): the span that locator found, else None."""
+    from harness_xai.contrast.answer import UNKNOWN_EXTRACTION, answer_span
+
+    if not callable(getattr(task.config, "process_results", None)):
+        return None
+    span = answer_span(task, sample["doc"], raw, sample["filter"])
+    if not span.found or span.reason == UNKNOWN_EXTRACTION or span.how in ("whole", "custom"):
+        return None
+    if "substring" in span.how or "whole_response" in span.how:
+        return None
+    return span.start, span.end
+
+
+def _extraction_failed(task, sample: dict, raw: str) -> bool:
+    """The task's own process_results extraction found no answer (MATH without "Final Answer")."""
+    from harness_xai.contrast.answer import NO_MATCH, answer_span
+
+    if not callable(getattr(task.config, "process_results", None)):
+        return False
+    span = answer_span(task, sample["doc"], raw, sample["filter"])
+    return not span.found and span.reason == NO_MATCH
 
 
 class _Request:

@@ -1,6 +1,7 @@
 """Contrast cases for ``loglikelihood`` samples (LAMBADA-style ``acc`` = ``is_greedy``).
 
-Algorithm, per sample with ``acc == 0`` (the target is not the greedy continuation):
+Algorithm, per incorrect sample (by the task's primary metric; LAMBADA: ``acc`` = the target is
+not the greedy continuation):
 1. Rebuild and re-score the scored sequence ``context + target`` through the HFLM instance
    (``scoring``); ``ll_error`` = |recomputed − logged log-likelihood|.
 2. j = first target position whose greedy (argmax) token differs from the target token
@@ -14,19 +15,19 @@ Algorithm, per sample with ``acc == 0`` (the target is not the greedy continuati
 from __future__ import annotations
 
 from harness_xai.contrast.case import (CaseDraft, Options, context_token_labels, new_case, note,
-                                       set_segments, skip)
+                                       set_segments, skip, truncation_note)
 from harness_xai.contrast.scoring import build, first_difference, score, window_start
 from harness_xai.records import SequenceTarget
 
 
 def loglikelihood_case(sample: dict, task, task_name: str, lm, options: Options,
                        cache: dict | None = None) -> CaseDraft | None:
-    if "acc" not in sample or float(sample["acc"]) != 0.0:
-        return None
     context, target = sample["arguments"][0][0], sample["arguments"][0][1]
     logged = float(sample["filtered_resps"][0][0])
-    case = new_case(sample, task_name, "loglikelihood", "acc", options.contrast, prompt=context)
+    case = new_case(sample, task_name, "loglikelihood", options.metric_name, options.contrast,
+                    prompt=context)
     case.gold_text, case.ll_gold = target, logged
+    note(case, truncation=truncation_note(lm, (context, target), sample["doc"]))
     seq = score(lm, build(lm, context, target))
     case.ll_error = abs(seq.ll - logged)
     j = first_difference(seq.greedy, seq.cont)

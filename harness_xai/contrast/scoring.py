@@ -81,3 +81,12 @@ def score(lm, seq: Scored) -> Scored:
 def first_difference(a: list[int], b: list[int]) -> int | None:
     """First index where ``a`` and ``b`` differ (``None``: one is a prefix of the other)."""
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+
+
+def logit_gap(lm, ids: list[int], wrong: int, gold: int) -> float:
+    """``logit[wrong] − logit[gold]`` after ``ids`` (one forward: a token contrast's Δ)."""
+    import torch
+
+    with torch.no_grad():
+        logits = lm._model_call(torch.tensor([ids], dtype=torch.long, device=lm.device))[0, -1]
+    return float(logits[wrong].float() - logits[gold].float())

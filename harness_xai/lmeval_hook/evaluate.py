@@ -28,7 +28,10 @@ class Captured:
 
 
 @contextmanager
-def capture_evaluate(before_run: Callable[[object], None] | None = None) -> Iterator[Captured]:
+def capture_evaluate(before_run: Callable[[object], None] | None = None,
+                     check_tasks: Callable[[dict], None] | None = None) -> Iterator[Captured]:
+    """Record ``lm`` and the tasks of the next ``evaluate`` call; ``before_run(lm)`` and
+    ``check_tasks(tasks)`` (task name → Task) may veto it (raise) before any request runs."""
     import lm_eval.evaluator as evaluator
 
     captured = Captured()
@@ -39,6 +42,8 @@ def capture_evaluate(before_run: Callable[[object], None] | None = None) -> Iter
         captured.tasks = flatten_tasks(task_dict)
         if before_run is not None:
             before_run(captured.lm)
+        if check_tasks is not None:
+            check_tasks(captured.tasks)
         recorders = {name: PromptRecorder(task).install() for name, task in captured.tasks.items()}
         captured.prompts = {name: rec.records for name, rec in recorders.items()}
         try:

@@ -1,0 +1,120 @@
+"""Failure detection by each task's own primary metric (issue #14, item 1), end to end through
+``contrast.task_cases`` on lm-eval's real generative / long-context configs (tests/fixtures):
+every sample below the metric's best value becomes a case or a skip with a machine-readable
+reason, none is dropped; the counts add up."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from harness_xai.contrast import task_cases
+from harness_xai.contrast.decision import CORRECT, INCORRECT
+from harness_xai.errors import UserError
+from harness_xai.records import PENDING, SKIPPED
+from test_fixture_tasks import REAL_PRIMARY
+
+REASON = re.compile(r"^[a-z0-9_\-]+(:[A-Za-z0-9_@\-]+)?$")
+
+
+@pytest.fixture(scope="module")
+def built(generative_run):
+    return {name: task_cases(name, generative_run.tasks[name], generative_run.samples[name],
+                             generative_run.lm)
+            for name in generative_run.tasks}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_PRIMARY))
+def test_every_incorrect_sample_has_a_case_or_a_reasoned_skip(generative_run, built, name):
+    samples, result = generative_run.samples[name], built[name]
+    metric = REAL_PRIMARY[name]
+    assert result.primary.name == metric
+    # independent: every logged value of these tasks lies in [0, 1] and 1 is the best value
+    incorrect = sorted((s["doc_id"], s["filter"]) for s in samples if float(s[metric]) < 1.0)
+    assert sorted((c.doc_id, c.filter) for c in result.cases) == incorrect
+    for case in result.cases:
+        assert case.metric == metric and case.status in (PENDING, SKIPPED)
+        assert case.built["decision"]["metric"] == metric and case.built["decision"]["value"] < 1
+        if case.status == SKIPPED:
+            assert case.skip_reason and REASON.match(case.skip_reason), case.skip_reason
+        else:
+            assert case.token_ids and case.objective is not None
+    counts = result.counts()
+    assert counts["metric"] == metric and counts["samples"] == len(samples)
+    assert counts["incorrect"] == len(incorrect) == counts["cases"] + sum(counts["skipped"].values())
+    assert counts["unscored"] == {}
+    n_correct = sum(v.outcome == CORRECT for v in result.verdicts)
+    assert n_correct + counts["incorrect"] == len(samples)
+
+
+def test_reference_free_metrics_are_reasoned_skips(built):
+    """IFEval's instruction checks and the code tasks' unit tests compare no gold answer: their
+    failures are skips that say so (the first-error localiser explains them), never dropped."""
+    seen = set()
+    for name in ("fx_ifeval", "fx_humaneval", "fx_mbpp"):
+        for case in built[name].cases:
+            assert case.skip_reason == f"no-reference-answer:{REAL_PRIMARY[name]}"
+            seen.add(name)
+    assert seen  # the micro model fails at least one of them
+
+
+def test_unscored_samples_are_counted_not_dropped(generative_run):
+    """A non-binary metric without a threshold decides nothing: every sample is unscored and
+    counted with its reason; with a threshold the same samples get verdicts."""
+    name = "fx_ifeval"
+    task, samples, lm = generative_run.tasks[name], generative_run.samples[name], generative_run.lm
+    frac = task_cases(name, task, samples, lm, metric="inst_level_strict_acc", threshold=0.5)
+    want = sorted(s["doc_id"] for s in samples
+                  if sum(map(bool, s["inst_level_strict_acc"])) / len(s["inst_level_strict_acc"]) < 0.5)
+    assert sorted(c.doc_id for c in frac.cases) == want
+    assert all(v.outcome in (CORRECT, INCORRECT) for v in frac.verdicts)
+    broken = [dict(s, prompt_level_strict_acc="n/a") for s in samples]
+    counted = task_cases(name, task, broken, lm).counts()
+    assert counted["unscored"] == {"metric_not_numeric": len(samples)}
+    assert counted["incorrect"] == counted["cases"] == 0
+    with pytest.raises(UserError, match="binary"):
+        task_cases(name, task, samples, lm, threshold=0.5, metric="prompt_level_strict_acc")
+
+
+def test_every_generative_case_records_left_truncation(generative_run, built):
+    """``built["contrast"]["truncation"]`` on every case: tokens cut as lm-eval's generate_until
+    cut them (the pending cases' context is exactly the kept part), and whether the doc's
+    evidence survived on the long-context tasks."""
+    lm = generative_run.lm
+    cut_seen, evidence_seen = 0, 0
+    for name, result in built.items():
+        samples = {(s["doc_id"], s["filter"]): s for s in generative_run.samples[name]}
+        for case in result.cases:
+            info = case.built["contrast"]["truncation"]
+            context = samples[(case.doc_id, case.filter)]["arguments"][0][0]
+            n_ctx = len(lm.tok_encode(context))
+            assert info["context_tokens"] == n_ctx
+            assert info["tokens_cut"] == max(0, n_ctx - (lm.max_length - 16))  # MAX_GEN_TOKS
+            cut_seen += info["tokens_cut"] > 0
+            if name in ("fx_babilong_qa1", "fx_niah_single_1"):
+                evidence_seen += info["evidence_kept"] is not None
+            if case.status == PENDING and case.contrast == "token":
+                n_generated = case.built["contrast"]["generated_prefix"]
+                assert len(case.token_ids) - n_generated == n_ctx - info["tokens_cut"]
+    assert cut_seen >= 1 and evidence_seen >= 1
+
+
+def test_math_answer_comes_from_process_results(generative_run, built):
+    """MATH extracts its answer inside process_results: the span is the final answer the task's
+    own get_unnormalized_answer reads, never the whole generation; a generation without it is
+    an invalid extraction (the full reference solution is the gold), not an answer span."""
+    from harness_xai.contrast.generation import _extraction_failed, _scored_span
+
+    name = "fx_minerva_math_algebra"
+    task = generative_run.tasks[name]
+    sample = generative_run.samples[name][0]
+    raw = "We add 2 and 3.\nFinal Answer: The final answer is $7$. I hope it is correct."
+    start, end = _scored_span(task, sample, raw)
+    assert raw[start:end] == "$7$"  # get_unnormalized_answer's text (normalised later)
+    assert _scored_span(task, sample, "no marker, 7") is None
+    assert _extraction_failed(task, sample, "no marker, 7")
+    for case in built[name].cases:
+        if case.status == PENDING:
+            assert case.built["contrast"]["rule"] in ("answer-span:process-results",
+                                                      "invalid-extraction:full-target")
