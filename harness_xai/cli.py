@@ -8,6 +8,7 @@ straight to lm-eval. Bad input ends with one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from harness_xai.errors import UserError
 XAI_ARGS = ("attribute", "xai_db", "xai_method", "xai_report", "xai_no_progress", "xai_metric",
             "xai_contrast", "xai_graph", "xai_graph_edges", "xai_graph_nodes", "xai_graph_mass",
             "xai_faithfulness", "xai_max_cases", "xai_max_tokens", "xai_time_budget",
-            "xai_batch_size")
+            "xai_batch_size", "xai_db_init")
 HF_MODELS = {"hf", "hf-auto", "huggingface"}
 USAGE = """usage: harness-xai COMMAND …
 
@@ -44,6 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"harness-xai: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:  # outside a store session (see store.preflight): nothing was written
+        print("harness-xai: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except OSError as err:  # a destination that cannot be written (read-only, disk full, …)
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        print(f"harness-xai: cannot write {err.filename or ''} ({err.strerror}): use a writable "
+              "destination with free space", file=sys.stderr)
+        return 2
+
+
+_WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
 
 
 def _dispatch(argv: list[str]) -> int:
@@ -131,6 +144,9 @@ def build_run_parser():
     group.add_argument("--xai-report", default=None, metavar="DIR",
                        help="also render the HTML report into DIR at the end")
     group.add_argument("--xai-no-progress", action="store_true", help="no progress bar")
+    group.add_argument("--xai-db-init", action="store_true",
+                       help="add the harness-xai tables to another program's non-empty database "
+                            "(refused, and left untouched, without it)")
     from harness_xai.distributed import add_budget_arguments
     add_budget_arguments(group)  # --xai-max-cases, --xai-max-tokens, --xai-time-budget, --xai-batch-size
     return cli
@@ -153,7 +169,11 @@ def run(argv: list[str]) -> int:
         return 0
     if xai["xai_report"]:
         from harness_xai.report import render_report
-        summary.report = str(render_report(settings["db"], xai["xai_report"]))
+        try:
+            summary.report = str(render_report(settings["db"], xai["xai_report"]))
+        except BaseException:
+            print(summary.line(), flush=True)  # what was stored, even if the report fails
+            raise
     print(summary.line(), flush=True)
     return 0
 
@@ -175,12 +195,19 @@ def _validate(args, xai: dict) -> dict:
                         "integrated-gradients. Drop --xai-graph or pick another --xai-method.")
     if xai["xai_graph"]:
         from harness_xai.graph import Prune
-        graph = Prune(mass=xai["xai_graph_mass"], max_edges=xai["xai_graph_edges"],
-                      max_nodes=xai["xai_graph_nodes"]).as_dict()
+        try:
+            graph = Prune(mass=xai["xai_graph_mass"], max_edges=xai["xai_graph_edges"],
+                          max_nodes=xai["xai_graph_nodes"]).as_dict()
+        except UserError as err:
+            flag = next((f for k, f in (("mass", "--xai-graph-mass"), ("max_edges", "--xai-graph-edges"),
+                                        ("max_nodes", "--xai-graph-nodes")) if f"{k}=" in str(err)),
+                        "--xai-graph-*")
+            raise UserError(f"{flag}: {err}") from None
     return {"db": normalize_url(xai["xai_db"]), "method": get_method(xai["xai_method"]).name,
             "progress": not xai["xai_no_progress"], "metric": xai["xai_metric"],
             "contrast": xai["xai_contrast"], "graph": graph,
-            "faithfulness": xai["xai_faithfulness"], "budget": Budget.from_args(xai)}
+            "faithfulness": xai["xai_faithfulness"], "budget": Budget.from_args(xai),
+            "report_dir": xai["xai_report"], "db_init": xai["xai_db_init"]}
 
 
 def _check_pretrained(model_args) -> None:
@@ -220,6 +247,7 @@ def _attributing(settings: dict) -> Iterator[dict]:
                            progress=settings["progress"], metric=settings["metric"],
                            contrast=settings["contrast"], graph=settings["graph"],
                            faithfulness=settings["faithfulness"], budget=settings["budget"],
+                           report_dir=settings.get("report_dir"), db_init=settings.get("db_init", False),
                            **kwargs)
         if results is not None:
             from harness_xai.pipeline import RunSummary
@@ -238,15 +266,21 @@ def _attributing(settings: dict) -> Iterator[dict]:
 
 def _execute(args) -> None:
     """lm-eval's own ``run`` on the namespace; model-loading failures become one line."""
+    from harness_xai.run_errors import explain_run_error
+
     try:
         args.func(args)
-    except ValueError as err:
-        if not str(err).startswith("Tasks not found"):
+    except UserError:
+        raise
+    except (ValueError, IndexError, TypeError, OSError) as err:
+        pairs = args.model_args if isinstance(args.model_args, dict) else dict(
+            p.split("=", 1) for p in str(args.model_args or "").split(",") if "=" in p)
+        explained = explain_run_error(err, pretrained=pairs.get("pretrained"),
+                                      include_path=getattr(args, "include_path", None))
+        if explained is not None:
+            raise explained from None
+        if not isinstance(err, OSError) or err.errno in _WRITE_ERRNOS:
             raise
-        missing = str(err).split(":", 1)[1].strip()
-        raise UserError(f"unknown task(s) in --tasks: {missing}. List them with `harness-xai ls "
-                        "tasks`; for your own YAMLs add --include_path DIR.") from None
-    except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot load the model ({first}). Check --model_args pretrained=… "
                         "(offline: the model must be a local directory or in the HF cache).") from None

@@ -1,7 +1,8 @@
 """The whole pipeline: lm-eval run → contrast cases → attribution → store.
 
 Algorithm of ``evaluate``:
-1. Validate the xai options (method, store URL) before anything runs.
+1. Validate the xai options (method, store URL) before anything runs; open and lock the store
+   and check the report folder (``store.preflight``: fail before the work, not after it).
 2. Run ``lm_eval.simple_evaluate`` unchanged, with samples logged, capturing the HFLM instance and
    the Task objects; the model family is checked before the first request is computed.
 3. For each task, each incorrect sample becomes a contrast case (or a skip with a reason);
@@ -65,7 +66,8 @@ class RunSummary:
 def evaluate(*, attribute: bool = True, db: str = DEFAULT_DB, method: str = "attnlrp",
              metric: str = "acc", contrast: str = "token", progress: bool = True,
              graph: dict | bool | None = None, faithfulness: bool = False,
-             budget: Budget | None = None, **simple_evaluate_kwargs):
+             budget: Budget | None = None, report_dir: str | None = None, db_init: bool = False,
+             **simple_evaluate_kwargs):
     """``lm_eval.simple_evaluate`` plus contrastive attribution of every incorrect response.
 
     ``metric``: acc | acc_norm decides "incorrect" for multiple choice; ``contrast``: token (one
@@ -73,7 +75,9 @@ def evaluate(*, attribute: bool = True, db: str = DEFAULT_DB, method: str = "att
     ``graph``: pruning options (``harness_xai.graph.Prune`` fields, or True for the paper's
     defaults) to also build a cross-layer attribution graph per token-contrast case;
     ``faithfulness``: also measure each explanation's deletion curve (``harness_xai.faithfulness``);
-    ``budget``: max cases / max tokens / time / batch size of the attribution (``distributed``)."""
+    ``budget``: max cases / max tokens / time / batch size of the attribution (``distributed``);
+    ``report_dir``: checked now, rendered by the caller; ``db_init``: add the schema to another
+    program's database. The store is opened and locked before lm-eval runs (store.preflight)."""
     import lm_eval.evaluator
 
     if not attribute:
@@ -88,18 +92,21 @@ def evaluate(*, attribute: bool = True, db: str = DEFAULT_DB, method: str = "att
     url = normalize_url(db)
     keep_samples = simple_evaluate_kwargs.get("log_samples", True)
     simple_evaluate_kwargs["log_samples"] = True
-    with capture_evaluate(before_run=_check_attributable) as captured:
-        results = lm_eval.evaluator.simple_evaluate(**simple_evaluate_kwargs)
-    world = World.detect()  # torchrun / accelerate launch: rank 0 leads, the others follow
-    if results is None or not world.leader:
-        from harness_xai.distributed import follow
-        follow(world, lambda options: _case_worker(captured.lm, **options), progress=progress)
-        return None
-    with world.leading():
-        summary = explain(results, captured.lm, captured.tasks, url, spec.name, metric,
-                          simple_evaluate_kwargs, progress=progress, contrast=contrast,
-                          prompts=captured.prompts, graph=graph or None,
-                          faithfulness=faithfulness, budget=budget, world=world)
+    from harness_xai.store.preflight import preflight
+    with preflight(url, report_dir=report_dir, init=db_init) as session:
+        with capture_evaluate(before_run=_check_attributable) as captured:
+            results = lm_eval.evaluator.simple_evaluate(**simple_evaluate_kwargs)
+        world = World.detect()  # torchrun / accelerate launch: rank 0 leads, the others follow
+        if results is None or not world.leader:
+            from harness_xai.distributed import follow
+            follow(world, lambda options: _case_worker(captured.lm, **options), progress=progress)
+            return None
+        with world.leading():
+            summary = explain(results, captured.lm, captured.tasks, url, spec.name, metric,
+                              simple_evaluate_kwargs, progress=progress, contrast=contrast,
+                              prompts=captured.prompts, graph=graph or None,
+                              faithfulness=faithfulness, budget=budget, world=world,
+                              store=session.store)
     results["xai"] = asdict(summary)
     if not keep_samples:
         results.pop("samples", None)
@@ -120,8 +127,11 @@ def explain(results: dict, lm, tasks: dict, url: str, method: str, metric: str,
             run_kwargs: dict, progress: bool = True, contrast: str = "token",
             prompts: dict | None = None, graph: dict | None = None,
             faithfulness: bool = False, budget: Budget | None = None,
-            world: World | None = None) -> RunSummary:
-    """Steps 3–5: cases from ``results["samples"]``, attribution, store."""
+            world: World | None = None, store=None) -> RunSummary:
+    """Steps 3–5: cases from ``results["samples"]``, attribution, store (``store``: already
+    open, left open; else opened here)."""
+    from contextlib import nullcontext
+
     from harness_xai.distributed import attribute_cases
     from harness_xai.store import Store
 
@@ -137,7 +147,7 @@ def explain(results: dict, lm, tasks: dict, url: str, method: str, metric: str,
                                        len(task_cases)))
     run = _run_record(results, lm, sorted(tasks), method, metric, run_kwargs, contrast, graph,
                       faithfulness)
-    with Store.open(url) as store:
+    with nullcontext(store) if store is not None else Store.open(url) as store:
         run_id = store.ensure_run(run)
         store.write_task_summaries(run_id, summaries)
         # skipped cases written, pending ones attributed (sharded over the ranks of a launch)

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from sqlalchemy.exc import ArgumentError
 from harness_xai.errors import UserError
 
 DUCKDB_SUFFIXES = (".duckdb", ".ddb")
+#: a lock conflict in a driver message ("database is locked", "Could not set lock on file",
+#: "Conflicting lock"), not "lock" inside another word ("block", "clock")
+_LOCK_WORDS = re.compile(r"\block(ed|s)?\b", re.IGNORECASE)
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 SUPPORTED_BACKENDS = ("duckdb", "sqlite", "postgresql")
 
@@ -35,7 +39,9 @@ def normalize_url(db: str) -> str:
     """Map a ``--db`` value (file path or URL) onto an SQLAlchemy URL string.
 
     ``x.duckdb`` → ``duckdb:////abs/x.duckdb``; ``x.sqlite``/``x.db`` → ``sqlite:////abs/x.sqlite``;
-    ``duckdb://``, ``sqlite://`` and ``postgresql[+driver]://`` URLs pass through unchanged.
+    ``duckdb://``, ``sqlite://`` and ``postgresql[+driver]://`` URLs pass through, except that a
+    relative file in a DuckDB/SQLite URL (``duckdb:///data/x.duckdb`` is ``./data/x.duckdb`` to
+    SQLAlchemy) is made absolute, so every message names the file actually used.
     """
     if not isinstance(db, str) or not db.strip():
         raise UserError("no database given: pass --db PATH.duckdb (or a .sqlite path or a URL)")
@@ -50,6 +56,11 @@ def normalize_url(db: str) -> str:
                 f"unsupported database backend {url.get_backend_name()!r} in {db!r}: "
                 "use duckdb://, sqlite:// or postgresql://"
             )
+        database = url.database or ""
+        if (url.get_backend_name() in ("duckdb", "sqlite") and database not in ("", ":memory:")
+                and not database.startswith("file:") and not Path(database).is_absolute()):
+            absolute = str(Path(database).expanduser().resolve())
+            return url.set(database=absolute).render_as_string(hide_password=False)
         return db
     path = Path(db).expanduser()
     suffix = path.suffix.lower()
@@ -141,7 +152,9 @@ def open_error(url: str, exc: BaseException) -> UserError:
     if "replaying WAL" in first:
         return UserError(f"cannot open database {shown}: DuckDB cannot replay its write-ahead log "
                          f"({first}); moving the .wal file aside opens the last checkpointed state")
-    if "lock" in first.lower():
+    if "No space left on device" in first:
+        return UserError(f"disk full opening database {shown} ({first}): free space and re-run")
+    if _LOCK_WORDS.search(first):
         return UserError(
             f"database {shown} is in use by another process ({first}): wait for it to finish or use another --db"
         )
