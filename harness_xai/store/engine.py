@@ -152,8 +152,9 @@ def open_error(url: str, exc: BaseException) -> UserError:
     if "replaying WAL" in first:
         return UserError(f"cannot open database {shown}: DuckDB cannot replay its write-ahead log "
                          f"({first}); moving the .wal file aside opens the last checkpointed state")
-    if "No space left on device" in first:
-        return UserError(f"disk full opening database {shown} ({first}): free space and re-run")
+    if "No space left on device" in first or "database or disk is full" in first:
+        return UserError(f"disk full while creating/opening database {shown} ({first}): nothing "
+                         "was written; free space and re-run")
     if _LOCK_WORDS.search(first):
         return UserError(
             f"database {shown} is in use by another process ({first}): wait for it to finish or use another --db"

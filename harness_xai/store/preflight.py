@@ -98,7 +98,9 @@ def disk_full(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+        text = str(exc)
+        if any(m in text for m in ("No space left on device", "Disk quota exceeded",
+                                   "database or disk is full")):
             return True
         exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
     return False
