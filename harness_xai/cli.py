@@ -203,6 +203,8 @@ def _validate(args, xai: dict) -> dict:
                                         ("max_nodes", "--xai-graph-nodes")) if f"{k}=" in str(err)),
                         "--xai-graph-*")
             raise UserError(f"{flag}: {err}") from None
+    from harness_xai.store.preflight import early_check
+    early_check(normalize_url(xai["xai_db"]), report_dir=xai["xai_report"], init=xai["xai_db_init"])
     return {"db": normalize_url(xai["xai_db"]), "method": get_method(xai["xai_method"]).name,
             "progress": not xai["xai_no_progress"], "metric": xai["xai_metric"],
             "contrast": xai["xai_contrast"], "graph": graph,

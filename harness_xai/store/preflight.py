@@ -16,6 +16,12 @@ enters before ``simple_evaluate``:
    A store file this run created is removed again if the run fails before writing its run row
    (a mistake found inside lm-eval's task setup leaves nothing behind).
 
+``early_check(url, report_dir=None, init=False)`` is the same verdict without opening anything for
+writing (the CLI calls it before lm-eval even indexes its tasks, so a busy, foreign or unwritable
+store is refused in well under a second): the report folder; an existing DuckDB/SQLite file is
+classified read-only (busy, corrupt, another program's, wrong schema → refused) and an SQLite
+file's writer lock probed; for a new file, its folder must be writable.
+
 ``check_destination(out, flag, marker=None, allowed=None)`` is also used by ``report --out`` and
 ``export --out``: ``allowed(names)`` accepts a non-empty folder whose entries it recognises.
 """
@@ -139,6 +145,43 @@ class Session:
     def where(self) -> str:
         path = db_file(self.url)
         return str(path) if path is not None else display_url(self.url)
+
+
+def early_check(url: str, *, report_dir: str | Path | None = None, init: bool = False) -> None:
+    """UserError now for what ``preflight`` would refuse (see the module docstring)."""
+    if not _leader():
+        return
+    if report_dir is not None:
+        check_destination(report_dir, "--xai-report", marker=REPORT_MARKER)
+    path = db_file(url)
+    if path is None:
+        return
+    if not path.exists():
+        folder = _existing_ancestor(path.parent)
+        problem = write_problem(folder)
+        if problem is not None:
+            raise UserError(f"cannot create the store {path}: cannot write in {folder} ({problem}): "
+                            "use a writable --xai-db")
+        return
+    import sqlalchemy as sa
+
+    from harness_xai.store import migrate
+    from harness_xai.store.engine import make_engine, open_error
+    from harness_xai.store.lock import WriterLock
+
+    if url.startswith("sqlite"):
+        WriterLock.acquire(path).release()  # busy → one line naming the holder
+    engine = make_engine(url, read_only=True)
+    try:
+        try:
+            with engine.connect() as conn:
+                state = migrate.schema_state(conn)
+                conn.rollback()
+        except sa.exc.DBAPIError as exc:
+            raise open_error(url, exc) from None
+    finally:
+        engine.dispose()
+    migrate.needs_migration(state, url, create=True, upgrade=False, init=init)
 
 
 def _leader() -> bool:
