@@ -113,7 +113,7 @@ def test_foreign_database_is_refused_and_untouched(suffix: str, tmp_path: Path,
     before, names = _sha(path), sorted(p.name for p in tmp_path.iterdir())
     assert cli_main(["db", "upgrade", "--db", str(path)]) == 2
     line = _one_line(capsys.readouterr().err)
-    assert "another program's database" in line and "accounts" in line and "--init" in line
+    assert "not a harness-xai database but another program's" in line and "accounts" in line and "--init" in line
     with pytest.raises(UserError, match="--xai-db-init"):
         Store.open(str(path))
     with pytest.raises(UserError, match="another program"):

@@ -40,7 +40,7 @@ def migrating_prefix(store: Path) -> str:
 
 def remove_stale(folder: Path, prefixes: Iterable[str]) -> list[str]:
     """Remove ``folder/<prefix><pid>…`` entries whose process is gone; their names."""
-    pattern = re.compile("(?:" + "|".join(re.escape(p) for p in prefixes) + r")(\d+)")
+    pattern = re.compile("(?:" + "|".join(re.escape(p) for p in prefixes) + r")(\d+)(?=$|[-.])")
     removed = []
     try:
         entries = list(os.scandir(folder))

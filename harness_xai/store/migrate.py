@@ -139,8 +139,8 @@ def needs_migration(state: SchemaState, url: str, *, create: bool, upgrade: bool
     if state.kind == OTHER and not (init and create):
         listed = ", ".join(state.others[:5]) + (", …" if len(state.others) > 5 else "")
         raise UserError(
-            f"{shown} is another program's database ({len(state.others)} tables/views: {listed}) "
-            "and was left untouched: use another --db, or add the harness-xai tables to it with "
+            f"{shown} is not a harness-xai database but another program's ({len(state.others)} "
+            f"tables/views: {listed}); left untouched: use another --db, or add the harness-xai tables to it with "
             "`run … --xai-db-init` / `harness-xai db upgrade --init`")
     if state.kind == OTHER:
         return True

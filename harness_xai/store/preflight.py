@@ -85,8 +85,9 @@ def check_destination(out: str | Path, flag: str, *, marker: str | None = None,
         ok = (not names or (marker is not None and marker in names)
               or (allowed is not None and allowed(names)))
         if not ok:
-            raise UserError(f"{flag} {path} is a non-empty directory ({len(names)} entries) that "
-                            "harness-xai did not write: pass a new or empty directory")
+            what = "report" if marker is not None else "export"
+            raise UserError(f"{flag} {path} is a non-empty directory ({len(names)} entries) that is "
+                            f"not a harness-xai {what}: pass a new or empty directory")
     parent = _existing_ancestor(path.parent)
     remove_stale(path.parent, REPORT_PREFIXES)
     for folder in ([path] if path.is_dir() else []) + [parent]:
