@@ -297,10 +297,14 @@ def test_read_only_destinations_are_refused(tmp_path: Path, mounted, capsys: pyt
 
 # -- disk full ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("suffix", FILE_BACKENDS)
-def test_disk_full_on_a_small_tmpfs(suffix: str, mounted) -> None:
+def test_disk_full_on_a_small_tmpfs(suffix: str, mounted, capsys: pytest.CaptureFixture) -> None:
     """Creation on a too-small disk: one line, nothing left. Mid-run: one line saying how much
     was written, every stored case complete; after freeing space the same writes complete."""
     tiny = mounted("size=64k")
+    assert cli_main(["db", "upgrade", "--db", str(tiny / f"s.{suffix}")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "disk full while creating" in line and "nothing was written" in line, line
+    assert list(tiny.iterdir()) == []
     with pytest.raises(UserError, match="disk full") as full:
         with preflight(normalize_url(str(tiny / f"s.{suffix}"))):
             pass

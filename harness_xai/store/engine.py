@@ -12,10 +12,12 @@
 5. ``open_error`` turns a driver error on connect into a one-line ``UserError`` (a DuckDB file
    locked by another process: the path and the holder's pid, see lock.py).
 6. ``display_url`` hides a PostgreSQL password in messages.
+7. ``disk_full`` tells whether an error (anywhere in its chain) is a full disk.
 """
 
 from __future__ import annotations
 
+import errno
 import re
 import sqlite3
 from pathlib import Path
@@ -160,6 +162,21 @@ def open_error(url: str, exc: BaseException) -> UserError:
             f"database {shown} is in use by another process ({first}): wait for it to finish or use another --db"
         )
     return UserError(f"cannot open database {shown}: {first}")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True if ENOSPC (or a driver's "No space left on device") is anywhere in the chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        if any(m in text for m in ("No space left on device", "Disk quota exceeded",
+                                   "database or disk is full")):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return False
 
 
 def remove_new_file(path: Path | None) -> None:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness_xai.errors import UserError
-from harness_xai.store.engine import db_file, display_url, remove_new_file
+from harness_xai.store.engine import db_file, disk_full, display_url, remove_new_file
 from harness_xai.store.litter import REPORT_PREFIXES, remove_stale
 from harness_xai.store.lock import DirectoryLock
 
@@ -96,21 +96,6 @@ def check_destination(out: str | Path, flag: str, *, marker: str | None = None,
             raise UserError(f"{flag} {path}: cannot write in {folder} ({problem}): pass a "
                             "writable directory")
     return path
-
-
-def disk_full(exc: BaseException) -> bool:
-    """True if ENOSPC (or a driver's "No space left on device") is anywhere in the chain."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        text = str(exc)
-        if any(m in text for m in ("No space left on device", "Disk quota exceeded",
-                                   "database or disk is full")):
-            return True
-        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
-    return False
 
 
 def _free(path: Path | None) -> str:
@@ -207,14 +192,6 @@ def preflight(url: str, *, report_dir: str | Path | None = None, init: bool = Fa
     except KeyboardInterrupt:
         raise Interrupted("interrupted while opening the store; nothing was written: re-run the "
                           "same command") from None
-    except UserError:
-        raise
-    except Exception as exc:
-        if disk_full(exc):
-            raise UserError(f"disk full while creating/opening the store {path or display_url(url)}"
-                            f"{_free(path)}: nothing was written (the partial copy was removed); "
-                            "free space and re-run") from None
-        raise
     session = Session(url, store)
     try:
         yield session

@@ -42,7 +42,8 @@ from harness_xai.errors import UserError
 from harness_xai.records import CaseRecord, DocOutcome, RunRecord, TaskSummary
 from harness_xai.store import bulk, duckfile, migrate
 from harness_xai.store.caserows import _py, case_values, child_rows, opt_float, opt_int, validate_case
-from harness_xai.store.engine import db_file, make_engine, normalize_url, open_error, remove_new_file
+from harness_xai.store.engine import (db_file, disk_full, display_url, make_engine, normalize_url,
+                                     open_error, remove_new_file)
 from harness_xai.store.lock import DirectoryLock, WriterLock
 from harness_xai.store.models import cases, doc_outcomes, runs, task_results
 
@@ -246,6 +247,20 @@ def open_for_writing(
     failure only by the process that created it, before anyone else could open it.
     """
     path = db_file(url)
+    try:
+        return _open(url, path, create=create, upgrade=upgrade, init=init)
+    except UserError:
+        raise
+    except Exception as exc:
+        if not disk_full(exc):
+            raise
+        where = path or display_url(url)
+        raise UserError(f"disk full while creating/opening the store {where}: nothing was written "
+                        "(a partial copy is removed): free space and re-run") from None
+
+
+def _open(url: str, path, *, create: bool, upgrade: bool, init: bool
+          ) -> tuple[Engine, WriterLock | None, migrate.SchemaState]:
     if path is not None and sa.engine.make_url(url).get_backend_name() == "duckdb":
         return duckfile.open_duckdb_file(url, path, create=create, upgrade=upgrade, init=init)
     if path is None:
