@@ -47,9 +47,11 @@ def test_normalize_url_paths_and_urls(tmp_path: Path, monkeypatch: pytest.Monkey
     odd = tmp_path / "a b?c#d%e@f.duckdb"  # URL-special characters in a file name
     assert normalize_url(str(odd)).startswith("duckdb:////")
     assert writer.db_file(normalize_url(str(odd))) == odd.resolve()
-    for url in ("duckdb:///:memory:", "sqlite:///rel.sqlite", "postgresql+psycopg://u:p@host:5432/db",
-                "postgresql://u@host/db"):
+    for url in ("duckdb:///:memory:", "postgresql+psycopg://u:p@host:5432/db",
+                "postgresql://u@host/db", f"sqlite:///{tmp_path.resolve()}/abs.sqlite"):
         assert normalize_url(url) == url
+    # a relative file in a URL is resolved, so messages name the file actually used (issue 18)
+    assert normalize_url("sqlite:///rel.sqlite") == f"sqlite:///{tmp_path.resolve()}/rel.sqlite"
     assert display_url("postgresql://u:secret@host/db") == "postgresql://u:***@host/db"
 
 

@@ -76,13 +76,11 @@ def _env() -> Environment:
 
 
 def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory; pass a directory path")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise UserError(
-            f"--out {out} is a non-empty directory that is not a harness-xai report; "
-            "pass a new or empty directory"
-        )
+    """New, empty or a previous report, and writable (store.preflight.check_destination; also
+    removes stale temporary folders of killed renders next to it)."""
+    from harness_xai.store.preflight import check_destination
+
+    check_destination(out, "--out", marker=MARKER)
 
 
 def _open_store(db: str) -> Any:
@@ -247,7 +245,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
     if not out.exists():
         os.replace(tmp, out)
         return
-    old = Path(tempfile.mkdtemp(prefix=".harness-xai-old-", dir=out.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".harness-xai-old-{os.getpid()}-", dir=out.parent))
     old.rmdir()
     os.replace(out, old)
     try:
@@ -268,7 +266,7 @@ def render_report(db: str, out_dir: str | Path) -> Path:
         with store.engine.connect() as conn:
             queries.check_schema(conn, str(db))
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".harness-xai-report-", dir=out.parent))
+            tmp = Path(tempfile.mkdtemp(prefix=f".harness-xai-report-{os.getpid()}-", dir=out.parent))
             try:
                 _render_all(env, conn, tmp)
                 _swap_into_place(tmp, out)
