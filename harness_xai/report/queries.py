@@ -33,7 +33,7 @@ _CASE_COLUMNS = (
     "id, run_id, task, doc_id, doc_hash, filter, metric, status, skip_reason, prompt, pred_index, "
     "gold_index, pred_text, gold_text, position, wrong_token_id, gold_token_id, wrong_token, "
     "gold_token, delta, ll_pred, ll_gold, method, n_tokens, output_type, contrast, ll_error, "
-    "aopc, aopc_random"
+    "aopc, aopc_random, method_params"
 )
 
 

@@ -38,8 +38,10 @@ from sqlalchemy import Connection
 
 from harness_xai import __version__
 from harness_xai.errors import UserError
-from harness_xai.report import charts, figures, history, payload, queries, study, text
+from harness_xai.report import (charts, context, figures, history, payload, queries, study,
+                                summary, text)
 from harness_xai.report.arrays import CaseArrays, run_arrays, store_relevance
+from harness_xai.report.tokens import display_tokens, visible
 
 MARKER = ".harness-xai-report"
 #: rows per page of a failure table (the browser pages through them)
@@ -135,9 +137,13 @@ class _Study:
 def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_href: str,
                  st: _Study) -> str:
     key = (case["task"], int(case["doc_id"]), case["doc_hash"], case["filter"])
-    data = payload.case_payload(a)
-    rows = st.docs.relevance_rows(key, int(run["id"]), st.relevance,
-                                  data["tokens"]["first_special"])
+    notes = context.contrast_notes(case.get("method_params"))
+    texts = [case["prompt"], notes.get("gold_context"), notes.get("generation"),
+             case["pred_text"], case["gold_text"]]
+    labels, group = display_tokens(a.tokens, texts)
+    data = payload.case_payload(a, (labels, group))
+    first_special = data["tokens"]["first_special"]
+    rows = st.docs.relevance_rows(key, int(run["id"]), st.relevance, first_special)
     if len(rows) > 1:
         data["history"] = rows
     faith = None
@@ -147,13 +153,21 @@ def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_hr
         faith["rows"] = list(zip(f["fractions"], f["n_removed"], f["relevance"], f["random"]))
     graph = data.get("graph")
     total = float(np.nansum(a.relevance))
+    start = text.segment_label(a.segments[0], a.segment_index[0]) if a.segments else ""
     return env.get_template("case.html").render(
         run=run, case=case, data=payload.embed(data), total=total, task_href=task_href,
         root="../", segments=_segment_totals(a), faith=faith, graph=graph,
         states=data["states"], heads=data.get("heads"), layers=data.get("layers"),
         others=st.docs.entries(key), flips=st.docs.flips(key, int(run["id"])),
         history=rows if len(rows) > 1 else None, n_tokens=len(a.positions),
-        first_special=data["tokens"]["first_special"])
+        first_special=first_special,
+        top=summary.top_tokens(a, labels, group, first_special),
+        segment_line=summary.segment_line(a), layer_line=summary.layer_line(a.layer_ids, a.layers),
+        truncation=context.truncation(case["prompt"], notes, a.tokens, a.segments, start),
+        options=context.choice_options(case["prompt"], notes),
+        generation=context.generation(notes, labels, a.segments, case["wrong_token"])
+        if case.get("output_type") == "generate_until" else None,
+        wrong_label=visible(case["wrong_token"]), gold_label=visible(case["gold_token"]))
 
 
 def _task_figures(cases: list[dict[str, Any]]) -> dict[str, Any]:

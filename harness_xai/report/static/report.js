@@ -115,6 +115,15 @@
       }), labelsOf(data.positions), data.history.map(function (h) { return h.values; }), "position", false, 1.0);
     }
     if (data.graph) drawGraph(data);
+    Array.prototype.forEach.call(document.querySelectorAll("[data-goto]"), function (node) {
+      node.addEventListener("click", function () {
+        var target = document.getElementById(node.getAttribute("data-goto"));
+        if (!target) return;
+        target.scrollIntoView({ block: "center" });
+        target.classList.add("flash");
+        setTimeout(function () { target.classList.remove("flash"); }, 1500);
+      });
+    });
   }
 
   function labelsOf(positions) { return positions.map(String); }
@@ -125,19 +134,28 @@
   }
   function segmentLabel(seg, idx) { return seg ? (idx === null || idx === undefined ? seg : seg + " " + idx) : ""; }
 
+  // one span per token; the byte pieces of a split character (same data.tokens.group) share
+  // one span that shows the merged text and lists every exact piece on hover
   function drawTokens(data) {
     var box = document.getElementById("tokens");
     if (!box) return;
     var t = data.tokens, n = t.text.length, scale = 0;
+    var group = t.group || t.text.map(function (_, i) { return i; });
+    var shown = t.display || t.text.map(displayToken);
+    var sums = {};
     for (var i = 0; i < n; i++) {
       var r = t.relevance[i];
-      if (r !== null && isFinite(r) && !(t.first_special && i === 0)) scale = Math.max(scale, Math.abs(r));
+      if (r !== null && isFinite(r)) sums[group[i]] = (sums[group[i]] || 0) + r;
     }
+    for (var g in sums) if (!(t.first_special && +g === 0)) scale = Math.max(scale, Math.abs(sums[g]));
     var scaleNode = document.getElementById("token-scale");
     if (scaleNode) scaleNode.textContent = fmtG(scale, 4, false);
     while (box.firstChild) box.removeChild(box.firstChild);
     var previous = null;
     for (i = 0; i < n; i++) {
+      if (group[i] !== i) continue;
+      var members = [i];
+      for (var k = i + 1; k < n && group[k] === i; k++) members.push(k);
       var seg = t.segment[i], segi = t.segment_index[i], label = segmentLabel(seg, segi);
       var segKey = seg === null ? null : seg + "|" + segi;
       if (seg !== null && segKey !== previous) {
@@ -148,23 +166,30 @@
         box.appendChild(mark);
       }
       previous = segKey;
-      var rel = t.relevance[i], raw = t.text[i] === null ? "" : t.text[i];
+      var rel = members.length > 1 ? (i in sums ? sums[i] : null) : t.relevance[i];
+      var raw = t.text[i] === null ? "" : t.text[i];
       var span = document.createElement("span");
       var cls = "tok";
       if (t.first_special && i === 0) cls += " special";
       if (raw === "") cls += " empty";
+      if (members.length > 1) cls += " bytes";
       if (seg) cls += " in-" + seg.replace(/[^a-z]/g, "");
-      if (t.evidence[i] === 1) cls += " evidence";
+      if (members.some(function (m) { return t.evidence[m] === 1; })) cls += " evidence";
       span.className = cls;
+      span.id = "tok-" + data.positions[i];
       span.setAttribute("data-position", String(data.positions[i]));
+      if (members.length > 1) span.setAttribute("data-positions", members.map(function (m) { return data.positions[m]; }).join(" "));
       span.setAttribute("data-relevance", rel === null ? "nan" : String(rel));
       span.setAttribute("data-segment", label);
-      span.title = "pos " + data.positions[i] + " · token " + JSON.stringify(raw) + " · id " + t.id[i] +
-        " · relevance " + fmtG(rel, 6, true) + (label ? " · " + label : "") + (t.evidence[i] === 1 ? " · evidence" : "");
+      span.title = members.map(function (m) {
+        return "pos " + data.positions[m] + " · token " + JSON.stringify(t.text[m] === null ? "" : t.text[m]) + " · id " + t.id[m] +
+          " · relevance " + fmtG(t.relevance[m], 6, true);
+      }).join("\n") + (members.length > 1 ? "\n(byte pieces of one character; colour: their sum " + fmtG(rel, 6, true) + ")" : "") +
+        (label ? " · " + label : "") + (members.some(function (m) { return t.evidence[m] === 1; }) ? " · evidence" : "");
       var c = colour(rel, scale);
       span.style.backgroundColor = c.rgb;
       if (c.a > 0.55) span.style.color = "#fff";
-      span.textContent = displayToken(t.text[i]);
+      span.textContent = shown[i];
       box.appendChild(span);
     }
   }
