@@ -242,6 +242,7 @@ def _run_record(results, lm, tasks, method, metric, run_kwargs, contrast="token"
     model_args = config.get("model_args")
     pretrained = str(getattr(lm, "pretrained", None) or model.config._name_or_path)
     from harness_xai.sweep import checkpoint_step
+    from harness_xai.store.names import short_model_name
     subfolder = (model_args if isinstance(model_args, dict) else {}).get("subfolder")
     return RunRecord(
         run_key=hashlib.sha256(blob.encode()).hexdigest(),
@@ -252,4 +253,5 @@ def _run_record(results, lm, tasks, method, metric, run_kwargs, contrast="token"
         n_params=sum(p.numel() for p in model.parameters()), tasks=tasks, method=method,
         lm_eval_version=lm_eval.__version__, harness_xai_version=__version__,
         config=json.loads(json.dumps(identity, default=str)),
-        step=checkpoint_step(pretrained, getattr(lm, "revision", None), subfolder))
+        step=checkpoint_step(pretrained, getattr(lm, "revision", None), subfolder),
+        model_name=short_model_name(pretrained))

@@ -332,7 +332,8 @@ def test_failure_page_shows_internals_in_chromium(store_db: tuple[str, dict], tm
     graph = dom.split('id="graph"')[1].split("</svg>")[0]
     assert graph.count('class="edge"') == 4 and 'data-visible-edges="4"' in graph
     titles = re.findall(r'class="edge"[^>]*><title>([^<]*)</title>', graph)
-    assert 'emb @ position 3 " Who" → 1 @ position 5 " \\"hi\\"": +0.7' in titles, titles
+    assert any(t.startswith('emb @ position 3 " Who" → 1 @ position 5 " \\"hi\\"": +0.7 (edge weight')
+               for t in titles), titles
     faith = dom.split('id="faithfulness"')[1].split("</svg>")[0]
     assert faith.count("<polyline") == 2 and faith.count("<circle") == 4  # Δℓ₀ + 3 steps
     # segment marks: special, fewshot 0, question, option 0, option 1, question again

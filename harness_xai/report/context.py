@@ -13,13 +13,16 @@ and the stored tokens:
    (``cases.prompt``) and the gold context (``gold_context``), widened to whole words.
 4. ``generation`` — generation tasks: the model's generated text as far as the explanation
    goes (the ``generated`` tokens, then the explained wrong token), and the full raw generation
-   when the case recorded it (``generation``).
+   when the case recorded it (``generation``; bytes that are not valid UTF-8 on their own,
+   U+FFFD in the decoded text, shown as ``▯``).
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from harness_xai.report.tokens import BYTE_MARK, FFFD
 
 CONTEXT_SEGMENTS = {"special", "instruction", "fewshot", "question", "option", None}
 
@@ -34,18 +37,22 @@ def contrast_notes(method_params: str | None) -> dict[str, Any]:
     return notes if isinstance(notes, dict) else {}
 
 
-def truncation(prompt: str | None, notes: dict[str, Any], tokens: list[str],
+def truncation(prompt: str | None, notes: dict[str, Any], real: list[str | None],
                segments: list[str | None], start_label: str) -> dict[str, Any] | None:
-    """Step 2: {"n_tokens", "text" (None when it cannot be aligned), "starts_in"} or None."""
+    """Step 2: {"n_tokens", "text" (None when it cannot be aligned), "starts_in"} or None.
+    ``real``: each token's text with byte pieces resolved (``tokens.resolve_tokens``; None for
+    pieces no stored text explains — a character cut in half by the truncation)."""
     n = notes.get("truncated_tokens")
     if not isinstance(n, int) or n <= 0:
         return None
-    kept = "".join(t or "" for t, s in zip(tokens, segments) if s in CONTEXT_SEGMENTS
-                   and s != "special")
+    context = [t for t, s in zip(real, segments) if s in CONTEXT_SEGMENTS and s != "special"]
+    while context and context[0] in (None, ""):  # pieces of a character the cut split
+        context.pop(0)
     cut = None
-    body, tail = (prompt or "").rstrip(), kept.rstrip()
-    if tail and "\ufffd" not in tail and body.endswith(tail):
-        cut = body[: len(body) - len(tail)]
+    if context and None not in context:
+        body, tail = (prompt or "").rstrip(), "".join(context).rstrip()
+        if tail and body.endswith(tail):
+            cut = body[: len(body) - len(tail)]
     return {"n_tokens": n, "text": cut, "starts_in": start_label or "—"}
 
 
@@ -85,6 +92,8 @@ def generation(notes: dict[str, Any], labels: list[str], segments: list[str | No
     generation was recorded."""
     prefix = "".join(label for label, s in zip(labels, segments) if s == "generated")
     raw = notes.get("generation") if isinstance(notes.get("generation"), str) else None
+    if raw is not None:  # bytes the model emitted that are not valid UTF-8 on their own
+        raw = raw.replace(FFFD, BYTE_MARK)
     if not prefix and raw is None and "generated_prefix" not in notes:
         return None
     return {"prefix": prefix, "wrong": wrong_token, "raw": raw}

@@ -41,7 +41,7 @@ from harness_xai.errors import UserError
 from harness_xai.report import (charts, context, figures, history, payload, queries, study,
                                 summary, text)
 from harness_xai.report.arrays import CaseArrays, run_arrays, store_relevance
-from harness_xai.report.tokens import display_tokens, visible
+from harness_xai.report.tokens import labels_of, resolve_tokens, visible
 
 MARKER = ".harness-xai-report"
 #: rows per page of a failure table (the browser pages through them)
@@ -140,7 +140,8 @@ def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_hr
     notes = context.contrast_notes(case.get("method_params"))
     texts = [case["prompt"], notes.get("gold_context"), notes.get("generation"),
              case["pred_text"], case["gold_text"]]
-    labels, group = display_tokens(a.tokens, texts)
+    real, group = resolve_tokens(a.tokens, texts)
+    labels = labels_of(a.tokens, real, group)
     data = payload.case_payload(a, (labels, group))
     first_special = data["tokens"]["first_special"]
     rows = st.docs.relevance_rows(key, int(run["id"]), st.relevance, first_special)
@@ -163,7 +164,7 @@ def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_hr
         first_special=first_special,
         top=summary.top_tokens(a, labels, group, first_special),
         segment_line=summary.segment_line(a), layer_line=summary.layer_line(a.layer_ids, a.layers),
-        truncation=context.truncation(case["prompt"], notes, a.tokens, a.segments, start),
+        truncation=context.truncation(case["prompt"], notes, real, a.segments, start),
         options=context.choice_options(case["prompt"], notes),
         generation=context.generation(notes, labels, a.segments, case["wrong_token"])
         if case.get("output_type") == "generate_until" else None,

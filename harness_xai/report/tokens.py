@@ -83,17 +83,38 @@ def _resolve(tokens: list[str | None], start: int, end: int, texts: list[str]) -
     return None
 
 
-def display_tokens(tokens: list[str | None], texts: Iterable[str | None]) -> tuple[list[str], list[int]]:
-    """Step 4: (label per token, group id per token: index of the run's first token)."""
+def resolve_tokens(tokens: list[str | None], texts: Iterable[str | None]
+                   ) -> tuple[list[str | None], list[int]]:
+    """Steps 1–2: (text per token with each byte-piece run's real text on its first token, ""
+    on the others and None on all when unresolved; group id per token: index of the run's
+    first token)."""
     haystack = [t for t in texts if t]
-    labels = [visible(t) for t in tokens]
+    real: list[str | None] = list(tokens)
     group = list(range(len(tokens)))
     for start, end in byte_groups(tokens):
-        real = _resolve(tokens, start, end, haystack)
-        labels[start] = visible(real) if real is not None else visible("".join(
-            t or "" for t in tokens[start:end]))
+        found = _resolve(tokens, start, end, haystack)
         for k in range(start, end):
             group[k] = start
-            if k > start:
-                labels[k] = ""
-    return labels, group
+            real[k] = None if found is None else (found if k == start else "")
+    return real, group
+
+
+def labels_of(tokens: list[str | None], real: list[str | None], group: list[int]) -> list[str]:
+    """Step 4 from ``resolve_tokens``' output: the label to show per token."""
+    labels = [visible(t) for t in tokens]
+    for k, g in enumerate(group):
+        if g != k:
+            labels[k] = ""
+        elif tokens[k] and FFFD in tokens[k]:  # the first piece of a run
+            end = k + 1
+            while end < len(group) and group[end] == k:
+                end += 1
+            labels[k] = visible(real[k] if real[k] is not None
+                                else "".join(t or "" for t in tokens[k:end]))
+    return labels
+
+
+def display_tokens(tokens: list[str | None], texts: Iterable[str | None]) -> tuple[list[str], list[int]]:
+    """Step 4: (label per token, group id per token: index of the run's first token)."""
+    real, group = resolve_tokens(tokens, texts)
+    return labels_of(tokens, real, group), group

@@ -45,6 +45,7 @@ from harness_xai.store.caserows import _py, case_values, child_rows, opt_float, 
 from harness_xai.store.engine import db_file, make_engine, normalize_url, open_error, remove_new_file
 from harness_xai.store.lock import WriterLock
 from harness_xai.store.models import cases, doc_outcomes, runs, task_results
+from harness_xai.store.names import short_model_name
 
 
 #: PostgreSQL advisory lock held while a writer checks / migrates the schema ("hxai" in ASCII)
@@ -117,6 +118,8 @@ class Store:
             "harness_xai_version": run.harness_xai_version,
             "config": json.dumps(run.config, sort_keys=True, default=str),
             "step": opt_int(getattr(run, "step", None)),
+            "model_name": getattr(run, "model_name", None)
+            or short_model_name(run.pretrained or run.model),
         }
         try:
             with self.engine.begin() as conn:
