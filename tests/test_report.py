@@ -346,3 +346,17 @@ def test_failure_page_shows_internals_in_chromium(store_db: tuple[str, dict], tm
     shot = tmp_path / "internals.png"
     _chromium([f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()], tmp_path)
     assert len(shot.read_bytes()) > 30_000
+
+
+def test_deletion_curve_has_axis_titles_and_round_ticks() -> None:
+    from harness_xai.report.figures import curve_chart
+
+    c = curve_chart([0.1, 0.2, 0.5], [2.43, -0.892, 0.4], [4.09, 3.1, 2.2], 4.2)
+    assert c["x_title"] and c["y_title"].startswith("Δℓ")
+    values = [float(t["text"]) for t in c["y_ticks"]]
+    step = values[1] - values[0]
+    mantissa = step / 10 ** np.floor(np.log10(step))
+    assert any(abs(mantissa - m) < 1e-9 for m in (1, 2, 2.5, 5))  # a 1-2-2.5-5 step
+    assert all(abs(v / step - round(v / step)) < 1e-9 for v in values)  # multiples of it
+    assert values[0] <= -0.892 and values[-1] >= 4.2  # the axis ends on ticks around the data
+    assert [t["text"] for t in c["x_ticks"]] == ["0%", "10%", "20%", "30%", "40%", "50%"]

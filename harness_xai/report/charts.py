@@ -45,7 +45,7 @@ def palette(lines: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return out
 
 
-def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     if hi - lo <= 0:
         return [lo]
     raw = (hi - lo) / max(n - 1, 1)
@@ -124,11 +124,11 @@ def line_chart(lines: list[dict[str, Any]], *, x_log: bool = False, x_title: str
     if x_log:
         x_ticks = log_ticks(x_lo, x_hi) or sorted(set(xs))
     else:
-        x_ticks = _nice_ticks(x_lo, x_hi, 6)
+        x_ticks = nice_ticks(x_lo, x_hi, 6)
     return {"empty": False, "width": width, "height": height, "lines": drawn,
             "left": left, "right": width - right, "top": top, "bottom": height - bottom,
             "x_ticks": [{"x": px(v), "text": _x_label(v, x_log)} for v in x_ticks],
-            "y_ticks": [{"y": py(v), "text": f"{v:g}"} for v in _nice_ticks(y_lo, y_hi)],
+            "y_ticks": [{"y": py(v), "text": f"{v:g}"} for v in nice_ticks(y_lo, y_hi)],
             "x_title": x_title,
             "legend": [{"name": d["name"], "stroke": d["stroke"], "dash": d["dash"]}
                        for d in drawn]}

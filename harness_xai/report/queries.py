@@ -56,7 +56,8 @@ def list_runs(conn: Connection) -> list[dict[str, Any]]:
     rows = conn.execute(
         text(
             "SELECT id, run_key, created_at, model, model_args, pretrained, revision, model_type, "
-            "n_params, tasks, method, lm_eval_version, harness_xai_version, step, config FROM runs "
+            "n_params, tasks, method, lm_eval_version, harness_xai_version, step, config, "
+            "model_name FROM runs "
             "ORDER BY id"
         )
     ).mappings()

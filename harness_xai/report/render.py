@@ -184,6 +184,16 @@ def _task_figures(cases: list[dict[str, Any]]) -> dict[str, Any]:
             if n else [], "triage_counts": sorted(labels.items(), key=lambda kv: -kv[1])}
 
 
+def _matrix(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The index's models × checkpoints × tasks matrix: rows = runs by model, step, id; columns =
+    every task; cell = that run's task row (or None)."""
+    tasks = sorted({row["task"] for run in runs for row in run["tasks_rows"]})
+    rows = sorted(runs, key=lambda r: (r["series"], r["step"] is None, r["step"] or 0, r["id"]))
+    cells = {(int(r["id"]), row["task"]): row for r in runs for row in r["tasks_rows"]}
+    return {"tasks": tasks, "rows": [{"run": r, "cells": [cells.get((int(r["id"]), t))
+                                                          for t in tasks]} for r in rows]}
+
+
 def _render_study(env: Environment, cohort: study.Cohort) -> str:
     tasks = []
     for task, points in cohort.tasks.items():
@@ -224,6 +234,7 @@ def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:
     for run in runs:
         run["tasks_rows"] = queries.task_rows(conn, run["id"])
         run["series"] = study.series_of(run)
+        run.update(study.run_settings(run))
     st = _Study(conn, runs)
     for run in runs:
         run_dir = f"run-{int(run['id'])}"
@@ -248,7 +259,7 @@ def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:
     for cohort in st.cohorts:
         _write(tmp / cohort.page, _render_study(env, cohort))
     _write(tmp / "index.html", env.get_template("index.html").render(
-        runs=runs, cohorts=st.cohorts, root=""))
+        runs=runs, cohorts=st.cohorts, root="", matrix=_matrix(runs)))
     assets = resources.files("harness_xai.report") / "static"
     for name in ("report.css", "report.js"):
         _write(tmp / "assets" / name, assets.joinpath(name).read_text("utf-8"))

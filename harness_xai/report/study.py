@@ -75,6 +75,24 @@ def describe_key(key: str) -> str:
     return " · ".join(parts)
 
 
+def run_settings(run: dict[str, Any]) -> dict[str, str]:
+    """Few-shot (``0``, ``5``, ``0/5`` when tasks differ) and limit (``all`` when none) of a run,
+    from its stored configuration."""
+    try:
+        config = json.loads(run.get("config") or "{}")
+    except (TypeError, ValueError):
+        config = {}
+    config = config if isinstance(config, dict) else {}
+    inner = config.get("config") if isinstance(config.get("config"), dict) else {}
+    limit = inner.get("limit")
+    if isinstance(limit, float) and limit.is_integer():
+        limit = int(limit)
+    shots = config.get("n-shot") if isinstance(config.get("n-shot"), dict) else {}
+    values = sorted({str(v) for v in shots.values() if v is not None})
+    return {"fewshot": "/".join(values) if values else "—",
+            "limit": "all" if limit is None else str(limit)}
+
+
 def series_of(run: dict[str, Any]) -> str:
     """Step 2: the model series name: the run's short model name (``runs.model_name``: hub id or
     directory name), else the last component of the model path or hub id."""

@@ -99,6 +99,15 @@
     showPage(table, 1);
   });
 
+  // a link to #run-N (or any collapsed section) opens it
+  function openTarget() {
+    var id = decodeURIComponent((location.hash || "").slice(1));
+    var node = id && document.getElementById(id);
+    if (node && node.tagName === "DETAILS") node.open = true;
+  }
+  window.addEventListener("hashchange", openTarget);
+  openTarget();
+
   // ---- 2. failure pages --------------------------------------------------------------------
   var dataNode = document.getElementById("case-data");
   if (dataNode) {
