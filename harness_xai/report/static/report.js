@@ -8,6 +8,7 @@
   "use strict";
   var SVG = "http://www.w3.org/2000/svg";
   var RED = [200, 30, 30], BLUE = [25, 95, 200];
+  var MAX_SHOWN = 60;  // dense attribution graphs open with their 60 strongest edges shown
 
   function el(tag, attrs, parent) {
     var node = document.createElementNS(SVG, tag);
@@ -255,7 +256,6 @@
   // sizes and labels keep their size; token labels are placed greedily in up to three rows
   // without overlap (the others show on hover); above MAX_SHOWN edges the weakest are hidden
   // by default (the slider starts at the share that keeps MAX_SHOWN).
-  var MAX_SHOWN = 60;
   function drawGraph(data) {
     var box = document.getElementById("graph");
     if (!box) return;
