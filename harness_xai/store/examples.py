@@ -156,7 +156,16 @@ def markdown() -> str:
            "SQLite file or PostgreSQL by URL). `harness-xai db upgrade|current|history --db URL` manages "
            "the schema; `harness-xai sql --db URL \"SELECT …\"` queries it read-only (`--format "
            "table|csv|json|parquet`, `-p name=value` binds `:name`); `harness-xai export --format parquet "
-           "--db URL --out DIR` dumps every table.", "",
+           "--db URL --out DIR` dumps every table;\n`--format eee` writes per run an "
+           "[Every Eval Ever](https://github.com/evaleval/every_eval_ever)\naggregate record "
+           "(`run-<id>.json`) and one instance record per evaluated document and filter\n"
+           "(`run-<id>_samples.jsonl`; schema 0.3.0; the explanation — Δℓ, wrong → gold token, top "
+           "token — in\neach failure's `metadata`; correctly answered documents carry no text, the "
+           "store keeps the text of\nfailures only); `--format graph-json [--case ID]` writes each "
+           "case's attribution graph as the JSON\ncircuit-tracer writes and Neuronpedia's graph viewer "
+           "reads (`case-<id>.graph.json`: residual-state\nnodes, the embedding layer as `E`, one logit "
+           "node for Δℓ). Both are validated in the tests against\nthe schemas the two projects "
+           "publish.", "",
            "| table | key | holds |", "|---|---|---|"]
     out += [f"| `{name}` | {key} | {holds} |" for name, key, holds in TABLES]
     out += ["", "Every table below `cases` references `cases.id`; a case and all its rows are written in one "
