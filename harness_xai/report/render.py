@@ -73,6 +73,7 @@ def _env() -> Environment:
     )
     env.filters["num"] = text.fmt
     env.filters["signed"] = lambda x, d=4: text.fmt(x, d, signed=True)
+    env.filters["vis"] = visible  # a token with whitespace/control characters made visible
     env.globals["version"] = __version__
     return env
 
