@@ -20,6 +20,7 @@ from typing import Any
 from harness_xai import __version__
 from harness_xai.config import RunConfig
 from harness_xai.records import RunRecord
+from harness_xai.store.names import short_model_name
 
 #: lm-eval config entries that do not change the results
 _RUN_KEY_DROP = {"batch_size", "batch_sizes", "device", "use_cache", "bootstrap_iters"}
@@ -53,7 +54,8 @@ def run_record(results: dict, lm, tasks: list[str], config: RunConfig,
         n_params=sum(p.numel() for p in model.parameters()), tasks=tasks,
         method=config.method.name, lm_eval_version=lm_eval.__version__,
         harness_xai_version=__version__, config=json.loads(json.dumps(identity, default=str)),
-        step=checkpoint_step(pretrained, getattr(lm, "revision", None), subfolder))
+        step=checkpoint_step(pretrained, getattr(lm, "revision", None), subfolder),
+        model_name=short_model_name(pretrained))
 
 
 def expected(eval_config, config: RunConfig) -> dict[str, Any]:

@@ -285,5 +285,3 @@ def _doc_outcome(task, sample: dict, metric: str) -> DocOutcome:
                       filter=str(sample["filter"]), metric=None if name is None else str(name),
                       value=None if value is None or value != value else value,  # NaN → None
                       correct=None if used is None else int(float(sample[used]) != 0.0))
-
-

@@ -47,6 +47,7 @@ class RunRecord:
     config: dict[str, Any] = field(default_factory=dict)  # JSON-able lm-eval + xai settings
     created_at: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))
     step: int | None = None  # training step of the checkpoint (from ``revision`` like "step3000")
+    model_name: str | None = None  # short name (hub id or directory); None → from ``pretrained``
 
 
 @dataclass(frozen=True)

@@ -473,10 +473,10 @@ def test_db_upgrade_current_history(db: str, capsys: pytest.CaptureFixture) -> N
     assert capsys.readouterr().out == f"{head} (head)\n"
     db_main(["history"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"0004 -> {head} (head): every evaluated document's outcome")
+    assert lines[0].startswith(f"0005 -> {head} (head): short model name beside the full path")
     assert lines[-1].startswith("<base> -> 0001: initial schema")
     db_main(["history", "--db", db])
-    assert capsys.readouterr().out.startswith(f"0004 -> {head} (head, current): ")
+    assert capsys.readouterr().out.startswith(f"0005 -> {head} (head, current): ")
 
 
 def test_db_argument_errors(tmp_path: Path) -> None:

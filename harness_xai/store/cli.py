@@ -11,7 +11,9 @@
   header, dashed rule, left-aligned text / right-aligned numbers, newlines shown as ⏎, cells cut
   at --max-width, then "(N rows)".
 ``export_main`` — `harness-xai export --format parquet --db URL --out DIR`: every table of the
-  store as DIR/<table>.parquet plus DIR/manifest.json (store/export.py, pyarrow).
+  store as DIR/<table>.parquet plus DIR/manifest.json (store/export.py, pyarrow); `--format eee`:
+  Every Eval Ever records per run (store/eee.py); `--format graph-json [--case ID]`: graphs as
+  circuit-tracer/Neuronpedia JSON (store/graphjson.py).
 
 Argument errors and every failure raise ``UserError`` (one line; the main CLI exits with 2).
 """
@@ -249,8 +251,19 @@ def export_main(argv: list[str], out: TextIO | None = None) -> int:
     parser = _Parser(prog="harness-xai export", description="Dump every table of a result database.")
     parser.add_argument("--db", required=True, help="database file (.duckdb/.sqlite) or URL")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
-    parser.add_argument("--format", choices=("parquet",), default="parquet", help="output format (parquet)")
+    parser.add_argument("--format", choices=("parquet", "eee", "graph-json"), default="parquet",
+                        help="parquet: every table; eee: Every Eval Ever aggregate + per-instance "
+                             "records per run; graph-json: each case's graph as circuit-tracer/"
+                             "Neuronpedia JSON")
+    parser.add_argument("--case", type=int, default=None, help="graph-json: only this case id")
     args = parser.parse_args(argv)
+    if args.format != "parquet":
+        from harness_xai.store.export import export_json
+
+        got = export_json(args.db, args.out, args.format, args.case)
+        what = ", ".join(f"{v} {k}" for k, v in got.items())
+        out.write(f"exported {what} ({args.format}) to {Path(args.out).expanduser()}\n")
+        return 0
     counts = export_parquet(args.db, args.out)
     total = sum(counts.values())
     out.write(f"exported {len(counts)} tables ({total} rows) to {Path(args.out).expanduser()}\n")

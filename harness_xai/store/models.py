@@ -5,7 +5,8 @@ create exactly these tables (0001: the first five; 0002: ``runs.step``, the case
 engine/contrast issues, token segments and the six tables of internal states, heads, faithfulness
 curves and graphs; 0003: read-only views, see ``views.py``; 0004: ``case_metrics``,
 ``case_labels`` and ``token_relevance.evidence`` of the per-case analysis; 0005:
-``doc_outcomes``, every evaluated document's outcome per run). Notes:
+``doc_outcomes``, every evaluated document's outcome per run; 0006: ``runs.model_name``, the
+short model name, also in the ``case_overview`` view). Notes:
 
 1. Integer surrogate keys (``runs.id``, ``cases.id``) take their values from explicit sequences:
    DuckDB has no SERIAL, and the PostgreSQL dialect (which duckdb-engine builds on) would emit
@@ -78,6 +79,7 @@ class Run(Base):
     harness_xai_version: Mapped[str | None] = mapped_column(Text)
     config: Mapped[str | None] = mapped_column(Text)  # JSON object
     step: Mapped[int | None] = mapped_column(Integer)  # checkpoint training step (0002)
+    model_name: Mapped[str | None] = mapped_column(Text)  # short name: hub id or dir name (0006)
 
 
 class TaskResult(Base):

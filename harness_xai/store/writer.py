@@ -47,6 +47,7 @@ from harness_xai.store.engine import (db_file, disk_full, display_url, make_engi
                                      open_error, remove_new_file)
 from harness_xai.store.lock import DirectoryLock, WriterLock
 from harness_xai.store.models import cases, doc_outcomes, runs, task_results
+from harness_xai.store.names import short_model_name
 
 
 #: PostgreSQL advisory lock held while a writer checks / migrates the schema ("hxai" in ASCII)
@@ -123,6 +124,8 @@ class Store:
             "harness_xai_version": run.harness_xai_version,
             "config": json.dumps(run.config, sort_keys=True, default=str),
             "step": opt_int(getattr(run, "step", None)),
+            "model_name": getattr(run, "model_name", None)
+            or short_model_name(run.pretrained or run.model),
         }
         try:
             with self.engine.begin() as conn:
