@@ -31,7 +31,7 @@ def _schema(name: str) -> jsonschema.Validator:
 def store(db: str) -> dict:
     with Store.open(db) as s:
         run_id = s.ensure_run(make_run(pretrained="/home/u/zoo/llama-s"))
-        cases = {d: s.write_case(run_id, make_case(doc_id=d, seed=d)) for d in (1, 22)}
+        cases = {d: s.write_case(run_id, *make_case(doc_id=d, seed=d)) for d in (1, 22)}
         s.write_task_summaries(run_id, [TaskSummary("tiny_mc", "acc", 0.5, 4, 2, "multiple_choice", [
             DocOutcome(1, "dh1", "none", "acc", 0.0, 0), DocOutcome(22, "dh22", "none", "acc", 0.0, 0),
             DocOutcome(3, "dh3", "none", "acc", 1.0, 1), DocOutcome(4, "dh4", "none", "acc", None, None)])])

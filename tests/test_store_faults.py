@@ -281,7 +281,7 @@ def mounted(tmp_path: Path):
 def test_read_only_destinations_are_refused(tmp_path: Path, mounted, capsys: pytest.CaptureFixture) -> None:
     db = str(tmp_path / "s.duckdb")
     with Store.open(db) as store:
-        store.write_case(store.ensure_run(make_run()), make_case())
+        store.write_case(store.ensure_run(make_run()), *make_case())
     before = _sha(Path(db))
     ro = mounted("ro,size=1m")
     for argv in (["report", "--db", db, "--out", str(ro / "report")],
@@ -317,7 +317,7 @@ def test_disk_full_on_a_small_tmpfs(suffix: str, mounted, capsys: pytest.Capture
         with preflight(url) as session:
             run_id = session.store.ensure_run(make_run())
             for doc in range(10_000):
-                session.store.write_case(run_id, make_case(doc_id=doc, n_tokens=100, n_layers=4, seed=doc))
+                session.store.write_case(run_id, *make_case(doc_id=doc, n_tokens=100, n_layers=4, seed=doc))
                 written += 1
     assert 0 < written < 10_000
     assert f"run {run_id}: {written} cases written by this process" in str(full.value)
@@ -326,7 +326,7 @@ def test_disk_full_on_a_small_tmpfs(suffix: str, mounted, capsys: pytest.Capture
     assert run_sql(url, "SELECT count(*) FROM cases")[1] == [(written,)]
     with Store.open(url) as store:  # the re-run continues where the disk filled up
         for doc in range(written, written + 5):
-            store.write_case(run_id, make_case(doc_id=doc, n_tokens=100, n_layers=4, seed=doc))
+            store.write_case(run_id, *make_case(doc_id=doc, n_tokens=100, n_layers=4, seed=doc))
     assert run_sql(url, "SELECT count(*) FROM cases")[1] == [(written + 5,)]
     assert _consistent(url) == []
 
@@ -347,7 +347,7 @@ def test_enospc_faked_at_the_write_call(tmp_path: Path, monkeypatch: pytest.Monk
         with preflight(url) as session:
             run_id = session.store.ensure_run(make_run())
             for doc in range(100):
-                session.store.write_case(run_id, make_case(doc_id=doc, seed=doc))
+                session.store.write_case(run_id, *make_case(doc_id=doc, seed=doc))
                 written += 1
     assert str(tmp_path / "s.duckdb") in str(full.value)
     assert f"{written} cases written by this process, {written} stored in all" in str(full.value)
@@ -360,7 +360,7 @@ def test_interrupt_in_a_session_says_what_is_stored(tmp_path: Path) -> None:
         with preflight(url) as session:
             run_id = session.store.ensure_run(make_run())
             for doc in range(3):
-                session.store.write_case(run_id, make_case(doc_id=doc))
+                session.store.write_case(run_id, *make_case(doc_id=doc))
             raise KeyboardInterrupt
     assert stop.value.exit_code == 130
     assert f"run {run_id}: 3 cases written by this process, 3 stored in all" in str(stop.value)
