@@ -115,7 +115,7 @@ def test_reference_agrees_with_engine(family, attn, variant, method):
     for kind, expected in ref.states.items():
         assert expected.shape == engine.states[kind].shape == (2, 20)
         assert gap(engine.states[kind], expected) <= RTOL, kind
-    assert ref.heads.shape == engine.heads.shape == (2, model.config.num_attention_heads, 20)
+    assert ref.heads.shape == engine.heads.shape == (2, model.config.get_text_config().num_attention_heads, 20)
     assert gap(engine.heads, ref.heads) <= RTOL
 
 

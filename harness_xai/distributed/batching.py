@@ -63,7 +63,7 @@ class _RowCapture:
         self.blocks = list(adapter.blocks(model))
         self.adapter = adapter
         self.kinds = _KINDS if states else ("out",)
-        self.n_heads = int(model.config.num_attention_heads)
+        self.n_heads = int(model.config.get_text_config().num_attention_heads)
         self.results: dict[tuple[str, int], torch.Tensor] = {}
         self.present: set[str] = set()
         self._saved: dict[tuple[str, int], torch.Tensor] = {}

@@ -66,7 +66,7 @@ class StateCapture:
     def __init__(self, model: nn.Module, adapter: Adapter, kinds: Sequence[str], pair: Pair):
         self.blocks = list(adapter.blocks(model))
         self.adapter, self.kinds, self.pair = adapter, tuple(kinds), pair
-        self.n_heads = int(model.config.num_attention_heads)
+        self.n_heads = int(model.config.get_text_config().num_attention_heads)
         self.results: dict[tuple[str, int], torch.Tensor] = {}
         self.present: set[str] = set()  # kinds at least one block has
         self.recording = False

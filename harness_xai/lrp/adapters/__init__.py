@@ -81,4 +81,4 @@ def adapter_for(model: nn.Module) -> Adapter:
 def _load_builtin() -> None:
     # Built-in families register themselves exactly as a user's adapter module would.
     from harness_xai.lrp.adapters import (  # noqa: F401
-        gemma, gpt2, gpt_neox, llama, olmo2, phi3, qwen3)
+        gemma, gemma3, gpt2, gpt_neox, granite, llama, olmo2, olmo3, phi3, qwen3, smollm3)

@@ -8,7 +8,11 @@ Algorithm:
 3. Record the structure: norm kinds and their placement (pre-norm, OLMo 2 post-norm, Gemma
    sandwich), residual kind (sequential / parallel), q/k norm scope (per head / whole projection),
    RoPE frequencies (from the model's own rotary module, so partial rotary and per-layer-type
-   tables come for free), sliding windows, soft-caps, Gemma's embedding scale and ``1 + w`` norms.
+   tables come for free; SmolLM3's NoPE layers have none), sliding windows, soft-caps, Gemma's
+   embedding scale and ``1 + w`` norms. Granite's constant multipliers are folded into weights:
+   ``m_emb`` into the embedding scale, ``m_res`` into the o/down projections, ``1/s_logit`` into
+   the head (a constant factor of a linear map leaves the ε-rule's relevance unchanged).
+   Gemma 3 multimodal: the text model inside the wrapper is read (text-only input).
 Elementwise activations are the model's own (parameter-free) modules, applied to float64 input.
 """
 
@@ -116,8 +120,9 @@ def read_model(model: nn.Module) -> ModelSpec:
                     f"supported: {', '.join(sorted(LLAMA_LIKE + ('gpt_neox', 'gpt2')))}.")
 
 
-LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text")
-_GEMMA = ("gemma2", "gemma3_text")
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text",
+              "olmo3", "smollm3", "granite", "gemma3")
+_GEMMA = ("gemma2", "gemma3_text", "gemma3")
 
 
 def _norm(module: nn.Module | None, offset: float = 0.0) -> Norm | None:
@@ -137,8 +142,10 @@ def _rope(rotary: nn.Module, layer_type: str | None) -> tuple[Tensor, float]:
 
 
 def _read_llama_like(model: nn.Module) -> ModelSpec:
-    config, net = model.config, model.model
-    gemma = config.model_type in _GEMMA
+    # Gemma 3 multimodal: the text model inside the wrapper, its own (text) config
+    net = getattr(model.model, "language_model", model.model)
+    config = model.config.get_text_config()
+    gemma = model.config.model_type in _GEMMA
     offset = 1.0 if gemma else 0.0
     layer_types = getattr(config, "layer_types", None)
     blocks = []
@@ -159,6 +166,8 @@ def _read_llama_like(model: nn.Module) -> ModelSpec:
             window = None
         layer_type = layer_types[i] if layer_types else None
         inv_freq, rope_scale = _rope(net.rotary_emb, layer_type)
+        if not getattr(att, "use_rope", True):  # SmolLM3's NoPE layers
+            inv_freq, rope_scale = None, 1.0
         q_norm = _norm(getattr(att, "q_norm", None), offset)
         attn = Attention(
             q=q, k=k, v=v, o=Linear.of(att.o_proj), n_heads=n_heads, n_kv_heads=n_kv, head_dim=hd,
@@ -174,7 +183,11 @@ def _read_llama_like(model: nn.Module) -> ModelSpec:
             act = mlp.activation_fn
         else:
             gate, up, act = Linear.of(mlp.gate_proj), Linear.of(mlp.up_proj), mlp.act_fn
-        feed = MLP(up=up, down=Linear.of(mlp.down_proj), act=act, gate=gate)
+        down, o = Linear.of(mlp.down_proj), attn.o
+        residual = float(getattr(layer, "residual_multiplier", 1.0))  # Granite: h + m · branch
+        if residual != 1.0:  # a constant factor folded into the (bias-free) output projections
+            down, attn.o = _scaled(down, residual), _scaled(o, residual)
+        feed = MLP(up=up, down=down, act=act, gate=gate)
         if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma: sandwich norms
             norms = (layer.input_layernorm, layer.post_attention_layernorm,
                      layer.pre_feedforward_layernorm, layer.post_feedforward_layernorm)
@@ -185,10 +198,21 @@ def _read_llama_like(model: nn.Module) -> ModelSpec:
         blocks.append(Block(attn, feed, False, *(_norm(m, offset) for m in norms)))
     embed = net.embed_tokens
     scale = float(embed.embed_scale) if hasattr(embed, "embed_scale") else 1.0
-    return ModelSpec(family=config.model_type, embed=_f64(embed.weight), embed_scale=scale,
+    scale *= float(getattr(net, "embedding_multiplier", 1.0))  # Granite
+    head = Linear.of(model.get_output_embeddings())
+    logit_scale = float(getattr(config, "logits_scaling", 1.0))  # Granite: logits / s
+    if logit_scale != 1.0:
+        head = _scaled(head, 1.0 / logit_scale)
+    # the multimodal Gemma 3 wrapper applies no final soft-cap (Gemma3ForCausalLM does)
+    softcap = None if net is not model.model else getattr(config, "final_logit_softcapping", None)
+    return ModelSpec(family=model.config.model_type, embed=_f64(embed.weight), embed_scale=scale,
                      positions=None, blocks=blocks, final_norm=_norm(net.norm, offset),
-                     head=Linear.of(model.get_output_embeddings()),
-                     logit_softcap=getattr(config, "final_logit_softcapping", None))
+                     head=head, logit_softcap=softcap)
+
+
+def _scaled(lin: Linear, factor: float) -> Linear:
+    """``factor · (W x + b)`` as one Linear (a constant multiplier after a projection)."""
+    return Linear(lin.weight * factor, None if lin.bias is None else lin.bias * factor)
 
 
 def _read_gpt_neox(model: nn.Module) -> ModelSpec:
