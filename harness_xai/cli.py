@@ -111,7 +111,8 @@ def build_run_parser():
     group.add_argument("--xai-db", default=DEFAULT_DB, metavar="URL",
                        help=f"store: duckdb:///path, sqlite:///path or a file path (default {DEFAULT_DB})")
     group.add_argument("--xai-method", default="attnlrp", metavar="METHOD",
-                       help="attnlrp (default), cp-lrp, grad-x-input, integrated-gradients")
+                       help="attnlrp (default), cp-lrp, cp-lrp-uniform, grad-x-input, "
+                            "integrated-gradients")
     group.add_argument("--xai-metric", default="acc", metavar="METRIC",
                        help="multiple choice: which metric decides 'incorrect': acc (default), acc_norm")
     group.add_argument("--xai-contrast", default="token", metavar="MODE",

@@ -46,7 +46,7 @@ def test_patched_forward_is_exact_and_model_restored(family, attn):
     config = _config_state(model)
     with torch.no_grad():
         reference = model(ids).logits
-    for method in ("attnlrp", "cp-lrp"):
+    for method in ("attnlrp", "cp-lrp", "cp-lrp-uniform"):
         with lrp(model, method):
             assert model.config._attn_implementation.startswith("xai_")
             assert any("forward" in vars(m) for m in model.modules())
@@ -67,13 +67,14 @@ def _zero_additive(model):
                 p.zero_()
 
 
+@pytest.mark.parametrize("method", ["cp-lrp", "cp-lrp-uniform"])
 @pytest.mark.parametrize("family,attn", CASES)
-def test_cp_lrp_conserves_delta_layer_by_layer(family, attn):
+def test_cp_lrp_conserves_delta_layer_by_layer(family, attn, method):
     model = tiny_model(family, attn, layers=3)
     if family in ADDITIVE:
         _zero_additive(model)
     ids = random_ids(30)
-    result = attribute(model, None, ids, 5, 11, method="cp-lrp")
+    result = attribute(model, None, ids, 5, 11, method=method)
     with torch.no_grad():  # Δℓ is the difference of the logits the model outputs (capped if so)
         logits = model(ids).logits[0, -1]
     assert result.delta == pytest.approx((logits[5] - logits[11]).item(), rel=1e-5, abs=1e-6)
@@ -121,8 +122,14 @@ def _rope(t, cos, sin):
 class Rules:
     """Scales and switches of the oracle; ``wrong`` variants must disagree with the engine."""
 
-    def __init__(self, qk=0.25, v=0.5, product=0.5, cap_identity=True):
+    def __init__(self, qk=0.25, v=0.5, product=0.5, cap_identity=True, gate_constant=False):
         self.qk, self.v, self.product, self.cap_identity = qk, v, product, cap_identity
+        self.gate_constant = gate_constant  # CP-LRP: act(gate) detached, up's gradient whole
+
+    def gated(self, act, up):
+        if self.gate_constant:
+            return act.detach() * up
+        return _scaled(act, self.product) * _scaled(up, self.product)
 
     def cap(self, s, c):
         capped = torch.tanh(s / c) * c
@@ -212,7 +219,7 @@ def _gemma(model, x0, rules, keep=None):
         m = _rms(h, layer.pre_feedforward_layernorm)
         gate = mlp.gate_proj(m)
         act = _ident(gate, F.gelu(gate, approximate="tanh"))
-        y = mlp.down_proj(_scaled(act, rules.product) * _scaled(mlp.up_proj(m), rules.product))
+        y = mlp.down_proj(rules.gated(act, mlp.up_proj(m)))
         h = h + _kept(keep, "mlp", _rms(y, layer.post_feedforward_layernorm))
     logits = model.lm_head(_rms(h, net.norm))
     cap = cfg.final_logit_softcapping
@@ -246,7 +253,11 @@ def _oracle(family, model, ids, target, foil, rules, states=False):
     return tokens, delta.item(), rel
 
 
-@pytest.mark.parametrize("method,rules", [("attnlrp", Rules()), ("cp-lrp", Rules(qk=0.0, v=1.0))])
+METHOD_RULES = [("attnlrp", Rules()), ("cp-lrp", Rules(qk=0.0, v=1.0, gate_constant=True)),
+                ("cp-lrp-uniform", Rules(qk=0.0, v=1.0))]
+
+
+@pytest.mark.parametrize("method,rules", METHOD_RULES)
 @pytest.mark.parametrize("family,attn", ORACLE_CASES)
 def test_engine_matches_hand_written_rules(family, attn, method, rules):
     model = tiny_model(family, attn)
@@ -259,10 +270,12 @@ def test_engine_matches_hand_written_rules(family, attn, method, rules):
 
 WRONG = {"q/k gradient ½ instead of ¼": Rules(qk=0.5), "v gradient 1 instead of ½": Rules(v=1.0),
          "true tanh gradient on the soft-caps": Rules(cap_identity=False),
-         "product factors not halved": Rules(product=1.0)}
+         "product factors not halved": Rules(product=1.0),
+         "gate held constant (CP-LRP's rule)": Rules(gate_constant=True)}
 # a wrong rule only shows where its operation occurs: soft-caps in Gemma, gated products in Gemma
 WRONG_CASES = [(f, w) for f in ORACLES for w in WRONG
-               if ("tanh" not in w or f in SOFTCAP) and ("product" not in w or f in SOFTCAP)]
+               if ("tanh" not in w or f in SOFTCAP)
+               and (("product" not in w and "gate" not in w) or f in SOFTCAP)]
 
 
 @pytest.mark.parametrize("family,wrong", WRONG_CASES)
@@ -319,7 +332,7 @@ def _attribute_bias_free(family, attn, method, layers=3, **config):
     return attribute(model, None, random_ids(30), 5, 11, method=method)
 
 
-@pytest.mark.parametrize("method", ["attnlrp", "cp-lrp"])
+@pytest.mark.parametrize("method", ["attnlrp", "cp-lrp", "cp-lrp-uniform"])
 @pytest.mark.parametrize("family,attn", CASES)
 def test_internal_state_identities(family, attn, method):
     """Exact identities of the rules (bias-free), per position:
@@ -342,7 +355,7 @@ def test_internal_state_identities(family, attn, method):
                                    atol=1e-5 * scale)
         # a capture in the wrong place (the MLP's input instead of the residual) breaks it
         assert (result.states["mlp"] - result.layers[1:]).abs().max() > 1e-3 * scale
-    if method == "cp-lrp" and not parallel:
+    if method.startswith("cp-lrp") and not parallel:
         for total in result.states["mid"].sum(-1).tolist():
             assert abs(total - result.delta) <= 1e-4 * abs(result.delta)
 
@@ -355,7 +368,7 @@ def test_sequential_gpt_neox_has_a_mid_state(method):
     torch.testing.assert_close(result.states["mid"], result.layers[1:], rtol=0, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("method,rules", [("attnlrp", Rules()), ("cp-lrp", Rules(qk=0.0, v=1.0))])
+@pytest.mark.parametrize("method,rules", METHOD_RULES)
 @pytest.mark.parametrize("family,attn", ORACLE_CASES)
 def test_internal_states_match_hand_written_rules(family, attn, method, rules):
     """Each state where the hand-written forward has it (biases kept, so nothing cancels)."""

@@ -24,7 +24,8 @@ ALL = FAMILIES + tuple(MORE_FAMILIES)
 KERNEL = {family: "sdpa" for family in ALL} | {"gemma2": "eager"}  # SDPA refuses soft-caps
 CASES = ([(family, KERNEL[family], method) for family in ALL for method in ("attnlrp", "cp-lrp")]
          + [(family, KERNEL[family], "grad-x-input") for family in ("llama", "gemma2", "gpt2")]
-         + [("llama", "eager", "attnlrp"), ("gpt_neox", "eager", "attnlrp")])
+         + [("llama", "eager", "attnlrp"), ("gpt_neox", "eager", "attnlrp")]
+         + [(family, KERNEL[family], "cp-lrp-uniform") for family in ("llama", "phi3")])
 N = 16  # > the Gemma sliding window (8): windows are exercised
 TARGET, FOIL = 5, 11
 

@@ -4,7 +4,8 @@ Algorithm:
 1. Look up the method (which rules) and the family adapter (which modules get them).
 2. Put the model in eval mode.
 3. Override the ``forward`` of each norm, activation and product-factor module *on the instance*
-   with one that returns the module's own output value and the rule's gradient. A final-logit
+   with one that returns the module's own output value and the rule's gradient (a gate held
+   constant — CP-LRP — returns its value without gradient, and its partner is left alone). A final-logit
    soft-cap (adapter's ``logit_softcap``) moves from the config (set to None) into the LM head's
    instance forward, recomputed bit-exact with the identity rule.
 4. Point ``config._attn_implementation`` at a registered wrapper ``xai_<method>_<kernel>`` that
@@ -52,7 +53,7 @@ def lrp(model: nn.Module, method: str | Method = "attnlrp",
         model.eval()
         undo.callback(model.train, was_training)
         if spec.layer_rules:
-            _install_layer_rules(model, adapter, undo)
+            _install_layer_rules(model, adapter, undo, constant_gate=spec.gate == "constant")
         if spec.attention is not None:
             _install_attention_rule(model, spec, undo)
         if checkpoint:
@@ -84,7 +85,8 @@ def _override_forward(module: nn.Module, make: Callable[[Callable], Callable], u
         undo.callback(module.__dict__.pop, name, None)
 
 
-def _install_layer_rules(model: nn.Module, adapter: Adapter, undo: ExitStack) -> None:
+def _install_layer_rules(model: nn.Module, adapter: Adapter, undo: ExitStack,
+                         constant_gate: bool = False) -> None:
     for norm in adapter.norms(model):
         def make_norm(orig, norm=norm):
             def forward(x, *args, **kwargs):
@@ -94,20 +96,24 @@ def _install_layer_rules(model: nn.Module, adapter: Adapter, undo: ExitStack) ->
             return forward
         _override_forward(norm, make_norm, undo)
 
+    factors = list(adapter.product_factors(model))
     for act, partner in adapter.activations(model):
-        gated = partner is not None
+        gated = partner is not None  # a fused product (factors) is halved before the chunk
+        constant = constant_gate and (gated or bool(factors))  # CP-LRP: act(gate) a constant
 
-        def make_act(orig, gated=gated):
+        def make_act(orig, gated=gated, constant=constant):
             def forward(x, *args, **kwargs):
                 with torch.no_grad():
                     value = orig(x, *args, **kwargs)
+                if constant:
+                    return value
                 out = identity_activation(x, value)
                 return uniform_factor(out) if gated else out
             return forward
         _override_forward(act, make_act, undo)
-        if gated:
+        if partner is not None and not constant_gate:
             _override_forward(partner, _halved, undo)
-    for factor in adapter.product_factors(model):
+    for factor in ([] if constant_gate else factors):
         _override_forward(factor, _halved, undo)
     _install_logit_softcap(model, adapter, undo)
 

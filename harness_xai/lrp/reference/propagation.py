@@ -9,8 +9,8 @@ Algorithm:
    a. Residual sums by the ε-rule: ``R_h = h ⊙ R / h'``, ``R_a = a ⊙ R / h'``, ``R_m = m ⊙ R / h'``
       (sequential: first ``h' = mid + m``, later ``mid = h + a``; the MLP branch's relevance
       reaching ``mid`` is added to ``mid``'s skip share before the split).
-   b. MLP: post-norm → down projection (ε) → product ``act ⊙ up`` (uniform, ½ each) or nothing
-      (plain MLP) → activation (identity) → up/gate projections (ε) → pre-norm.
+   b. MLP: post-norm → down projection (ε) → product ``act ⊙ up`` (uniform, ½ each; CP-LRP:
+      gate constant, all to ``up``) or nothing (plain MLP) → activation (identity) → up/gate projections (ε) → pre-norm.
    c. Attention: post-norm → output projection (ε) → per head ``O = A V`` (uniform rule on the
       bilinear sum: ½ to ``A``, ½ to ``V``; CP-LRP: all to ``V``, ``A`` constant) → GQA copies of
       ``V`` summed → v projection (ε). AttnLRP only, the score path: softmax rule →
@@ -34,9 +34,12 @@ from harness_xai.lrp.reference.spec import MLP, Attention, Block, Linear, Norm
 Tensor = torch.Tensor
 
 #: fraction of a bilinear product's relevance going to the attention weights, to the values and
-#: to q (k gets the rest); CP-LRP's weights are constant, so its score path never runs
-SHARES = {"attnlrp": dict(probs=0.5, values=0.5, qk=0.5),
-          "cp-lrp": dict(probs=0.0, values=1.0, qk=0.5)}
+#: to q (k gets the rest), and of a gated MLP's ``act(gate) ⊙ up`` going to the gate factor (``up``
+#: gets the rest); CP-LRP's attention weights are constant, so its score path never runs, and
+#: its gate is constant too (signal-take-all), so the gate projection gets nothing
+SHARES = {"attnlrp": dict(probs=0.5, values=0.5, qk=0.5, gate=0.5),
+          "cp-lrp": dict(probs=0.0, values=1.0, qk=0.5, gate=0.0),
+          "cp-lrp-uniform": dict(probs=0.0, values=1.0, qk=0.5, gate=0.5)}
 
 
 @dataclass
@@ -82,12 +85,13 @@ def _norm(tape: NormTape | None, spec: Norm | None, r: Tensor, ledger: Ledger) -
     return r_in
 
 
-def _mlp(tape: MLPTape, spec: MLP, r_out: Tensor, ledger: Ledger) -> Tensor:
+def _mlp(tape: MLPTape, spec: MLP, r_out: Tensor, method: str, ledger: Ledger) -> Tensor:
     r_hidden = _linear(tape.hidden, spec.down, tape.out, r_out, ledger)
     if spec.gate is None:  # plain: hidden = act(up)
         r_up = rules.identity(r_hidden)
         return _linear(tape.x, spec.up, tape.up, r_up, ledger)
-    r_act, r_up = rules.product_uniform(r_hidden, 0.5)  # hidden = act(gate) ⊙ up
+    # hidden = act(gate) ⊙ up: uniform (½, ½) or, gate constant, (0, 1)
+    r_act, r_up = rules.product_uniform(r_hidden, SHARES[method]["gate"])
     r_gate = rules.identity(r_act)
     return (_linear(tape.x, spec.gate, tape.gate, r_gate, ledger)
             + _linear(tape.x, spec.up, tape.up, r_up, ledger))
@@ -140,7 +144,8 @@ def _block(tape: BlockTape, spec: Block, r_out: Tensor, method: str, ledger: Led
     else:
         r_mid_skip, r_m = rules.sum_split([tape.mid, tape.m], tape.out, r_out)
     r_mlp_out = _norm(tape.mlp_post, spec.post_mlp, r_m, ledger)
-    r_mlp_in = _norm(tape.mlp_in, spec.pre_mlp, _mlp(tape.mlp, spec.mlp, r_mlp_out, ledger), ledger)
+    r_mlp = _mlp(tape.mlp, spec.mlp, r_mlp_out, method, ledger)
+    r_mlp_in = _norm(tape.mlp_in, spec.pre_mlp, r_mlp, ledger)
     r_mid = None
     if not spec.parallel:
         r_mid = r_mid_skip + r_mlp_in
