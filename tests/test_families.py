@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import FAMILIES, MORE_FAMILIES, random_ids, tiny_model
+from tiny_models import FAMILIES, MOE, MORE_FAMILIES, random_ids, tiny_model
 
 from harness_xai import attribute
 from harness_xai.errors import UserError
@@ -52,7 +52,9 @@ def test_patched_forward_is_exact_and_model_restored(family, attn):
             assert any("forward" in vars(m) for m in model.modules())
             with torch.no_grad():
                 patched = model(ids).logits
-        assert (patched - reference).abs().max().item() <= 1e-6
+        # MoE: the rule re-runs the experts' eager loop; the model's default kernel (grouped_mm)
+        # sums in another order (bit-exact against the eager kernel: tests/test_moe.py)
+        assert (patched - reference).abs().max().item() <= (1e-5 if family in MOE else 1e-6)
         assert _config_state(model) == config
         assert [n for n, m in model.named_modules() if "forward" in vars(m)] == []
     assert all(getattr(model.config, key) is not None for key in SOFTCAP.get(family, ()))

@@ -32,7 +32,13 @@ MORE_FAMILIES: dict[str, dict] = {
                     logits_scaling=2.5),
     # the multimodal wrapper (Gemma 3 >= 4B): these keys go to its text config, see tiny_model
     "gemma3": dict(head_dim=12, query_pre_attn_scalar=12, sliding_window=8),
+    # mixtures of experts: 4 experts, top 2 (Qwen3-MoE: layer 0 dense, the others routed)
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=6),
+    "qwen3_moe": dict(head_dim=12, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      mlp_only_layers=[0], norm_topk_prob=True),
+    "olmoe": dict(num_experts=4, num_experts_per_tok=2),
 }
+MOE = ("mixtral", "qwen3_moe", "olmoe")
 #: the multimodal wrapper's vision tower, as small as SigLIP allows
 _VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                image_size=28, patch_size=14)

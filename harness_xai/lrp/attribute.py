@@ -50,6 +50,9 @@ class Attribution:
     #: absent for parallel-residual blocks), "attn" / "mlp" (branch outputs added to the residual)
     states: dict[str, torch.Tensor] = field(default_factory=dict)
     heads: torch.Tensor | None = None  # (n_layers, n_heads, n_tokens) each head's output
+    #: mixture of experts: (n_layers, n_experts, n_tokens) relevance of each routed expert's
+    #: weighted output (0 where not selected; dense layers 0); None for dense models
+    experts: torch.Tensor | None = None
 
     def numpy(self) -> tuple[np.ndarray, np.ndarray]:
         """(tokens (n,), layers (n_layers + 1, n)) as float32 numpy arrays."""
@@ -97,6 +100,7 @@ def attribute(model: nn.Module, tokenizer, input_ids, target_id, foil_id,
     if states:
         result.states = {k: capture.stacked(k, n) for k in STATE_KINDS if k in capture.present}
         result.heads = capture.stacked("heads", n)
+        result.experts = capture.stacked_experts(n)
     return result
 
 

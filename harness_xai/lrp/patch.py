@@ -12,6 +12,9 @@ Algorithm:
    rescales the q/k/v gradients and calls the original kernel (same masks, same kernel). When the
    kernel gets ``softcap=`` and q/k carry gradient, the eager kernel runs under ``IdentityTanh``
    (other kernels cap inside fused code: refused).
+4b. Routed experts (mixture of experts): each experts module's instance ``forward`` re-runs
+   the model's dropless loop with the router weights constant and the expert MLP under the
+   method's rules (``rules.moe``; methods without layer rules keep the true gradient).
 5. Optional gradient checkpointing (``checkpoint=True``): each decoder block's instance
    ``forward`` runs under ``torch.utils.checkpoint`` (non-reentrant), so only block inputs are
    kept for the backward and each block's forward is re-run there, rules included (the rules are
@@ -35,6 +38,7 @@ from harness_xai.lrp.adapters import Adapter, adapter_for
 from harness_xai.lrp.methods import Method, get_method
 from harness_xai.lrp.rules.activation import identity_activation
 from harness_xai.lrp.rules.attention import QKVScales
+from harness_xai.lrp.rules.moe import routed_experts
 from harness_xai.lrp.rules.product import uniform_factor
 from harness_xai.lrp.rules.softcap import IdentityTanh, capped_logits
 
@@ -56,6 +60,8 @@ def lrp(model: nn.Module, method: str | Method = "attnlrp",
             _install_layer_rules(model, adapter, undo, constant_gate=spec.gate == "constant")
         if spec.attention is not None:
             _install_attention_rule(model, spec, undo)
+        if adapter.expert_fn is not None:
+            _install_expert_rule(model, adapter, spec, undo)
         if checkpoint:
             for block in adapter.blocks(model):
                 _override_forward(block, _checkpointed, undo)
@@ -116,6 +122,24 @@ def _install_layer_rules(model: nn.Module, adapter: Adapter, undo: ExitStack,
     for factor in ([] if constant_gate else factors):
         _override_forward(factor, _halved, undo)
     _install_logit_softcap(model, adapter, undo)
+
+
+def _install_expert_rule(model: nn.Module, adapter: Adapter, spec: Method,
+                         undo: ExitStack) -> None:
+    """Routed experts: the model's dropless loop re-run with the rules (``rules.moe``)."""
+    mode = "plain" if not spec.layer_rules else ("constant" if spec.gate == "constant"
+                                                 else "uniform")
+    fn = adapter.expert_fn(mode)
+    for block in adapter.blocks(model):
+        experts = adapter.experts(block)
+        if experts is None:
+            continue
+
+        def make(orig, experts=experts):
+            def forward(hidden, index, weights):
+                return routed_experts(experts, fn, hidden, index, weights, spec.layer_rules)
+            return forward
+        _override_forward(experts, make, undo)
 
 
 def _checkpointed(orig: Callable) -> Callable:

@@ -5,7 +5,9 @@ covers. Attention needs no adapter entry: it is hooked through transformers' att
 (see ``harness_xai.lrp.patch``), so every family's attention kernel works unchanged; a kernel's
 ``softcap=`` argument (Gemma 2 attention-logit soft-cap) gets the identity rule there too.
 An adapter also names, per block, where the internal states are read (``mid_input``,
-``attn_output``, ``mlp_output``, ``head_input``; defaults fit the Llama layout).
+``attn_output``, ``mlp_output``, ``head_input``; defaults fit the Llama layout), and for a
+mixture of experts the routed experts module and the expert function the rules run
+(``experts``, ``expert_fn``; ``harness_xai.lrp.rules.moe``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ class Adapter:
     attn_output: Callable[[nn.Module], nn.Module] = lambda block: block.self_attn
     mlp_output: Callable[[nn.Module], nn.Module] = lambda block: block.mlp
     head_input: Callable[[nn.Module], nn.Module] = lambda block: block.self_attn.o_proj
+    #: mixture of experts: per block, the routed experts module called as
+    #: ``experts(hidden (T, d), top_k_index (T, k), top_k_weights (T, k))`` (None: dense MLP),
+    #: and ``expert_fn(mode)`` → ``fn(experts, e, x) = E_e(x)`` under the rule mode "plain",
+    #: "uniform" or "constant" (see ``harness_xai.lrp.rules.moe``)
+    experts: Callable[[nn.Module], nn.Module | None] = lambda block: None
+    expert_fn: Callable[[str], Callable] | None = None
 
 
 ADAPTERS: dict[str, Adapter] = {}
@@ -81,4 +89,5 @@ def adapter_for(model: nn.Module) -> Adapter:
 def _load_builtin() -> None:
     # Built-in families register themselves exactly as a user's adapter module would.
     from harness_xai.lrp.adapters import (  # noqa: F401
-        gemma, gemma3, gpt2, gpt_neox, granite, llama, olmo2, olmo3, phi3, qwen3, smollm3)
+        gemma, gemma3, gpt2, gpt_neox, granite, llama, mixtral, olmo2, olmo3, olmoe, phi3, qwen3,
+        qwen3_moe, smollm3)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from harness_xai.lrp.reference.rules import rope_matrices
-from harness_xai.lrp.reference.spec import MLP, Attention, Block, Linear, ModelSpec, Norm
+from harness_xai.lrp.reference.spec import MLP, Attention, Block, Linear, ModelSpec, MoE, Norm
 
 Tensor = torch.Tensor
 
@@ -65,6 +65,15 @@ class MLPTape:
 
 
 @dataclass
+class MoETape:
+    x: Tensor  # (n, d)
+    weights: Tensor  # (n, E) router weights of the selected experts, 0 elsewhere
+    experts: list[MLPTape]  # every expert run on every position (its output unweighted)
+    contributions: list[Tensor]  # (n, d) per expert: w_e · E_e(x)
+    out: Tensor  # (n, d) Σ_e contributions
+
+
+@dataclass
 class BlockTape:
     h: Tensor  # (n, d) block input
     attn_in: NormTape | None
@@ -73,7 +82,7 @@ class BlockTape:
     a: Tensor  # (n, d) attention branch as added to the residual
     mid: Tensor | None  # (n, d) h + a (sequential blocks)
     mlp_in: NormTape | None
-    mlp: MLPTape
+    mlp: MLPTape | MoETape
     mlp_post: NormTape | None
     m: Tensor  # (n, d) MLP branch as added to the residual
     out: Tensor  # (n, d)
@@ -162,13 +171,25 @@ def mlp(x: Tensor, spec: MLP) -> MLPTape:
     return MLPTape(x, up, gate, act, hidden, linear(hidden, spec.down))
 
 
+def moe(x: Tensor, spec: MoE) -> MoETape:
+    """Route every position: ``w`` = softmax(router logits), keep the top-k (renormalised)."""
+    probs = torch.softmax(linear(x, spec.router), -1)  # (n, E)
+    top, index = torch.topk(probs, spec.top_k, -1)
+    if spec.normalize:
+        top = top / top.sum(-1, keepdim=True)
+    weights = torch.zeros_like(probs).scatter(-1, index, top)
+    tapes = [mlp(x, expert) for expert in spec.experts]
+    contributions = [weights[:, e, None] * t.out for e, t in enumerate(tapes)]
+    return MoETape(x, weights, tapes, contributions, sum(contributions))
+
+
 def block(h: Tensor, spec: Block) -> BlockTape:
     x, attn_in = _maybe_norm(h, spec.pre_attn)
     att = attention(x, spec.attn)
     a, attn_post = _maybe_norm(att.out, spec.post_attn)
     mid = None if spec.parallel else h + a
     x, mlp_in = _maybe_norm(h if spec.parallel else mid, spec.pre_mlp)
-    feed = mlp(x, spec.mlp)
+    feed = moe(x, spec.mlp) if isinstance(spec.mlp, MoE) else mlp(x, spec.mlp)
     m, mlp_post = _maybe_norm(feed.out, spec.post_mlp)
     out = h + a + m if spec.parallel else mid + m
     return BlockTape(h, attn_in, att, attn_post, a, mid, mlp_in, feed, mlp_post, m, out)

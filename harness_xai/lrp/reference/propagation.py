@@ -10,7 +10,8 @@ Algorithm:
       (sequential: first ``h' = mid + m``, later ``mid = h + a``; the MLP branch's relevance
       reaching ``mid`` is added to ``mid``'s skip share before the split).
    b. MLP: post-norm → down projection (ε) → product ``act ⊙ up`` (uniform, ½ each; CP-LRP:
-      gate constant, all to ``up``) or nothing (plain MLP) → activation (identity) → up/gate projections (ε) → pre-norm.
+      gate constant, all to ``up``) or nothing (plain MLP). Routed experts (MoE): ε-rule on
+      ``y = Σ_e w_e E_e`` with the router weights constant, then each expert's MLP as above. → activation (identity) → up/gate projections (ε) → pre-norm.
    c. Attention: post-norm → output projection (ε) → per head ``O = A V`` (uniform rule on the
       bilinear sum: ½ to ``A``, ½ to ``V``; CP-LRP: all to ``V``, ``A`` constant) → GQA copies of
       ``V`` summed → v projection (ε). AttnLRP only, the score path: softmax rule →
@@ -28,8 +29,9 @@ from dataclasses import dataclass, field
 import torch
 
 from harness_xai.lrp.reference import rules
-from harness_xai.lrp.reference.forward import AttnTape, BlockTape, ForwardPass, MLPTape, NormTape
-from harness_xai.lrp.reference.spec import MLP, Attention, Block, Linear, Norm
+from harness_xai.lrp.reference.forward import (AttnTape, BlockTape, ForwardPass, MLPTape, MoETape,
+                                               NormTape)
+from harness_xai.lrp.reference.spec import MLP, Attention, Block, Linear, MoE, Norm
 
 Tensor = torch.Tensor
 
@@ -65,6 +67,7 @@ class Relevances:
     mlp: list[Tensor]  # per block (n,): MLP branch as added to the residual
     heads: list[Tensor]  # per block (H, n): each head's output (input of the output projection)
     ledger: Ledger
+    experts: list[Tensor | None] = field(default_factory=list)  # per block (E, n); None: dense
 
 
 def _linear(x: Tensor, lin: Linear, z: Tensor, r: Tensor, ledger: Ledger) -> Tensor:
@@ -95,6 +98,17 @@ def _mlp(tape: MLPTape, spec: MLP, r_out: Tensor, method: str, ledger: Ledger) -
     r_gate = rules.identity(r_act)
     return (_linear(tape.x, spec.gate, tape.gate, r_gate, ledger)
             + _linear(tape.x, spec.up, tape.up, r_up, ledger))
+
+
+def _moe(tape: MoETape, spec: MoE, r_out: Tensor, method: str,
+         ledger: Ledger) -> tuple[Tensor, Tensor]:
+    """Routed experts, selection and router weights constant: ε-rule on ``y = Σ_e c_e``
+    (``R_{c_e} = c_e ⊙ R_y / y``), then ``c_e = w_e · E_e(x)`` with ``w_e`` a constant passes
+    ``R_{c_e}`` to the expert's output unchanged, and the expert's MLP rules follow.
+    Returns the input's relevance (n, d) and each expert's (E, n)."""
+    r_c = rules.sum_split(tape.contributions, tape.out, r_out)
+    r_x = sum(_mlp(t, s, r, method, ledger) for t, s, r in zip(tape.experts, spec.experts, r_c))
+    return r_x, torch.stack([r.sum(-1) for r in r_c])
 
 
 def _fold_groups(r: Tensor, n_kv: int) -> Tensor:
@@ -144,7 +158,11 @@ def _block(tape: BlockTape, spec: Block, r_out: Tensor, method: str, ledger: Led
     else:
         r_mid_skip, r_m = rules.sum_split([tape.mid, tape.m], tape.out, r_out)
     r_mlp_out = _norm(tape.mlp_post, spec.post_mlp, r_m, ledger)
-    r_mlp = _mlp(tape.mlp, spec.mlp, r_mlp_out, method, ledger)
+    r_experts = None
+    if isinstance(spec.mlp, MoE):
+        r_mlp, r_experts = _moe(tape.mlp, spec.mlp, r_mlp_out, method, ledger)
+    else:
+        r_mlp = _mlp(tape.mlp, spec.mlp, r_mlp_out, method, ledger)
     r_mlp_in = _norm(tape.mlp_in, spec.pre_mlp, r_mlp, ledger)
     r_mid = None
     if not spec.parallel:
@@ -155,7 +173,7 @@ def _block(tape: BlockTape, spec: Block, r_out: Tensor, method: str, ledger: Led
     r_h = r_skip + _norm(tape.attn_in, spec.pre_attn, r_x, ledger)
     if spec.parallel:
         r_h = r_h + r_mlp_in
-    states = (None if r_mid is None else r_mid.sum(-1), r_a.sum(-1), r_m.sum(-1), heads)
+    states = (None if r_mid is None else r_mid.sum(-1), r_a.sum(-1), r_m.sum(-1), heads, r_experts)
     return r_h, states
 
 
@@ -175,9 +193,10 @@ def propagate(fwd: ForwardPass, target: int, foil: int, method: str) -> tuple[Re
     r_final[-1:] = _linear(final.y[-1:], spec.head, fwd.raw_logits[-1:], r_raw[None], ledger)
     r = _norm(final, spec.final_norm, r_final, ledger)
 
-    layers, mid, attn, mlp, heads = [r.sum(-1)], [], [], [], []
+    layers, mid, attn, mlp, heads, experts = [r.sum(-1)], [], [], [], [], []
     for tape, block_spec in zip(reversed(fwd.blocks), reversed(spec.blocks)):
-        r, (r_mid, r_a, r_m, r_heads) = _block(tape, block_spec, r, method, ledger)
+        r, (r_mid, r_a, r_m, r_heads, r_experts) = _block(tape, block_spec, r, method, ledger)
+        experts.append(r_experts)
         layers.append(r.sum(-1))
         mid.append(r_mid)
         attn.append(r_a)
@@ -188,5 +207,5 @@ def propagate(fwd: ForwardPass, target: int, foil: int, method: str) -> tuple[Re
         ledger.add("positions", r_pos)
         layers[-1] = r.sum(-1)
     rel = Relevances(layers=layers[::-1], mid=mid[::-1], attn=attn[::-1], mlp=mlp[::-1],
-                     heads=heads[::-1], ledger=ledger)
+                     heads=heads[::-1], ledger=ledger, experts=experts[::-1])
     return rel, delta, r

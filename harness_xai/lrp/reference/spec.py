@@ -85,9 +85,20 @@ class MLP:
 
 
 @dataclass
+class MoE:
+    """``y_t = Σ_{e ∈ top-k} w_e E_e(x_t)``, ``w`` = softmax of the router logits over all experts,
+    top-k, renormalised over the top-k if ``normalize``."""
+
+    router: Linear  # (E, d)
+    experts: list[MLP]
+    top_k: int
+    normalize: bool
+
+
+@dataclass
 class Block:
     attn: Attention
-    mlp: MLP
+    mlp: MLP | MoE
     parallel: bool  # h + attn(pre_attn(h)) + mlp(pre_mlp(h))
     pre_attn: Norm | None
     post_attn: Norm | None
@@ -121,7 +132,7 @@ def read_model(model: nn.Module) -> ModelSpec:
 
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text",
-              "olmo3", "smollm3", "granite", "gemma3")
+              "olmo3", "smollm3", "granite", "gemma3", "mixtral", "qwen3_moe", "olmoe")
 _GEMMA = ("gemma2", "gemma3_text", "gemma3")
 
 
@@ -160,7 +171,7 @@ def _read_llama_like(model: nn.Module) -> ModelSpec:
             q, k, v = Linear.of(att.q_proj), Linear.of(att.k_proj), Linear.of(att.v_proj)
         if hasattr(att, "sliding_window"):  # Qwen2/3, Gemma: per layer (None on full layers)
             window = att.sliding_window
-        elif config.model_type in ("mistral", "phi3"):
+        elif config.model_type in ("mistral", "phi3", "mixtral"):
             window = getattr(config, "sliding_window", None)
         else:
             window = None
@@ -176,6 +187,10 @@ def _read_llama_like(model: nn.Module) -> ModelSpec:
             qk_norm_per_head=q_norm is not None and q_norm.weight.numel() == hd,
             inv_freq=inv_freq, rope_scale=rope_scale, window=window,
             softcap=getattr(att, "attn_logit_softcapping", None))
+        if hasattr(mlp, "experts"):  # mixture of experts (Mixtral, Qwen3-MoE, OLMoE)
+            blocks.append(Block(attn, _read_moe(mlp), False, *(_norm(m, offset) for m in (
+                layer.input_layernorm, None, layer.post_attention_layernorm, None))))
+            continue
         if hasattr(mlp, "gate_up_proj"):  # Phi-3: gate, up = chunk(2)
             ff = mlp.gate_up_proj.weight.shape[0] // 2
             gate = Linear.of(mlp.gate_up_proj, slice(0, ff))
@@ -208,6 +223,19 @@ def _read_llama_like(model: nn.Module) -> ModelSpec:
     return ModelSpec(family=model.config.model_type, embed=_f64(embed.weight), embed_scale=scale,
                      positions=None, blocks=blocks, final_norm=_norm(net.norm, offset),
                      head=head, logit_softcap=softcap)
+
+
+def _read_moe(block: nn.Module) -> MoE:
+    """Routed SwiGLU experts stored as (E, 2·I, d) ``gate_up_proj`` and (E, d, I) ``down_proj``."""
+    experts, router = block.experts, block.gate
+    inner = experts.gate_up_proj.shape[1] // 2
+    mlps = []
+    for e in range(experts.num_experts):
+        gate_up = _f64(experts.gate_up_proj[e])
+        mlps.append(MLP(up=Linear(gate_up[inner:], None), down=Linear(_f64(experts.down_proj[e]), None),
+                        act=experts.act_fn, gate=Linear(gate_up[:inner], None)))
+    return MoE(router=Linear(_f64(router.weight), None), experts=mlps, top_k=int(router.top_k),
+               normalize=bool(getattr(router, "norm_topk_prob", True)))
 
 
 def _scaled(lin: Linear, factor: float) -> Linear:
