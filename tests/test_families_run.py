@@ -12,7 +12,7 @@ from tiny_models import tiny_model
 from harness_xai.cli import main
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
-FAMILIES = ("olmo3", "smollm3", "granite", "gemma3")
+FAMILIES = ("olmo3", "smollm3", "granite", "gemma3", "mixtral", "qwen3_moe", "olmoe")
 
 
 def _sql(db: Path, query: str, params: dict | None = None):
