@@ -183,6 +183,8 @@ def _attribute_case(case: CaseRecord, model, tokenizer, method: str,
     case.token_relevance, case.layer_relevance = result.numpy()
     case.state_relevance = {k: v.numpy().astype(np.float32) for k, v in result.states.items()}
     case.head_relevance = None if result.heads is None else result.heads.numpy().astype(np.float32)
+    experts = getattr(result, "experts", None)
+    case.expert_relevance = None if experts is None else experts.numpy().astype(np.float32)
     case.method_params = {**result.params, **case.method_params}
     case.delta = result.delta
     case.method = method
