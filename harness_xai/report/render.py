@@ -38,7 +38,7 @@ from sqlalchemy import Connection
 
 from harness_xai import __version__
 from harness_xai.errors import UserError
-from harness_xai.report import charts, figures, history, payload, queries, study, text
+from harness_xai.report import charts, experts, figures, history, payload, queries, study, text
 from harness_xai.report.arrays import CaseArrays, run_arrays, store_relevance
 
 MARKER = ".harness-xai-report"
@@ -133,7 +133,7 @@ class _Study:
 
 
 def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_href: str,
-                 st: _Study) -> str:
+                 st: _Study, moe: dict | None = None) -> str:
     key = (case["task"], int(case["doc_id"]), case["doc_hash"], case["filter"])
     data = payload.case_payload(a)
     rows = st.docs.relevance_rows(key, int(run["id"]), st.relevance,
@@ -153,7 +153,8 @@ def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_hr
         states=data["states"], heads=data.get("heads"), layers=data.get("layers"),
         others=st.docs.entries(key), flips=st.docs.flips(key, int(run["id"])),
         history=rows if len(rows) > 1 else None, n_tokens=len(a.positions),
-        first_special=data["tokens"]["first_special"])
+        first_special=data["tokens"]["first_special"],
+        experts=experts.with_tokens(moe, a.positions, a.tokens))
 
 
 def _task_figures(cases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -169,7 +170,7 @@ def _task_figures(cases: list[dict[str, Any]]) -> dict[str, Any]:
             if n else [], "triage_counts": sorted(labels.items(), key=lambda kv: -kv[1])}
 
 
-def _render_study(env: Environment, cohort: study.Cohort) -> str:
+def _render_study(env: Environment, cohort: study.Cohort, moe: dict | None = None) -> str:
     tasks = []
     for task, points in cohort.tasks.items():
         panels = [("accuracy", "accuracy", (0.0, 1.0))]
@@ -201,7 +202,8 @@ def _render_study(env: Environment, cohort: study.Cohort) -> str:
         tasks.append({"task": task, "points": points, "figures": figs, "triage": triage,
                       "segments": segments})
     return env.get_template("study.html").render(cohort=cohort, tasks=tasks, root="",
-                                                 triage_colours=charts.TRIAGE_COLOURS)
+                                                 triage_colours=charts.TRIAGE_COLOURS,
+                                                 experts=moe or {})
 
 
 def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:
@@ -215,6 +217,7 @@ def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:
         run["study_page"] = st.page_of.get(int(run["id"]))
         by_task = queries.run_cases(conn, int(run["id"]))
         arrays = run_arrays(conn, int(run["id"]))
+        moe = experts.run_experts(conn, int(run["id"]))
         for row in run["tasks_rows"]:
             task_file = f"task-{task_slug(row['task'])}.html"
             row["href"] = f"{run_dir}/{task_file}"
@@ -225,13 +228,15 @@ def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:
                 if case["status"] == "attributed" and a is not None:
                     case["href"] = f"case-{int(case['id'])}.html"
                     _write(tmp / run_dir / case["href"],
-                           _render_case(env, run, case, a, task_file, st))
+                           _render_case(env, run, case, a, task_file, st,
+                                        moe.get(int(case["id"]))))
             html = env.get_template("task.html").render(
                 run=run, row=row, cases=cases, root="../", page_size=PAGE_SIZE,
                 figs=_task_figures(cases), triage_colours=charts.TRIAGE_COLOURS)
             _write(tmp / run_dir / task_file, html)
     for cohort in st.cohorts:
-        _write(tmp / cohort.page, _render_study(env, cohort))
+        _write(tmp / cohort.page, _render_study(env, cohort, experts.cohort_experts(
+            conn, [int(r["id"]) for r in cohort.runs])))
     _write(tmp / "index.html", env.get_template("index.html").render(
         runs=runs, cohorts=st.cohorts, root=""))
     assets = resources.files("harness_xai.report") / "static"
