@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import tiny_model
+from tiny_models import MOE, tiny_model
 
 from harness_xai.cli import main
 
@@ -62,3 +62,20 @@ def test_run_attribute_end_to_end(family, micro_model, tmp_path):
         ref = attribute(model, None, ids, wrong, gold)
         got = torch.tensor([r for _, r in tokens], dtype=torch.float32)
         torch.testing.assert_close(got, ref.tokens, rtol=1e-4, atol=1e-5)
+        experts = _sql(db, "SELECT e.layer, e.position, sum(e.relevance), min(s.relevance) "
+                           "FROM expert_relevance AS e JOIN state_relevance AS s ON "
+                           "s.case_id = e.case_id AND s.layer = e.layer AND s.position = "
+                           "e.position AND s.kind = 'mlp' WHERE e.case_id = :c "
+                           "GROUP BY e.layer, e.position", {"c": case_id})
+        if family in MOE:  # stored per expert; the experts of a layer add up to its MLP state
+            routed = (2,) if family == "qwen3_moe" else (1, 2)  # qwen3_moe: layer 1 dense
+            assert experts and {layer for layer, *_ in experts} == set(routed)
+            for _, _, total, mlp in experts:
+                assert total == pytest.approx(mlp, rel=1e-4, abs=1e-6)
+            # positions without a row carry no MLP relevance (only the selected experts are kept)
+            mlp = _sql(db, "SELECT sum(abs(relevance)) FROM state_relevance WHERE case_id = :c "
+                           f"AND kind = 'mlp' AND layer IN ({', '.join(map(str, routed))})",
+                       {"c": case_id})[0][0]
+            assert sum(abs(m) for *_, m in experts) == pytest.approx(mlp, rel=1e-5)
+        else:
+            assert experts == []
