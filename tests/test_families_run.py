@@ -79,3 +79,41 @@ def test_run_attribute_end_to_end(family, micro_model, tmp_path):
             assert sum(abs(m) for *_, m in experts) == pytest.approx(mlp, rel=1e-5)
         else:
             assert experts == []
+
+
+def test_refused_and_unknown_families_answer_before_any_work(micro_model, tmp_path, capsys):
+    """qwen3_next (Gated DeltaNet) is refused with what / where / what to do; an unknown
+    model_type answers "did you mean … / supported: …"; exit 2, one line, no store written."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(micro_model)
+    config = AutoConfig.for_model(
+        "qwen3_next", vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96,
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+        shared_expert_intermediate_size=32, linear_num_value_heads=4, linear_num_key_heads=2,
+        linear_key_head_dim=12, linear_value_head_dim=12)
+    model_dir = tmp_path / "qwen3_next"
+    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    mixtral_dir = save_family("mixtral", micro_model, tmp_path / "renamed")
+    cfg = (mixtral_dir / "config.json").read_text().replace('"mixtral"', '"mixtrl"')
+    capsys.readouterr()
+    db = tmp_path / "never.duckdb"
+    base = ["run", "--model", "hf", "--device", "cpu", "--include_path", str(TASKS),
+            "--tasks", "xai_arith", "--limit", "2", "--attribute", "--xai-db", f"duckdb:///{db}"]
+    assert main([*base, "--model_args", f"pretrained={model_dir}"]) == 2
+    # one line of ours (transformers' own weight-loading progress bar may precede it)
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("harness-xai")]
+    assert line.startswith("harness-xai: unsupported model family 'qwen3_next'")
+    assert "Gated DeltaNet" in line and "qwen3_moe" in line and "without --attribute" in line
+    (mixtral_dir / "config.json").write_text(cfg)
+    with pytest.raises(Exception):  # transformers itself does not know "mixtrl"
+        AutoModelForCausalLM.from_pretrained(mixtral_dir)
+    from harness_xai.errors import UserError
+    from harness_xai.lrp.adapters import get_adapter
+
+    with pytest.raises(UserError, match=r"unsupported model family 'mixtrl': did you mean "
+                                        r"'mixtral'\? supported: .*olmoe.*qwen3_moe"):
+        get_adapter("mixtrl")
+    assert not db.exists()

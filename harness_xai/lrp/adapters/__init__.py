@@ -65,6 +65,13 @@ class Adapter:
 
 ADAPTERS: dict[str, Adapter] = {}
 
+#: families transformers runs but the rules do not cover: model_type → why (refused up front)
+REFUSED: dict[str, str] = {
+    "qwen3_next": "its Gated DeltaNet layers (linear attention with a gated delta-rule "
+                  "recurrence, interleaved with full attention) have no LRP rule here that is "
+                  "stated and checked against an explicit reference",
+}
+
 
 def register_adapter(adapter: Adapter) -> Adapter:
     for model_type in adapter.model_types:
@@ -77,6 +84,10 @@ def get_adapter(model_type: str | None) -> Adapter:
     _load_builtin()
     if model_type in ADAPTERS:
         return ADAPTERS[model_type]
+    if model_type in REFUSED:
+        raise UserError(f"unsupported model family '{model_type}' (config.model_type of the "
+                        f"model): {REFUSED[model_type]}. Attribute a supported family "
+                        f"({', '.join(sorted(ADAPTERS))}) or run without --attribute.")
     raise UserError(unknown_name_message(
         "model family", str(model_type), ADAPTERS,
         "Add an adapter (harness_xai/lrp/adapters/) or use a supported model."))
