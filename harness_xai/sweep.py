@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,10 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness_xai.checkpoints import parse_revision
 from harness_xai.errors import UserError
 
-#: hub checkpoint revisions: Pythia ``step3000``, OLMo ``step1000-tokens4B``
-_STEP_REVISION = re.compile(r"^step(\d+)(?:$|[-_])")
 #: flags the sweep sets for every cell (one of them after ``--`` would contradict the matrix)
 _OWN_FLAGS = ("--model", "--model_args", "--tasks", "--include_path", "--attribute", "--xai-db",
               "--xai-report", "--config", "-M", "-t", "-a", "-C")
@@ -54,7 +52,9 @@ def checkpoint_step(pretrained: str | None, revision: str | None = None,
                     subfolder: str | None = None) -> int | None:
     """Training step of a checkpoint: for a local directory (``pretrained``/``subfolder``) the
     ``global_step`` of its ``trainer_state.json`` (as HF Trainer writes it; transformers ignores
-    ``revision`` there), for a hub model a ``step<N>`` revision; ``None`` when neither says."""
+    ``revision`` there), for a hub model the step of its revision name (``checkpoints``: Pythia
+    ``step143000``, OLMo ``stage1-step1000-tokens5B``, SmolLM3 ``stage1-step-40000`` …);
+    ``None`` when neither says."""
     local = Path(str(pretrained or "")).expanduser()
     if pretrained and local.is_dir():
         try:
@@ -62,8 +62,7 @@ def checkpoint_step(pretrained: str | None, revision: str | None = None,
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return step if isinstance(step, int) else None
-    match = _STEP_REVISION.match(str(revision or ""))
-    return int(match.group(1)) if match else None
+    return parse_revision(revision).step
 
 
 @dataclass
