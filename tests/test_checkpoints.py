@@ -63,3 +63,19 @@ def test_labels():
     assert parse_revision("step1200000-tokens5033B").describe() == "step 1200000 · 5.03T tokens"
     assert parse_revision("step143000").describe() == "step 143000"
     assert format_tokens(5e9) == "5B" and format_tokens(999) == "999"
+
+
+def test_study_orders_a_series_by_stage_then_step_and_shows_tokens():
+    """OLMo's stage 2 restarts its step count: the study's points follow (stage, step)."""
+    from harness_xai.report import study
+
+    revisions = ["stage2-ingredient1-step100-tokens1B", "stage1-step5000-tokens20B",
+                 "stage1-step1000-tokens4B", "main"]
+    runs = [{"id": i, "config": "{}", "method": "attnlrp", "pretrained": "allenai/OLMo-2",
+             "model_type": "olmo2", "n_params": 7, "revision": r,
+             "step": parse_revision(r).step} for i, r in enumerate(revisions)]
+    rows = {i: [{"task": "t", "value": 0.5, "n_samples": 4}] for i in range(len(runs))}
+    (cohort,) = study.cohorts(runs, rows, [], [])
+    points = cohort.tasks["t"]
+    assert [p.run_id for p in points] == [3, 2, 1, 0]  # unknown "main" (no step) first
+    assert [p.tokens for p in points] == [None, "4B", "20B", "1B"]
