@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import MOE, tiny_model
+from tiny_models import EAGER_ONLY, MOE, tiny_model
 
 from harness_xai.cli import main
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
-FAMILIES = ("olmo3", "smollm3", "granite", "gemma3", "mixtral", "qwen3_moe", "olmoe")
+FAMILIES = ("olmo3", "smollm3", "granite", "gemma3", "mixtral", "qwen3_moe", "olmoe", "gpt_oss")
 
 
 def _sql(db: Path, query: str, params: dict | None = None):
@@ -26,7 +26,8 @@ def save_family(family: str, micro_model: Path, out: Path, **kwargs) -> Path:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(micro_model)
-    model = tiny_model(family, vocab=len(tokenizer), **kwargs)
+    attn = "eager" if family in EAGER_ONLY else "sdpa"
+    model = tiny_model(family, attn, vocab=len(tokenizer), **kwargs)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

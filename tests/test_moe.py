@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import MOE, random_ids, tiny_model
+from tiny_models import EAGER_ONLY, MOE, random_ids
+from tiny_models import tiny_model as _tiny
 
 from harness_xai import attribute
 from harness_xai.lrp import lrp
 from harness_xai.lrp.reference import reference_attribute
 
 METHODS = ("attnlrp", "cp-lrp", "cp-lrp-uniform")
+
+
+def tiny_model(family: str, **kwargs):
+    return _tiny(family, "eager" if family in EAGER_ONLY else "sdpa", **kwargs)
 
 
 def _scale(t: torch.Tensor) -> float:

@@ -37,8 +37,12 @@ MORE_FAMILIES: dict[str, dict] = {
     "qwen3_moe": dict(head_dim=12, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                       mlp_only_layers=[0], norm_topk_prob=True),
     "olmoe": dict(num_experts=4, num_experts_per_tok=2),
+    # attention sinks, biases everywhere, clamped GLU experts (a small limit, so clamps bite)
+    "gpt_oss": dict(head_dim=12, num_local_experts=4, num_experts_per_tok=2, sliding_window=6,
+                    swiglu_limit=0.5),
 }
-MOE = ("mixtral", "qwen3_moe", "olmoe")
+MOE = ("mixtral", "qwen3_moe", "olmoe", "gpt_oss")
+EAGER_ONLY = ("gemma2", "gpt_oss")  # transformers refuses SDPA (soft-caps; attention sinks)
 #: the multimodal wrapper's vision tower, as small as SigLIP allows
 _VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                image_size=28, patch_size=14)
@@ -54,7 +58,7 @@ def tiny_model(family: str, attn: str = "sdpa", seed: int = 0, layers: int = 2, 
     if family in MORE_FAMILIES:
         shape.update(_TOKENS, **MORE_FAMILIES[family])
         shape = {k: v for k, v in shape.items() if v is not None}
-        if family in ("gemma3_text", "gemma3", "olmo3"):  # alternate sliding and full layers
+        if family in ("gemma3_text", "gemma3", "olmo3", "gpt_oss"):  # sliding and full layers
             shape["layer_types"] = [("sliding_attention", "full_attention")[i % 2]
                                     for i in range(layers)]
     if family == "gemma3":

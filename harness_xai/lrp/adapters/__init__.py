@@ -100,5 +100,5 @@ def adapter_for(model: nn.Module) -> Adapter:
 def _load_builtin() -> None:
     # Built-in families register themselves exactly as a user's adapter module would.
     from harness_xai.lrp.adapters import (  # noqa: F401
-        gemma, gemma3, gpt2, gpt_neox, granite, llama, mixtral, olmo2, olmo3, olmoe, phi3, qwen3,
-        qwen3_moe, smollm3)
+        gemma, gemma3, gpt2, gpt_neox, gpt_oss, granite, llama, mixtral, olmo2, olmo3, olmoe, phi3,
+        qwen3, qwen3_moe, smollm3)

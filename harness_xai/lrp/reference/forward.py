@@ -58,6 +58,7 @@ class AttnTape:
 class MLPTape:
     x: Tensor  # (n, d)
     up: Tensor  # (n, ff) up projection (plain MLP: the activation's input)
+    up_in: Tensor | None  # gpt-oss: clamp(up), before the + 1 (the product's factor is up_in + 1)
     gate: Tensor | None  # (n, ff) gate projection (gated MLP)
     act: Tensor  # (n, ff) activation output
     hidden: Tensor  # (n, ff) input of the down projection
@@ -153,7 +154,12 @@ def attention(x: Tensor, spec: Attention) -> AttnTape:
     scores = spec.scaling * dots
     if spec.softcap is not None:
         scores = spec.softcap * torch.tanh(scores / spec.softcap)
-    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1)
+    logits = scores.masked_fill(~allowed, float("-inf"))
+    if spec.sinks is not None:  # gpt-oss: one more logit per row, dropped after the softmax
+        sink = spec.sinks[:, None, None].expand(n_heads, n, 1)
+        probs = torch.softmax(torch.cat([logits, sink], -1), -1)[..., :-1]
+    else:
+        probs = torch.softmax(logits, -1)
     heads = probs @ vh  # (H, n, hd)
     out = linear(heads.transpose(0, 1).reshape(n, n_heads * hd), spec.o)
     return AttnTape(x, q_lin, k_lin, v_lin, q_pre, k_pre, q, k, rope, dots, scores, allowed, probs,
@@ -164,20 +170,28 @@ def mlp(x: Tensor, spec: MLP) -> MLPTape:
     up = linear(x, spec.up)
     if spec.gate is None:
         act = spec.act(up)
-        return MLPTape(x, up, None, act, act, linear(act, spec.down))
+        return MLPTape(x, up, None, None, act, act, linear(act, spec.down))
     gate = linear(x, spec.gate)
-    act = spec.act(gate)
-    hidden = act * up
-    return MLPTape(x, up, gate, act, hidden, linear(hidden, spec.down))
+    if spec.limit is None:
+        act = spec.act(gate)
+        return MLPTape(x, up, None, gate, act, act * up, linear(act * up, spec.down))
+    up_in = up.clamp(-spec.limit, spec.limit)
+    act = spec.act(gate.clamp(max=spec.limit))
+    hidden = act * (up_in + 1.0)
+    return MLPTape(x, up, up_in, gate, act, hidden, linear(hidden, spec.down))
 
 
 def moe(x: Tensor, spec: MoE) -> MoETape:
     """Route every position: ``w`` = softmax(router logits), keep the top-k (renormalised)."""
-    probs = torch.softmax(linear(x, spec.router), -1)  # (n, E)
-    top, index = torch.topk(probs, spec.top_k, -1)
-    if spec.normalize:
-        top = top / top.sum(-1, keepdim=True)
-    weights = torch.zeros_like(probs).scatter(-1, index, top)
+    logits = linear(x, spec.router)  # (n, E)
+    if spec.softmax_of_top:  # gpt-oss: top-k logits, softmax over them
+        top, index = torch.topk(logits, spec.top_k, -1)
+        top = torch.softmax(top, -1)
+    else:
+        top, index = torch.topk(torch.softmax(logits, -1), spec.top_k, -1)
+        if spec.normalize:
+            top = top / top.sum(-1, keepdim=True)
+    weights = torch.zeros_like(logits).scatter(-1, index, top)
     tapes = [mlp(x, expert) for expert in spec.experts]
     contributions = [weights[:, e, None] * t.out for e, t in enumerate(tapes)]
     return MoETape(x, weights, tapes, contributions, sum(contributions))

@@ -95,7 +95,12 @@ def _mlp(tape: MLPTape, spec: MLP, r_out: Tensor, method: str, ledger: Ledger) -
         return _linear(tape.x, spec.up, tape.up, r_up, ledger)
     # hidden = act(gate) ⊙ up: uniform (½, ½) or, gate constant, (0, 1)
     r_act, r_up = rules.product_uniform(r_hidden, SHARES[method]["gate"])
-    r_gate = rules.identity(r_act)
+    if tape.up_in is not None:  # gpt-oss: factor clamp(up) + 1 — the 1 absorbs (ε-rule)
+        r_up, r_one = rules.sum_split([tape.up_in, torch.ones_like(tape.up_in)],
+                                      tape.up_in + 1.0, r_up)
+        ledger.add("bias", r_one)
+        r_up = rules.identity(r_up)  # the clamp: identity rule
+    r_gate = rules.identity(r_act)  # activation (and gpt-oss's clamp): identity rule
     return (_linear(tape.x, spec.gate, tape.gate, r_gate, ledger)
             + _linear(tape.x, spec.up, tape.up, r_up, ledger))
 

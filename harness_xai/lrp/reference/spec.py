@@ -74,6 +74,7 @@ class Attention:
     rope_scale: float  # multiplies cos and sin
     window: int | None  # sliding window: key j visible from query i iff i − window < j ≤ i
     softcap: float | None  # scores → c · tanh(scores / c)
+    sinks: Tensor | None = None  # (H,) gpt-oss: a learned logit per head in each softmax row
 
 
 @dataclass
@@ -82,6 +83,8 @@ class MLP:
     down: Linear
     act: Callable[[Tensor], Tensor]
     gate: Linear | None  # gated: down(act(gate(x)) ⊙ up(x))
+    #: gpt-oss experts: gate → min(gate, limit), up → clamp(up, ±limit) + 1 (None: neither)
+    limit: float | None = None
 
 
 @dataclass
@@ -93,6 +96,7 @@ class MoE:
     experts: list[MLP]
     top_k: int
     normalize: bool
+    softmax_of_top: bool = False  # gpt-oss: w = softmax over the top-k logits only
 
 
 @dataclass
@@ -132,7 +136,7 @@ def read_model(model: nn.Module) -> ModelSpec:
 
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text",
-              "olmo3", "smollm3", "granite", "gemma3", "mixtral", "qwen3_moe", "olmoe")
+              "olmo3", "smollm3", "granite", "gemma3", "mixtral", "qwen3_moe", "olmoe", "gpt_oss")
 _GEMMA = ("gemma2", "gemma3_text", "gemma3")
 
 
@@ -186,7 +190,8 @@ def _read_llama_like(model: nn.Module) -> ModelSpec:
             k_norm=_norm(getattr(att, "k_norm", None), offset),
             qk_norm_per_head=q_norm is not None and q_norm.weight.numel() == hd,
             inv_freq=inv_freq, rope_scale=rope_scale, window=window,
-            softcap=getattr(att, "attn_logit_softcapping", None))
+            softcap=getattr(att, "attn_logit_softcapping", None),
+            sinks=_f64(getattr(att, "sinks", None)))
         if hasattr(mlp, "experts"):  # mixture of experts (Mixtral, Qwen3-MoE, OLMoE)
             blocks.append(Block(attn, _read_moe(mlp), False, *(_norm(m, offset) for m in (
                 layer.input_layernorm, None, layer.post_attention_layernorm, None))))
@@ -226,8 +231,12 @@ def _read_llama_like(model: nn.Module) -> ModelSpec:
 
 
 def _read_moe(block: nn.Module) -> MoE:
-    """Routed SwiGLU experts stored as (E, 2·I, d) ``gate_up_proj`` and (E, d, I) ``down_proj``."""
-    experts, router = block.experts, block.gate
+    """Routed SwiGLU experts stored as (E, 2·I, d) ``gate_up_proj`` and (E, d, I) ``down_proj``
+    (gpt-oss: transposed, gate/up interleaved, with biases and clamps)."""
+    experts = block.experts
+    if hasattr(experts, "gate_up_proj_bias"):
+        return _read_gpt_oss_moe(block)
+    router = block.gate
     inner = experts.gate_up_proj.shape[1] // 2
     mlps = []
     for e in range(experts.num_experts):
@@ -236,6 +245,21 @@ def _read_moe(block: nn.Module) -> MoE:
                         act=experts.act_fn, gate=Linear(gate_up[:inner], None)))
     return MoE(router=Linear(_f64(router.weight), None), experts=mlps, top_k=int(router.top_k),
                normalize=bool(getattr(router, "norm_topk_prob", True)))
+
+
+def _read_gpt_oss_moe(block: nn.Module) -> MoE:
+    experts, router = block.experts, block.router
+    alpha = float(experts.alpha)
+    mlps = []
+    for e in range(experts.num_experts):
+        w, b = _f64(experts.gate_up_proj[e]).T, _f64(experts.gate_up_proj_bias[e])  # (2I, d)
+        mlps.append(MLP(up=Linear(w[1::2].contiguous(), b[1::2]),
+                        down=Linear(_f64(experts.down_proj[e]).T.contiguous(),
+                                    _f64(experts.down_proj_bias[e])),
+                        act=lambda g: g * torch.sigmoid(g * alpha),
+                        gate=Linear(w[::2].contiguous(), b[::2]), limit=float(experts.limit)))
+    return MoE(router=Linear(_f64(router.weight), _f64(router.bias)), experts=mlps,
+               top_k=int(router.top_k), normalize=False, softmax_of_top=True)
 
 
 def _scaled(lin: Linear, factor: float) -> Linear:
