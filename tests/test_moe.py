@@ -128,3 +128,17 @@ def test_rule_loop_is_bit_exact_against_the_eager_kernel(family):
             patched = model(ids).logits
         assert torch.equal(patched, reference), method
     assert [n for n, m in model.named_modules() if "forward" in vars(m)] == []
+
+
+def test_batched_attribution_has_the_same_expert_relevance():
+    """``attribute_batch`` (right-padded rows, one pass) reports each row's experts as alone."""
+    from harness_xai.distributed.batching import attribute_batch
+
+    model = tiny_model("qwen3_moe", layers=2)
+    items = [(random_ids(n, seed=n)[0].tolist(), 4, 9) for n in (12, 20, 7)]
+    batched = attribute_batch(model, items, "attnlrp")
+    for (ids, t, f), got in zip(items, batched):
+        alone = attribute(model, None, ids, t, f)
+        assert got.experts.shape == alone.experts.shape == (2, 4, len(ids))
+        torch.testing.assert_close(got.experts, alone.experts, rtol=1e-4,
+                                   atol=1e-5 * _scale(alone.experts))

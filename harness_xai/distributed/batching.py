@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from harness_xai.lrp import Attribution, adapter_for, get_method, lrp
-from harness_xai.lrp.capture import state_sites
+from harness_xai.lrp.capture import StateCapture, lrp_pair, state_sites
 
 #: padded tokens per batched pass (bounds activation memory like one case of this length)
 MAX_BATCH_TOKENS = 8192
@@ -146,7 +146,9 @@ def attribute_batch(model: nn.Module, items: Sequence[tuple[Sequence[int], int, 
             p.requires_grad_(False)
         with torch.inference_mode(False), torch.enable_grad(), lrp(model, spec):
             embeddings = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-            with _RowCapture(model, adapter, states) as capture:
+            with _RowCapture(model, adapter, states) as capture, \
+                    StateCapture(model, adapter, ("experts",) if states else (), lrp_pair) as moe:
+                moe.recording = True  # MoE: relevance per expert, per row (rules.moe)
                 logits = model(inputs_embeds=embeddings, use_cache=False,
                                logits_to_keep=last).logits[:, -1].float()  # (B, vocab)
                 rows = torch.arange(batch, device=logits.device)
@@ -157,6 +159,7 @@ def attribute_batch(model: nn.Module, items: Sequence[tuple[Sequence[int], int, 
                 layers = torch.cat([tokens[:, None], capture.stacked("out", batch, n)], 1)
                 extra = {k: capture.stacked(k, batch, n) for k in ("mid", "attn", "mlp", "heads")
                          if states and k in capture.present}
+                experts = moe.expert_rows(n)
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -171,5 +174,6 @@ def attribute_batch(model: nn.Module, items: Sequence[tuple[Sequence[int], int, 
             result.states = {kind: extra[kind][b, ..., :k].clone()
                              for kind in ("mid", "attn", "mlp") if kind in extra}
             result.heads = extra["heads"][b, ..., :k].clone() if "heads" in extra else None
+            result.experts = None if experts is None else experts[b, ..., :k].clone()
         out.append(result)
     return out

@@ -161,14 +161,21 @@ class StateCapture:
 
     def stacked_experts(self, n: int) -> torch.Tensor | None:
         """(n_layers, n_experts, n) fp32 on the CPU (batch rows summed); None without experts."""
+        per_row = self.expert_rows(n)
+        return None if per_row is None else per_row.sum(0)
+
+    def expert_rows(self, n: int) -> torch.Tensor | None:
+        """(batch, n_layers, n_experts, n) fp32 on the CPU; None without experts."""
         if "experts" not in self.present:
             return None
+        filled = [r for (kind, _), r in self.results.items() if kind == "experts"]
+        batch = filled[0].shape[1] // n if filled else 1
         rows = []
         for layer in range(len(self.blocks)):
             r = self.results.get(("experts", layer))
-            rows.append(torch.zeros(self.n_experts, n) if r is None
-                        else r.view(self.n_experts, -1, n).sum(1).cpu())
-        return torch.stack(rows)
+            rows.append(torch.zeros(self.n_experts, batch, n) if r is None
+                        else r.view(self.n_experts, batch, n).cpu())
+        return torch.stack(rows).permute(2, 0, 1, 3)
 
     def done(self) -> None:
         """End of one backward: drop states the gradient never reached."""
