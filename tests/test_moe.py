@@ -45,7 +45,8 @@ def test_expert_relevance_sums_to_the_block(family, method):
             assert mlp[layer].abs().max() > 0
         else:
             torch.testing.assert_close(result.experts[layer].sum(0), mlp[layer], rtol=0,
-                                       atol=1e-5 * _scale(mlp))  # top-2 of 4: each token's relevance sits on at most two experts
+                                       atol=1e-5 * _scale(mlp))
+            # top-2 of 4: each token's relevance sits on at most two experts
             assert (result.experts[layer] != 0).sum(0).max() <= 2
             assert result.experts[layer].abs().max() > 1e-3 * _scale(mlp)
 

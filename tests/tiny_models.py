@@ -63,8 +63,9 @@ def tiny_model(family: str, attn: str = "sdpa", seed: int = 0, layers: int = 2, 
                                     for i in range(layers)]
     if family == "gemma3":
         config = AutoConfig.for_model(family, text_config=shape, vision_config=_VISION,
-                                      mm_tokens_per_image=4, image_token_id=96, boi_token_id=94, initializer_range=0.15,
-                                      eoi_token_id=95, tie_word_embeddings=False)
+                                      mm_tokens_per_image=4, image_token_id=96, boi_token_id=94,
+                                      eoi_token_id=95, initializer_range=0.15,
+                                      tie_word_embeddings=False)
     else:
         config = AutoConfig.for_model(family, **shape)
     config._attn_implementation = attn

@@ -5,7 +5,7 @@ Algorithm:
 2. Put the model in eval mode.
 3. Override the ``forward`` of each norm, activation and product-factor module *on the instance*
    with one that returns the module's own output value and the rule's gradient (a gate held
-   constant — CP-LRP — returns its value without gradient, and its partner is left alone). A final-logit
+   constant — CP-LRP — returns its value without gradient; its partner is left alone). A final-logit
    soft-cap (adapter's ``logit_softcap``) moves from the config (set to None) into the LM head's
    instance forward, recomputed bit-exact with the identity rule.
 4. Point ``config._attn_implementation`` at a registered wrapper ``xai_<method>_<kernel>`` that

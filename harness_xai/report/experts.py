@@ -34,7 +34,8 @@ def run_experts(conn: Connection, run_id: int) -> dict[int, dict[str, Any]]:
         per_case[int(case_id)][(int(layer), int(expert))].append((int(position), float(rel or 0.0)))
     out = {}
     for case_id, cells in per_case.items():
-        totals = [(layer, expert, sum(r for _, r in cell)) for (layer, expert), cell in cells.items()]
+        totals = [(layer, expert, sum(r for _, r in cell))
+                  for (layer, expert), cell in cells.items()]
         top = sorted(totals, key=lambda t: (-abs(t[2]), t[0], t[1]))[:TOP]
         out[case_id] = {
             "totals": totals,
@@ -71,7 +72,8 @@ def cohort_experts(conn: Connection, run_ids: list[int]) -> dict[int, list[dict[
             wins[(layer, expert)] += 1
         mass = sum(abs(v) for v in total.values()) or 1.0
         ranked = sorted(total, key=lambda k: (-abs(total[k]), k))[:TOP]
-        out[int(run_id)] = [{"layer": layer, "expert": expert, "mean": total[(layer, expert)] / n_cases,
+        out[int(run_id)] = [{"layer": layer, "expert": expert,
+                             "mean": total[(layer, expert)] / n_cases,
                              "top_share": wins[(layer, expert)] / n_cases,
                              "mass_share": abs(total[(layer, expert)]) / mass, "n_cases": n_cases}
                             for layer, expert in ranked]

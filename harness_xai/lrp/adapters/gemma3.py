@@ -35,7 +35,8 @@ ADAPTER = register_adapter(Adapter(
     norms=lambda model: [m for m in _language_model(model).modules()
                          if type(m).__name__ == "Gemma3RMSNorm"],
     norm_rule=_norm_rule,
-    activations=lambda model: [(b.mlp.act_fn, b.mlp.up_proj) for b in _language_model(model).layers],
+    activations=lambda model: [(b.mlp.act_fn, b.mlp.up_proj)
+                               for b in _language_model(model).layers],
     mid_input=lambda block: block.pre_feedforward_layernorm,
     attn_output=lambda block: block.post_attention_layernorm,
     mlp_output=lambda block: block.post_feedforward_layernorm,

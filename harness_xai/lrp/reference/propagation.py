@@ -10,8 +10,10 @@ Algorithm:
       (sequential: first ``h' = mid + m``, later ``mid = h + a``; the MLP branch's relevance
       reaching ``mid`` is added to ``mid``'s skip share before the split).
    b. MLP: post-norm → down projection (ε) → product ``act ⊙ up`` (uniform, ½ each; CP-LRP:
-      gate constant, all to ``up``) or nothing (plain MLP). Routed experts (MoE): ε-rule on
-      ``y = Σ_e w_e E_e`` with the router weights constant, then each expert's MLP as above. → activation (identity) → up/gate projections (ε) → pre-norm.
+      gate constant, all to ``up``) or nothing (plain MLP) → activation (identity) → up/gate
+      projections (ε) → pre-norm. Routed experts (MoE): ε-rule on ``y = Σ_e w_e E_e`` with the
+      router weights constant, then each expert's MLP as above (gpt-oss: the ``+ 1`` of its
+      ``clamp(up) + 1`` factor absorbs by the ε-rule, the clamps get the identity rule).
    c. Attention: post-norm → output projection (ε) → per head ``O = A V`` (uniform rule on the
       bilinear sum: ½ to ``A``, ½ to ``V``; CP-LRP: all to ``V``, ``A`` constant) → GQA copies of
       ``V`` summed → v projection (ε). AttnLRP only, the score path: softmax rule →

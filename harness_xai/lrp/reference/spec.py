@@ -241,7 +241,8 @@ def _read_moe(block: nn.Module) -> MoE:
     mlps = []
     for e in range(experts.num_experts):
         gate_up = _f64(experts.gate_up_proj[e])
-        mlps.append(MLP(up=Linear(gate_up[inner:], None), down=Linear(_f64(experts.down_proj[e]), None),
+        mlps.append(MLP(up=Linear(gate_up[inner:], None),
+                        down=Linear(_f64(experts.down_proj[e]), None),
                         act=experts.act_fn, gate=Linear(gate_up[:inner], None)))
     return MoE(router=Linear(_f64(router.weight), None), experts=mlps, top_k=int(router.top_k),
                normalize=bool(getattr(router, "norm_topk_prob", True)))
