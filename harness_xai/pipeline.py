@@ -258,6 +258,8 @@ def _explanation(result: Attribution, graph=None) -> Explanation:
         params=dict(result.params),
         state_relevance={k: v.numpy().astype(np.float32) for k, v in result.states.items()},
         head_relevance=None if result.heads is None else result.heads.numpy().astype(np.float32),
+        expert_relevance=None if result.experts is None
+        else result.experts.numpy().astype(np.float32),
         graph=graph)
 
 

@@ -7,7 +7,8 @@ DuckDB limits (documented in the migrations): no reflection (alembic autogenerat
 models and schema there, so the comparison reads information_schema instead), no ADD FOREIGN KEY
 (new tables declare their keys at CREATE time), DROP COLUMN only for un-indexed columns (the
 columns 0002 adds are such, so its downgrade works on DuckDB too). Revision 0005 (doc_outcomes,
-keyed to runs) is covered by every round trip here plus its own data test."""
+keyed to runs) and 0007 (expert_relevance, keyed to cases) are covered by every round trip here
+plus their own data tests."""
 
 from __future__ import annotations
 
@@ -57,8 +58,8 @@ def _views(conn: sa.Connection) -> set[str]:
 
 def test_single_head_and_linear_history() -> None:
     scripts = migrate.script_directory()
-    assert scripts.get_heads() == [migrate.head_revision()] == ["0006"]
-    assert _revisions() == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    assert scripts.get_heads() == [migrate.head_revision()] == ["0007"]
+    assert _revisions() == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
     for rev in scripts.walk_revisions():
         assert rev.doc and rev.doc.strip()  # every revision says what it does (db history shows it)
 
@@ -69,7 +70,7 @@ def test_upgrade_base_to_head_then_downgrade_to_base_leaves_nothing(db: str) -> 
         with engine.begin() as conn:
             migrate.upgrade(conn, "head")
         with engine.connect() as conn:
-            assert migrate.current_revision(conn) == "0006"
+            assert migrate.current_revision(conn) == "0007"
             assert {t.name for t in ALL_TABLES} <= _tables(conn) and _views(conn) == VIEWS
             assert "doc_outcomes" in _tables(conn)
         with engine.begin() as conn:
@@ -203,8 +204,50 @@ def test_0005_doc_outcomes_up_with_data_and_down(db: str) -> None:
     assert run_sql(db, "SELECT run_key, step FROM runs")[1] == [("r", 100)]
 
 
-HEAD = "0006"
+HEAD = "0007"
 NEXT = f"{int(HEAD) + 1:04d}"
+
+
+def test_0007_expert_relevance_up_with_data_and_down(db: str) -> None:
+    """0005 → 0007 (through 0006) on a store holding a case: expert_relevance starts empty and takes rows (its key
+    and its foreign key to cases hold); 0007 → 0006 drops exactly expert_relevance; up again."""
+    engine = _engine(db)
+    try:
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "0005")
+            conn.execute(sa.text("INSERT INTO runs (run_key, step) VALUES ('r', 100)"))
+            run_id = conn.execute(sa.text("SELECT id FROM runs")).scalar()
+            conn.execute(sa.text("INSERT INTO cases (run_id, task, doc_id, doc_hash, filter, status) "
+                                 "VALUES (:r, 't', 1, 'h1', 'none', 'attributed')"), {"r": run_id})
+            case_id = conn.execute(sa.text("SELECT id FROM cases")).scalar()
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "0007")
+        insert = sa.text("INSERT INTO expert_relevance (case_id, layer, expert, position, relevance) "
+                         "VALUES (:c, :l, :e, :p, :r)")
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM expert_relevance")).scalar() == 0
+            conn.execute(insert, [{"c": case_id, "l": 1, "e": 3, "p": 0, "r": 0.5},
+                                  {"c": case_id, "l": 1, "e": 0, "p": 0, "r": -0.25}])
+        for bad in ({"c": case_id, "l": 1, "e": 3, "p": 0, "r": 1.0},  # same key again
+                    {"c": case_id + 999, "l": 1, "e": 3, "p": 1, "r": 1.0}):  # no such case
+            with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+                conn.execute(insert, bad)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT expert, relevance FROM expert_relevance "
+                                        "ORDER BY expert")).all()
+            assert [tuple(r) for r in rows] == [(0, -0.25), (3, 0.5)]
+            before = _tables(conn)
+        with engine.begin() as conn:
+            migrate.downgrade(conn, "0006")
+        with engine.connect() as conn:
+            assert migrate.current_revision(conn) == "0006"
+            assert _tables(conn) == before - {"expert_relevance"} and _views(conn) == VIEWS
+            assert conn.execute(sa.text("SELECT count(*) FROM cases")).scalar() == 1
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "head")
+    finally:
+        engine.dispose()
+    assert run_sql(db, "SELECT count(*) FROM expert_relevance")[1] == [(0,)]
 
 
 @pytest.fixture

@@ -38,8 +38,8 @@ from sqlalchemy import Connection
 
 from harness_xai import __version__
 from harness_xai.errors import UserError
-from harness_xai.report import (charts, context, figures, history, payload, queries, study,
-                                summary, text)
+from harness_xai.report import (charts, context, experts, figures, history, payload, queries,
+                                study, summary, text)
 from harness_xai.report.arrays import CaseArrays, run_arrays, store_relevance
 from harness_xai.report.tokens import labels_of, resolve_tokens, visible
 
@@ -134,7 +134,7 @@ class _Study:
 
 
 def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_href: str,
-                 st: _Study) -> str:
+                 st: _Study, moe: dict | None = None) -> str:
     key = (case["task"], int(case["doc_id"]), case["doc_hash"], case["filter"])
     notes = context.contrast_notes(case.get("method_params"))
     texts = [case["prompt"], notes.get("gold_context"), notes.get("generation"),
@@ -167,7 +167,8 @@ def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_hr
         options=context.choice_options(case["prompt"], notes),
         generation=context.generation(notes, labels, a.segments, case["wrong_token"])
         if case.get("output_type") == "generate_until" else None,
-        wrong_label=visible(case["wrong_token"]), gold_label=visible(case["gold_token"]))
+        wrong_label=visible(case["wrong_token"]), gold_label=visible(case["gold_token"]),
+        experts=experts.with_tokens(moe, a.positions, a.tokens))
 
 
 def _task_figures(cases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -193,7 +194,7 @@ def _matrix(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                                           for t in tasks]} for r in rows]}
 
 
-def _render_study(env: Environment, cohort: study.Cohort) -> str:
+def _render_study(env: Environment, cohort: study.Cohort, moe: dict | None = None) -> str:
     tasks = []
     for task, points in cohort.tasks.items():
         panels = [("accuracy", "accuracy", (0.0, 1.0))]
@@ -225,7 +226,8 @@ def _render_study(env: Environment, cohort: study.Cohort) -> str:
         tasks.append({"task": task, "points": points, "figures": figs, "triage": triage,
                       "segments": segments})
     return env.get_template("study.html").render(cohort=cohort, tasks=tasks, root="",
-                                                 triage_colours=charts.TRIAGE_COLOURS)
+                                                 triage_colours=charts.TRIAGE_COLOURS,
+                                                 experts=moe or {})
 
 
 def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:
@@ -240,6 +242,7 @@ def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:
         run["study_page"] = st.page_of.get(int(run["id"]))
         by_task = queries.run_cases(conn, int(run["id"]))
         arrays = run_arrays(conn, int(run["id"]))
+        moe = experts.run_experts(conn, int(run["id"]))
         for row in run["tasks_rows"]:
             task_file = f"task-{task_slug(row['task'])}.html"
             row["href"] = f"{run_dir}/{task_file}"
@@ -250,13 +253,15 @@ def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:
                 if case["status"] == "attributed" and a is not None:
                     case["href"] = f"case-{int(case['id'])}.html"
                     _write(tmp / run_dir / case["href"],
-                           _render_case(env, run, case, a, task_file, st))
+                           _render_case(env, run, case, a, task_file, st,
+                                        moe.get(int(case["id"]))))
             html = env.get_template("task.html").render(
                 run=run, row=row, cases=cases, root="../", page_size=PAGE_SIZE,
                 figs=_task_figures(cases), triage_colours=charts.TRIAGE_COLOURS)
             _write(tmp / run_dir / task_file, html)
     for cohort in st.cohorts:
-        _write(tmp / cohort.page, _render_study(env, cohort))
+        _write(tmp / cohort.page, _render_study(env, cohort, experts.cohort_experts(
+            conn, [int(r["id"]) for r in cohort.runs])))
     _write(tmp / "index.html", env.get_template("index.html").render(
         runs=runs, cohorts=st.cohorts, root="", matrix=_matrix(runs)))
     assets = resources.files("harness_xai.report") / "static"

@@ -15,7 +15,8 @@ Runs are only compared when they measured the same thing. Steps:
    recovery and its random baseline, concentration, sink share, formation layer) and the triage
    shares.
 4. ``by_checkpoint`` / ``by_size`` — per task, the lines to draw: by checkpoint (x = step, one
-   line per model series, hue = size rank, dash = architecture) and by size (x = parameters, one
+   line per model series in (stage, step) order of its revision names, ``checkpoints``; hue =
+   size rank, dash = architecture) and by size (x = parameters, one
    line per architecture at each checkpoint, hue = checkpoint, dash = architecture).
 """
 
@@ -28,6 +29,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+from harness_xai.checkpoints import format_tokens, parse_revision
 
 _MODEL_IDENTITY = ("model_args", "model_num_parameters", "model_revision", "model_sha",
                    "model_dtype")
@@ -129,6 +132,10 @@ class Point:
     metrics: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     triage: dict[str, float] = field(default_factory=dict)  # label → share of labelled cases
+    #: the run's revision parsed (``harness_xai.checkpoints``): orders a series by (stage, step)
+    #: — OLMo's stage 2 restarts its step count — and gives the tokens seen ("5B"), if named
+    stage: tuple[int, int] = (0, 0)
+    tokens: str | None = None
 
 
 @dataclass
@@ -170,12 +177,20 @@ def cohorts(runs: list[dict[str, Any]], task_rows: dict[int, list[dict[str, Any]
                     n_failures=int(row.get("n_attributed", 0)) + int(row.get("n_skipped", 0)),
                     metrics={n: v for n, (v, _) in got.items()},
                     counts={n: c for n, (_, c) in got.items()},
-                    triage={k: v / total for k, v in sorted(lab.items())} if total else {}))
+                    triage={k: v / total for k, v in sorted(lab.items())} if total else {},
+                    **_checkpoint(run.get("revision"))))
         for points in tasks.values():
-            points.sort(key=lambda p: (p.arch, p.size or 0, p.series, p.step or 0, p.run_id))
+            points.sort(key=lambda p: (p.arch, p.size or 0, p.series, p.stage, p.step or 0,
+                                       p.run_id))
         out.append(Cohort(key=key, description=describe_key(key), runs=members,
                           tasks=dict(sorted(tasks.items()))))
     return out
+
+
+def _checkpoint(revision: str | None) -> dict[str, Any]:
+    c = parse_revision(revision)
+    return {"stage": (c.stage or 0, c.ingredient or 0),
+            "tokens": None if c.tokens is None else format_tokens(c.tokens)}
 
 
 def segments_of(points: list[Point]) -> list[str]:
