@@ -305,18 +305,18 @@ def test_expert_relevance_stores_the_selected_experts(db: str) -> None:
     (layer, expert) total is their SUM; a dense case writes none."""
     from harness_xai.store.models import expert_relevance
 
-    case = make_case()
+    case, ex = make_case()
     n = len(case.tokens)
     rng = np.random.default_rng(5)
     rel = rng.normal(size=(3, 4, n)).astype(np.float32)
     top2 = np.argsort(-np.abs(rel), axis=1)[:, :2]  # two selected experts per (layer, token)
     keep = np.zeros_like(rel, dtype=bool)
     np.put_along_axis(keep, top2, True, axis=1)
-    case.expert_relevance = np.where(keep, rel, 0.0).astype(np.float32)
+    ex = replace(ex, expert_relevance=np.where(keep, rel, 0.0).astype(np.float32))
     with Store.open(db) as store:
         run_id = store.ensure_run(make_run())
-        case_id = store.write_case(run_id, case)
-        store.write_case(run_id, make_case(doc_id=8))  # dense: no expert rows
+        case_id = store.write_case(run_id, case, ex)
+        store.write_case(run_id, *make_case(doc_id=8))  # dense: no expert rows
         with store.engine.connect() as conn:
             rows = conn.execute(sa.select(expert_relevance).order_by(
                 expert_relevance.c.layer, expert_relevance.c.expert,
@@ -325,11 +325,11 @@ def test_expert_relevance_stores_the_selected_experts(db: str) -> None:
     got = np.zeros_like(rel)
     for r in rows:
         got[r.layer - 1, r.expert, r.position] = r.relevance
-    np.testing.assert_allclose(got, case.expert_relevance, rtol=1e-6)
+    np.testing.assert_allclose(got, ex.expert_relevance, rtol=1e-6)
     totals = run_sql(db, "SELECT layer, expert, sum(relevance) FROM expert_relevance "
                          "GROUP BY layer, expert ORDER BY layer, expert")[1]
     for layer, expert, total in totals:
-        assert total == pytest.approx(float(case.expert_relevance[layer - 1, expert].sum()), rel=1e-5)
+        assert total == pytest.approx(float(ex.expert_relevance[layer - 1, expert].sum()), rel=1e-5)
 
 
 def test_skipped_case_writes_only_case_row(db: str) -> None:
