@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"harness-xai: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:  # outside a store session (see store.preflight): nothing was written
-        print("harness-xai: interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt:  # outside a store session (store.preflight says more inside one)
+        print("harness-xai: interrupted; a store holds only complete cases: re-run the same "
+              "command to resume", file=sys.stderr)
         return 130
     except OSError as err:  # a destination that cannot be written (read-only, disk full, …)
         if err.errno not in WRITE_ERRNOS:
