@@ -9,6 +9,7 @@ removed from the namespace before lm-eval sees it (its EvaluatorConfig is strict
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from harness_xai.errors import UserError
@@ -36,6 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"harness-xai: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:  # outside a store session (store.preflight says more inside one)
+        print("harness-xai: interrupted; a store holds only complete cases: re-run the same "
+              "command to resume", file=sys.stderr)
+        return 130
+    except OSError as err:  # a destination that cannot be written (read-only, disk full, …)
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        print(f"harness-xai: cannot write {err.filename or ''} ({err.strerror}): use a writable "
+              "destination with free space", file=sys.stderr)
+        return 2
+
+
+WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
 
 
 def _dispatch(argv: list[str]) -> int:

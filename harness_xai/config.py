@@ -24,8 +24,8 @@ from harness_xai.store.engine import normalize_url
 DEFAULT_DB = "duckdb:///xai.duckdb"
 #: the ``harness-xai run`` flags of this package (argparse dests); lm-eval never sees them
 XAI_ARGS = ("attribute", "xai_db", "xai_method", "xai_report", "xai_no_progress", "xai_metric",
-            "xai_threshold", "xai_contrast", "xai_graph", "xai_graph_edges", "xai_graph_nodes", "xai_graph_mass",
-            "xai_faithfulness", *BUDGET_ARGS)
+            "xai_threshold", "xai_contrast", "xai_graph", "xai_graph_edges", "xai_graph_nodes",
+            "xai_graph_mass", "xai_faithfulness", "xai_db_init", *BUDGET_ARGS)
 HF_MODELS = {"hf", "hf-auto", "huggingface"}
 
 
@@ -43,7 +43,8 @@ class RunConfig:
     faithfulness: bool = False  # deletion curves and AOPC per case
     budget: Budget = field(default_factory=Budget)
     progress: bool = True
-    report: str | None = None  # render the HTML report here at the end
+    report: str | None = None  # render the HTML report here at the end (checked before the run)
+    db_init: bool = False  # add the schema to another program's (non-empty) database
     #: a non-binary metric's correct value: None, "X" (every task) or "TASK=X,…"
     threshold: str | None = None
 
@@ -51,7 +52,8 @@ class RunConfig:
     def create(cls, *, db: str = DEFAULT_DB, method: str | Method = "attnlrp",
                metric: str | None = None, contrast: str = "token", graph=None,
                faithfulness: bool = False, budget: Budget | None = None, progress: bool = True,
-               report: str | None = None, threshold: float | str | None = None) -> RunConfig:
+               report: str | None = None, db_init: bool = False,
+               threshold: float | str | None = None) -> RunConfig:
         """Validate and resolve (``graph``: None/False, True for the paper's pruning, a
         ``Prune`` or a dict of its fields)."""
         spec = get_method(method)
@@ -66,20 +68,28 @@ class RunConfig:
                             f"{spec.name}. Drop --xai-graph or pick another --xai-method.")
         return cls(db=normalize_url(db), method=spec, metric=metric, contrast=contrast,
                    graph=pruning, faithfulness=bool(faithfulness), budget=budget or Budget(),
-                   progress=progress, report=report, threshold=threshold)
+                   progress=progress, report=report, db_init=bool(db_init), threshold=threshold)
 
     @classmethod
     def from_cli(cls, xai: dict) -> RunConfig:
         """From the parsed ``XAI_ARGS`` values of ``harness-xai run``."""
         graph = None
         if xai["xai_graph"]:
-            graph = Prune(mass=xai["xai_graph_mass"], max_edges=xai["xai_graph_edges"],
-                          max_nodes=xai["xai_graph_nodes"])
+            try:
+                graph = Prune(mass=xai["xai_graph_mass"], max_edges=xai["xai_graph_edges"],
+                              max_nodes=xai["xai_graph_nodes"])
+            except UserError as err:  # name the flag, not the field
+                flag = next((f for k, f in (("mass", "--xai-graph-mass"),
+                                            ("max_edges", "--xai-graph-edges"),
+                                            ("max_nodes", "--xai-graph-nodes"))
+                             if f"{k}=" in str(err)), "--xai-graph-*")
+                raise UserError(f"{flag}: {err}") from None
         return cls.create(db=xai["xai_db"], method=xai["xai_method"], metric=xai["xai_metric"],
                           threshold=xai["xai_threshold"],
                           contrast=xai["xai_contrast"], graph=graph,
                           faithfulness=xai["xai_faithfulness"], budget=Budget.from_args(xai),
-                          progress=not xai["xai_no_progress"], report=xai["xai_report"])
+                          progress=not xai["xai_no_progress"], report=xai["xai_report"],
+                          db_init=xai["xai_db_init"])
 
     def metric_for(self, task: str) -> str | None:
         """The ``--xai-metric`` choice for ``task`` (None: its primary metric)."""
@@ -144,6 +154,9 @@ def add_run_arguments(parser) -> None:
     group.add_argument("--xai-report", default=None, metavar="DIR",
                        help="also render the HTML report into DIR at the end")
     group.add_argument("--xai-no-progress", action="store_true", help="no progress bar")
+    group.add_argument("--xai-db-init", action="store_true",
+                       help="add the harness-xai tables to another program's non-empty database "
+                            "(refused, and left untouched, without it)")
     add_budget_arguments(group)  # --xai-max-cases, --xai-max-tokens, --xai-time-budget, --xai-batch-size
 
 

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from harness_xai import __version__
+from harness_xai.checkpoints import parse_revision
 from harness_xai.config import RunConfig
 from harness_xai.records import RunRecord
+from harness_xai.store.names import short_model_name
 
 #: lm-eval config entries that do not change the results
 _RUN_KEY_DROP = {"batch_size", "batch_sizes", "device", "use_cache", "bootstrap_iters"}
 _CHAT_KEYS = ("system_instruction", "apply_chat_template", "fewshot_as_multiturn", "samples")
-#: hub checkpoint revisions: Pythia ``step3000``, OLMo ``step1000-tokens4B``
-_STEP_REVISION = re.compile(r"^step(\d+)(?:$|[-_])")
 STATE_FILE = "trainer_state.json"
 
 
@@ -53,7 +52,8 @@ def run_record(results: dict, lm, tasks: list[str], config: RunConfig,
         n_params=sum(p.numel() for p in model.parameters()), tasks=tasks,
         method=config.method.name, lm_eval_version=lm_eval.__version__,
         harness_xai_version=__version__, config=json.loads(json.dumps(identity, default=str)),
-        step=checkpoint_step(pretrained, getattr(lm, "revision", None), subfolder))
+        step=checkpoint_step(pretrained, getattr(lm, "revision", None), subfolder),
+        model_name=short_model_name(pretrained))
 
 
 def expected(eval_config, config: RunConfig) -> dict[str, Any]:
@@ -98,7 +98,9 @@ def checkpoint_step(pretrained: str | None, revision: str | None = None,
                     subfolder: str | None = None) -> int | None:
     """Training step of a checkpoint: for a local directory (``pretrained``/``subfolder``) the
     ``global_step`` of its ``trainer_state.json`` (as HF Trainer writes it; transformers ignores
-    ``revision`` there), for a hub model a ``step<N>`` revision; ``None`` when neither says."""
+    ``revision`` there), for a hub model the step of its revision name (``checkpoints``: Pythia
+    ``step143000``, OLMo ``stage1-step1000-tokens5B``, SmolLM3 ``stage1-step-40000`` …);
+    ``None`` when neither says."""
     local = Path(str(pretrained or "")).expanduser()
     if pretrained and local.is_dir():
         try:
@@ -106,5 +108,4 @@ def checkpoint_step(pretrained: str | None, revision: str | None = None,
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return step if isinstance(step, int) else None
-    match = _STEP_REVISION.match(str(revision or ""))
-    return int(match.group(1)) if match else None
+    return parse_revision(revision).step

@@ -2,7 +2,8 @@
 
 Algorithm of ``evaluate``:
 1. The run's ``RunConfig`` (method, store URL, pruning, budgets) is resolved and validated
-   before anything runs (``harness_xai.config``).
+   before anything runs (``harness_xai.config``); the store is opened and locked and the report
+   folder checked (``store.preflight``: fail before the work, not after it).
 2. Run ``lm_eval.simple_evaluate`` unchanged, with samples logged, capturing the HFLM instance and
    the Task objects; the model family is checked before the first request is computed.
 3. For each task, each incorrect sample becomes a frozen contrast ``Case`` (or a skip with a
@@ -91,7 +92,8 @@ class RunSummary:
 def evaluate(*, attribute: bool = True, config: RunConfig | None = None, db: str = DEFAULT_DB,
              method: str = "attnlrp", metric: str | None = None, contrast: str = "token",
              progress: bool = True, graph: dict | bool | None = None, faithfulness: bool = False,
-             budget: Budget | None = None, threshold: float | str | None = None,
+             budget: Budget | None = None, report_dir: str | None = None, db_init: bool = False,
+             threshold: float | str | None = None,
              **simple_evaluate_kwargs):
     """``lm_eval.simple_evaluate`` plus contrastive attribution of every incorrect response.
 
@@ -103,7 +105,9 @@ def evaluate(*, attribute: bool = True, config: RunConfig | None = None, db: str
     ``graph``: pruning options (``harness_xai.graph.Prune`` fields, or True for the paper's
     defaults) to also build a cross-layer attribution graph per token-contrast case;
     ``faithfulness``: also measure each explanation's deletion curve (``harness_xai.faithfulness``);
-    ``budget``: max cases / max tokens / time / batch size of the attribution (``distributed``)."""
+    ``budget``: max cases / max tokens / time / batch size of the attribution (``distributed``);
+    ``report_dir``: checked now, rendered by the caller; ``db_init``: add the schema to another
+    program's database. The store is opened and locked before lm-eval runs (store.preflight)."""
     import lm_eval.evaluator
 
     if not attribute:
@@ -111,20 +115,24 @@ def evaluate(*, attribute: bool = True, config: RunConfig | None = None, db: str
     if config is None:
         config = RunConfig.create(db=db, method=method, metric=metric, contrast=contrast,
                                   graph=graph, faithfulness=faithfulness, budget=budget,
-                                  progress=progress, threshold=threshold)
+                                  progress=progress, report=report_dir, db_init=db_init,
+                                  threshold=threshold)
     keep_samples = simple_evaluate_kwargs.get("log_samples", True)
     simple_evaluate_kwargs["log_samples"] = True
-    with capture_evaluate(before_run=_check_attributable,
-                          check_tasks=config.check_tasks) as captured:
-        results = lm_eval.evaluator.simple_evaluate(**simple_evaluate_kwargs)
-    world = World.detect()  # torchrun / accelerate launch: rank 0 leads, the others follow
-    if results is None or not world.leader:
-        from harness_xai.distributed import follow
-        follow(world, lambda cfg: make_worker(captured.lm, cfg), progress=config.progress)
-        return None
-    with world.leading():
-        summary = explain(results, captured.lm, captured.tasks, config, simple_evaluate_kwargs,
-                          prompts=captured.prompts, world=world)
+    from harness_xai.store.preflight import preflight
+    with preflight(config.db, report_dir=config.report, init=config.db_init) as session:
+        with capture_evaluate(before_run=_check_attributable,
+                              check_tasks=config.check_tasks) as captured:
+            results = lm_eval.evaluator.simple_evaluate(**simple_evaluate_kwargs)
+        world = World.detect()  # torchrun / accelerate launch: rank 0 leads, the others follow
+        if results is None or not world.leader:
+            from harness_xai.distributed import follow
+            follow(world, lambda cfg: make_worker(captured.lm, cfg), progress=config.progress)
+            return None
+        with world.leading():
+            summary = explain(results, captured.lm, captured.tasks, config,
+                              simple_evaluate_kwargs, prompts=captured.prompts, world=world,
+                              store=session.store)
     results["xai"] = asdict(summary)
     if not keep_samples:
         results.pop("samples", None)
@@ -142,7 +150,10 @@ def run_main(argv: list[str]) -> int:
         execute(args)
         return 0
     check_model_args(args.model, args.model_args)
-    return run_command(args, RunConfig.from_cli(xai))
+    config = RunConfig.from_cli(xai)
+    from harness_xai.store.preflight import early_check
+    early_check(config.db, report_dir=config.report, init=config.db_init)
+    return run_command(args, config)
 
 
 def run_command(args, config: RunConfig) -> int:
@@ -164,7 +175,11 @@ def run_command(args, config: RunConfig) -> int:
         return 0
     if config.report:
         from harness_xai.report import render_report
-        summary.report = str(render_report(config.db, config.report))
+        try:
+            summary.report = str(render_report(config.db, config.report))
+        except BaseException:
+            print(summary.line(), flush=True)  # what was stored, even if the report fails
+            raise
     print(summary.line(), flush=True)
     return 0
 
@@ -180,8 +195,11 @@ def _check_attributable(lm) -> None:
 
 
 def explain(results: dict, lm, tasks: dict, config: RunConfig, run_kwargs: dict,
-            prompts: dict | None = None, world: World | None = None) -> RunSummary:
-    """Steps 3–5: cases from ``results["samples"]``, explanations, store."""
+            prompts: dict | None = None, world: World | None = None, store=None) -> RunSummary:
+    """Steps 3–5: cases from ``results["samples"]``, explanations, store (``store``: already
+    open, left open; else opened here)."""
+    from contextlib import nullcontext
+
     from harness_xai.distributed import explain_cases
     from harness_xai.store import Store
 
@@ -197,7 +215,7 @@ def explain(results: dict, lm, tasks: dict, config: RunConfig, run_kwargs: dict,
         by_task[name] = built.counts()
         summaries.append(_task_summary(name, task, results, samples.get(name, []), built))
     run = run_record(results, lm, sorted(tasks), config, run_kwargs)
-    with Store.open(config.db) as store:
+    with nullcontext(store) if store is not None else Store.open(config.db) as store:
         run_id = store.ensure_run(run)
         store.write_task_summaries(run_id, summaries)
         # skipped cases written, pending ones explained (sharded over the ranks of a launch)
@@ -260,6 +278,8 @@ def _explanation(result: Attribution, graph=None) -> Explanation:
         params=dict(result.params),
         state_relevance={k: v.numpy().astype(np.float32) for k, v in result.states.items()},
         head_relevance=None if result.heads is None else result.heads.numpy().astype(np.float32),
+        expert_relevance=None if result.experts is None
+        else result.experts.numpy().astype(np.float32),
         graph=graph)
 
 

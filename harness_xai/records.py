@@ -47,6 +47,7 @@ class RunRecord:
     config: dict[str, Any] = field(default_factory=dict)  # JSON-able lm-eval + xai settings
     created_at: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))
     step: int | None = None  # training step of the checkpoint (from ``revision`` like "step3000")
+    model_name: str | None = None  # short name (hub id or directory); None → from ``pretrained``
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,9 @@ class Explanation:
     #: and MLP, sequential families), "attn" / "mlp" (the branch outputs added to the residual)
     state_relevance: dict[str, np.ndarray] = field(default_factory=dict)
     head_relevance: np.ndarray | None = None  # (n_layers, n_heads, n_tokens) head outputs
+    #: mixture of experts: (n_layers, n_experts, n_tokens) relevance of each routed expert's
+    #: weighted output (0 where not selected); None for dense models
+    expert_relevance: np.ndarray | None = None
     graph: GraphRecord | None = None
     faithfulness: Faithfulness | None = None
     #: per-case analysis metrics (segment shares, concentration, evidence rank, triage label …)

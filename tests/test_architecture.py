@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "harness_xai"
 #: module prefix → stage (the longest matching prefix wins)
 STAGES = {
     "harness_xai.errors": 0, "harness_xai.registry": 0, "harness_xai.records": 0,
+    "harness_xai.checkpoints": 0,
     "harness_xai.lmeval_hook": 1,
     "harness_xai.contrast": 2,
     "harness_xai.lrp": 3,

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from tiny_models import FAMILIES, MORE_FAMILIES, random_ids, tiny_model
+from tiny_models import EAGER_ONLY, FAMILIES, MORE_FAMILIES, random_ids, tiny_model
 
 from harness_xai import attribute
 from harness_xai.errors import UserError
@@ -22,10 +22,11 @@ from harness_xai.lrp.methods import get_method
 from harness_xai.records import GraphRecord
 
 ALL = FAMILIES + tuple(MORE_FAMILIES)
-KERNEL = {family: "sdpa" for family in ALL} | {"gemma2": "eager"}  # SDPA refuses soft-caps
+KERNEL = {family: "eager" if family in EAGER_ONLY else "sdpa" for family in ALL}
 CASES = ([(family, KERNEL[family], method) for family in ALL for method in ("attnlrp", "cp-lrp")]
          + [(family, KERNEL[family], "grad-x-input") for family in ("llama", "gemma2", "gpt2")]
-         + [("llama", "eager", "attnlrp"), ("gpt_neox", "eager", "attnlrp")])
+         + [("llama", "eager", "attnlrp"), ("gpt_neox", "eager", "attnlrp")]
+         + [(family, KERNEL[family], "cp-lrp-uniform") for family in ("llama", "phi3")])
 N = 16  # > the Gemma sliding window (8): windows are exercised
 TARGET, FOIL = 5, 11
 

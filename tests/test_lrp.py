@@ -113,7 +113,8 @@ def _grad_scaled(t, s):
     return t * s + (t * (1 - s)).detach()
 
 
-def _explicit_llama_relevance(model, ids, target, foil, qk_scale, v_scale, keep=None):
+def _explicit_llama_relevance(model, ids, target, foil, qk_scale, v_scale, keep=None,
+                              gate="uniform"):
     """Hand-written Llama forward with the AttnLRP rules spelled out; grad × input on it.
 
     Independent of the hooks: if the engine put a rule on the wrong module (or missed one), the
@@ -126,7 +127,7 @@ def _explicit_llama_relevance(model, ids, target, foil, qk_scale, v_scale, keep=
 
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    cfg = model.config
+    gate_rule, cfg = gate, model.config
     n = ids.shape[1]
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
     hd = cfg.hidden_size // heads
@@ -151,9 +152,12 @@ def _explicit_llama_relevance(model, ids, target, foil, qk_scale, v_scale, keep=
         m = _rms_const(h, layer.post_attention_layernorm.weight,
                        layer.post_attention_layernorm.variance_epsilon)
         gate = layer.mlp.gate_proj(m)
-        act = gate * (F.silu(gate) / gate).detach()  # identity rule
-        up = _grad_scaled(layer.mlp.up_proj(m), 0.5)
-        h = h + kept("mlp", layer.mlp.down_proj(_grad_scaled(act, 0.5) * up))
+        if gate_rule == "constant":  # CP-LRP: act(stop_grad(gate)) ⊙ up, no halving
+            product = F.silu(gate).detach() * layer.mlp.up_proj(m)
+        else:
+            act = gate * (F.silu(gate) / gate).detach()  # identity rule
+            product = _grad_scaled(act, 0.5) * _grad_scaled(layer.mlp.up_proj(m), 0.5)
+        h = h + kept("mlp", layer.mlp.down_proj(product))
     final = _rms_const(h, model.model.norm.weight, model.model.norm.variance_epsilon)
     logits = model.lm_head(final)[0, -1]
     delta = logits[target] - logits[foil]
@@ -161,12 +165,16 @@ def _explicit_llama_relevance(model, ids, target, foil, qk_scale, v_scale, keep=
     return (x0 * grad).sum(-1)[0].detach(), delta
 
 
-@pytest.mark.parametrize("method,qk,v", [("attnlrp", 0.25, 0.5), ("cp-lrp", 0.0, 1.0)])
+EXPLICIT = [("attnlrp", 0.25, 0.5, "uniform"), ("cp-lrp", 0.0, 1.0, "constant"),
+            ("cp-lrp-uniform", 0.0, 1.0, "uniform")]
+
+
+@pytest.mark.parametrize("method,qk,v,gate", EXPLICIT)
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_engine_matches_explicit_rule_implementation(method, qk, v, attn):
+def test_engine_matches_explicit_rule_implementation(method, qk, v, gate, attn):
     model = tiny_model("llama", attn, layers=2)
     ids = random_ids(20)
-    expected, delta = _explicit_llama_relevance(model, ids, 4, 9, qk, v)
+    expected, delta = _explicit_llama_relevance(model, ids, 4, 9, qk, v, gate=gate)
     result = attribute(model, None, ids, 4, 9, method=method)
     assert abs(result.delta - delta.item()) <= 1e-5 * max(1.0, abs(delta.item()))
     torch.testing.assert_close(result.tokens, expected, rtol=1e-4, atol=1e-6)
@@ -186,12 +194,12 @@ def _state_relevance(delta, keep, n_heads):
     return out
 
 
-@pytest.mark.parametrize("method,qk,v", [("attnlrp", 0.25, 0.5), ("cp-lrp", 0.0, 1.0)])
-def test_internal_states_match_explicit_rule_implementation(method, qk, v):
+@pytest.mark.parametrize("method,qk,v,gate", EXPLICIT)
+def test_internal_states_match_explicit_rule_implementation(method, qk, v, gate):
     model = tiny_model("llama", layers=3)
     ids = random_ids(20)
     keep = {}
-    _, delta = _explicit_llama_relevance(model, ids, 4, 9, qk, v, keep)
+    _, delta = _explicit_llama_relevance(model, ids, 4, 9, qk, v, keep, gate=gate)
     expected = _state_relevance(delta, keep, model.config.num_attention_heads)
     result = attribute(model, None, ids, 4, 9, method=method)
     assert set(result.states) == {"mid", "attn", "mlp"}

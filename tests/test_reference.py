@@ -4,7 +4,7 @@ For every family of ``tests/tiny_models`` (both attention kernels where transfor
 plus GPT-NeoX with a sequential residual, Mistral with a sliding window shorter than the input
 and the biased families with random non-zero biases:
 1. the reference's float64 forward reproduces the HF logits (max abs difference ≤ 1e-5);
-2. for ``attnlrp`` and ``cp-lrp`` the reference and the efficient engine agree on token, layer,
+2. for ``attnlrp``, ``cp-lrp`` and ``cp-lrp-uniform`` the reference and the efficient engine agree on token, layer,
    mid/attn/mlp state and head relevance: ``max|engine − ref| ≤ 1e-4 · max|ref|`` per array;
 3. the reference alone: CP-LRP conserves Δℓ at every layer on bias-free models, every run closes
    its books (Σ tokens + absorbed = Δℓ), it runs under ``inference_mode`` and its source uses no
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import FAMILIES, MORE_FAMILIES, random_ids, tiny_model
+from tiny_models import EAGER_ONLY, FAMILIES, MORE_FAMILIES, random_ids, tiny_model
 
 from harness_xai import attribute
 from harness_xai.errors import UserError
@@ -29,14 +29,15 @@ from harness_xai.lrp.reference import (propagation, read_model, reference_attrib
                                        reference_forward, rules)
 
 ALL = FAMILIES + tuple(MORE_FAMILIES)
-KERNELS = {family: ("sdpa", "eager") for family in ALL} | {"gemma2": ("eager",)}
-BIASED = ("qwen2", "gpt_neox", "gpt2")  # families whose Linear biases tiny_models leaves at zero
+KERNELS = {family: ("eager",) if family in EAGER_ONLY else ("sdpa", "eager")
+           for family in ALL}
+BIASED = ("qwen2", "gpt_neox", "gpt2", "gpt_oss")  # Linear biases tiny_models leaves at zero
 CASES = ([(family, attn, "") for family in ALL for attn in KERNELS[family]]
          + [("gpt_neox", attn, "sequential") for attn in KERNELS["gpt_neox"]]
          + [("mistral", attn, "window") for attn in KERNELS["mistral"]]
          + [(family, attn, "biased") for family in BIASED for attn in KERNELS[family]])
 IDS = [f"{f}-{a}{'-' + v if v else ''}" for f, a, v in CASES]
-METHODS = ("attnlrp", "cp-lrp")
+METHODS = ("attnlrp", "cp-lrp", "cp-lrp-uniform")
 TARGET, FOIL = 4, 9
 RTOL = 1e-4  # relative to the largest magnitude of the reference array
 
@@ -115,7 +116,7 @@ def test_reference_agrees_with_engine(family, attn, variant, method):
     for kind, expected in ref.states.items():
         assert expected.shape == engine.states[kind].shape == (2, 20)
         assert gap(engine.states[kind], expected) <= RTOL, kind
-    assert ref.heads.shape == engine.heads.shape == (2, model.config.num_attention_heads, 20)
+    assert ref.heads.shape == engine.heads.shape == (2, model.config.get_text_config().num_attention_heads, 20)
     assert gap(engine.heads, ref.heads) <= RTOL
 
 
@@ -155,8 +156,9 @@ def test_reference_runs_without_autograd():
 
 
 
-@pytest.mark.parametrize("family", ALL)
-def test_reference_cp_lrp_conserves_delta_without_biases(family):
+@pytest.mark.parametrize("method", ["cp-lrp", "cp-lrp-uniform"])
+@pytest.mark.parametrize("family", [f for f in ALL if f != "gpt_oss"])  # its experts add 1
+def test_reference_cp_lrp_conserves_delta_without_biases(family, method):
     """Σ R = Δℓ at the embeddings, every block output and every mid state; the heads of a layer
     carry its attention branch's relevance. Biased families get their biases (and GPT-2's
     learned positions) zeroed first."""
@@ -166,7 +168,7 @@ def test_reference_cp_lrp_conserves_delta_without_biases(family):
             for name, p in model.named_parameters():
                 if name.endswith("bias") or ".wpe." in name:
                     p.zero_()
-    ref = reference_attribute(model, random_ids(24), TARGET, FOIL, method="cp-lrp")
+    ref = reference_attribute(model, random_ids(24), TARGET, FOIL, method=method)
     tol = 1e-9 * max(1.0, abs(ref.delta))
     assert abs(ref.delta) > 1e-3  # a non-trivial contrast
     assert ref.layers.shape == (4, 24)
@@ -189,6 +191,20 @@ def test_reference_books_balance(family, attn, variant, method):
     assert ("softmax" in ref.ledger.totals) == (method == "attnlrp")
     if variant == "biased":
         assert abs(ref.ledger.totals["bias"]) > 1e-3
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "phi3", "gpt2"])
+def test_cp_lrp_variants_differ_exactly_on_gated_mlps(family):
+    """Published CP-LRP (gate constant) and cp-lrp-uniform differ only in the gated product: far
+    apart on gated-MLP families, identical on GPT-2's plain MLP."""
+    model = cached(family, "eager", "")
+    ids = random_ids(20)
+    const = reference_attribute(model, ids, TARGET, FOIL, method="cp-lrp")
+    uniform = reference_attribute(model, ids, TARGET, FOIL, method="cp-lrp-uniform")
+    if family == "gpt2":
+        assert torch.equal(const.layers, uniform.layers)
+    else:
+        assert gap(uniform.tokens, const.tokens) > 1e-2
 
 
 # ---- a wrong rule in the reference must break the agreement ----

@@ -329,7 +329,8 @@ def test_failure_page_shows_internals_in_chromium(store_db: tuple[str, dict], tm
     graph = dom.split('id="graph"')[1].split("</svg>")[0]
     assert graph.count('class="edge"') == 4 and 'data-visible-edges="4"' in graph
     titles = re.findall(r'class="edge"[^>]*><title>([^<]*)</title>', graph)
-    assert 'emb @ position 3 " Who" → 1 @ position 5 " \\"hi\\"": +0.7' in titles, titles
+    assert any(t.startswith('emb @ position 3 " Who" → 1 @ position 5 " \\"hi\\"": +0.7 (edge weight')
+               for t in titles), titles
     faith = dom.split('id="faithfulness"')[1].split("</svg>")[0]
     assert faith.count("<polyline") == 2 and faith.count("<circle") == 4  # Δℓ₀ + 3 steps
     # segment marks: special, fewshot 0, question, option 0, option 1, question again
@@ -342,3 +343,54 @@ def test_failure_page_shows_internals_in_chromium(store_db: tuple[str, dict], tm
     shot = tmp_path / "internals.png"
     _chromium([f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()], tmp_path)
     assert len(shot.read_bytes()) > 30_000
+
+
+def test_deletion_curve_has_axis_titles_and_round_ticks() -> None:
+    from harness_xai.report.figures import curve_chart
+
+    c = curve_chart([0.1, 0.2, 0.5], [2.43, -0.892, 0.4], [4.09, 3.1, 2.2], 4.2)
+    assert c["x_title"] and c["y_title"].startswith("Δℓ")
+    values = [float(t["text"]) for t in c["y_ticks"]]
+    step = values[1] - values[0]
+    mantissa = step / 10 ** np.floor(np.log10(step))
+    assert any(abs(mantissa - m) < 1e-9 for m in (1, 2, 2.5, 5))  # a 1-2-2.5-5 step
+    assert all(abs(v / step - round(v / step)) < 1e-9 for v in values)  # multiples of it
+    assert values[0] <= -0.892 and values[-1] >= 4.2  # the axis ends on ticks around the data
+    assert [t["text"] for t in c["x_ticks"]] == ["0%", "10%", "20%", "30%", "40%", "50%"]
+
+
+def test_byte_pieces_merge_to_the_decoded_text() -> None:
+    """Oracle: a byte-level BPE tokenizer splits multi-byte characters into pieces that decode
+    alone to U+FFFD; the merged labels, joined, are the text the tokenizer decodes as a whole."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from harness_xai.report.tokens import display_tokens, visible
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["the key is at the door " * 20], trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    text = "Q: crème brûlée costs €2.25 — naïve 日本語 ok"
+    ids = tok.encode(text).ids
+    pieces = [tok.decode([i]) for i in ids]
+    assert any("\ufffd" in p for p in pieces)  # the case the merge exists for
+    labels, group = display_tokens(pieces, ["unrelated", text])
+    assert not any("\ufffd" in label for label in labels)
+    assert "".join(labels).replace("␣", " ") == tok.decode(ids)
+    for k, g in enumerate(group):  # a group is a run of pieces; only its first shows a label
+        assert g <= k and (g == k or labels[k] == "")
+    unresolved, _ = display_tokens(pieces, [])  # no stored text to align with: visible marks
+    assert not any("\ufffd" in label for label in unresolved) and any("▯" in l for l in unresolved)
+    assert visible("  ") == "␣␣" and visible("a\nb") == "a↵\nb" and visible("\t") == "⇥\t"
+    assert visible("\x00\x1b") == "␀␛" and visible("") == "∅" and visible(" the") == " the"
+
+
+def test_summary_ranks_are_the_token_ranks_view() -> None:
+    from harness_xai.report.summary import ranks
+
+    rel = np.array([0.5, np.nan, -1.0, 0.5, 2.0, 0.0])
+    pos = np.arange(6)
+    # relevance descending, NULL last, ties by position (the view's ORDER BY)
+    brute = sorted(range(6), key=lambda i: (np.isnan(rel[i]), -np.nan_to_num(rel[i]), pos[i]))
+    assert ranks(rel, pos).tolist() == [brute.index(i) + 1 for i in range(6)]

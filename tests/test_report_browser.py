@@ -242,8 +242,11 @@ def test_case_page_history_and_screenshots_are_not_blank(report: dict) -> None:
     finally:
         page.close()
     for name, path in (("index", out / "index.html"), ("study", out / "study-1.html")):
-        page = browser.open(path)
+        page = browser.open(path, width=1400)
         try:
+            overflow = page.eval("document.documentElement.scrollWidth - "
+                                 "document.documentElement.clientWidth")
+            assert overflow <= 0, (name, overflow)  # no horizontal scrolling at 1400 px
             w, h, colours, busy = png_stats(page.screenshot(tmp / f"{name}.png"),
                                             background=(255, 255, 255))
             assert colours > 20 and busy > 0.02, (name, colours, busy)

@@ -130,7 +130,11 @@ def test_study_page_numbers_and_trends(study_db: tuple[str, dict], tmp_path: Pat
     assert ys == sorted(ys, reverse=True) and ys[0] > ys[-1]
     by_size = accuracy.split('class="by-size"')[1]
     names = re.findall(r'data-name="([^"]*)"', by_size)
-    assert names == ["llama @ step 0", "llama @ step 200"]  # both sizes at these steps only
+    assert names == ["m-* @ step 0", "m-* @ step 200"]  # both sizes at these steps only
+    strokes = dict(re.findall(r'stroke="([^"]*)"[^>]*data-name="([^"]*)"', ck)[::-1])
+    assert len(set(strokes)) == 2  # m-s and m-l: two distinct hues, not two shades
+    assert "no data" not in page and "README section “Study metrics”" in page
+    assert "### Study metrics" in Path(__file__).parent.parent.joinpath("README.md").read_text("utf-8")
     assert "evidence ranked first" in page and "random" not in names
 
 
@@ -205,7 +209,7 @@ def test_line_chart_and_histogram_geometry() -> None:
     assert [t["text"] for t in c["x_ticks"]] == ["1k", "10k", "100k"]
     narrow = charts.line_chart([{"name": "a", "arch": "x", "points": [(9e4, 0.1), (4e5, 0.2)]}],
                                x_log=True)
-    assert [t["text"] for t in narrow["x_ticks"]] == ["100k", "200k"]
+    assert [t["text"] for t in narrow["x_ticks"]] == ["90k", "100k", "200k", "300k", "400k"]
     h = charts.histogram([0.0, 0.1, 0.1, 1.0, float("nan"), None], bins=4)
     assert h["n"] == 4 and sum(int(r["title"].split(": ")[1]) for r in h["rects"]) == 4
     assert h["rects"][0]["title"].endswith(": 3") and h["rects"][3]["title"].endswith(": 1")

@@ -47,9 +47,11 @@ def test_normalize_url_paths_and_urls(tmp_path: Path, monkeypatch: pytest.Monkey
     odd = tmp_path / "a b?c#d%e@f.duckdb"  # URL-special characters in a file name
     assert normalize_url(str(odd)).startswith("duckdb:////")
     assert writer.db_file(normalize_url(str(odd))) == odd.resolve()
-    for url in ("duckdb:///:memory:", "sqlite:///rel.sqlite", "postgresql+psycopg://u:p@host:5432/db",
-                "postgresql://u@host/db"):
+    for url in ("duckdb:///:memory:", "postgresql+psycopg://u:p@host:5432/db",
+                "postgresql://u@host/db", f"sqlite:///{tmp_path.resolve()}/abs.sqlite"):
         assert normalize_url(url) == url
+    # a relative file in a URL is resolved, so messages name the file actually used (issue 18)
+    assert normalize_url("sqlite:///rel.sqlite") == f"sqlite:///{tmp_path.resolve()}/rel.sqlite"
     assert display_url("postgresql://u:secret@host/db") == "postgresql://u:***@host/db"
 
 
@@ -286,6 +288,8 @@ def test_write_case_is_atomic(db: str, failing_table: str, monkeypatch: pytest.M
      "outside node_relevance"),
     (lambda c, e: (c, replace(e, faithfulness=replace(e.faithfulness, n_removed=[1]))), "faithfulness"),
     (lambda c, e: (c, replace(e, layer_relevance=e.layer_relevance[:, :-1])), "layer_relevance shape"),
+    (lambda c, e: (c, replace(e, expert_relevance=np.ones((3, 4, len(c.tokens) + 1)))),
+     "expert_relevance"),
 ])
 def test_bad_shapes_are_refused_before_writing(tmp_path: Path, mutate, message: str) -> None:
     case, ex = mutate(*make_case())
@@ -294,6 +298,38 @@ def test_bad_shapes_are_refused_before_writing(tmp_path: Path, mutate, message: 
         with pytest.raises(ValueError, match=message):
             store.write_case(run_id, case, ex)
         assert counts(store)["cases"] == 0
+
+
+def test_expert_relevance_stores_the_selected_experts(db: str) -> None:
+    """MoE: only the non-zero (selected) entries of (layers, experts, tokens) become rows; a
+    (layer, expert) total is their SUM; a dense case writes none."""
+    from harness_xai.store.models import expert_relevance
+
+    case, ex = make_case()
+    n = len(case.tokens)
+    rng = np.random.default_rng(5)
+    rel = rng.normal(size=(3, 4, n)).astype(np.float32)
+    top2 = np.argsort(-np.abs(rel), axis=1)[:, :2]  # two selected experts per (layer, token)
+    keep = np.zeros_like(rel, dtype=bool)
+    np.put_along_axis(keep, top2, True, axis=1)
+    ex = replace(ex, expert_relevance=np.where(keep, rel, 0.0).astype(np.float32))
+    with Store.open(db) as store:
+        run_id = store.ensure_run(make_run())
+        case_id = store.write_case(run_id, case, ex)
+        store.write_case(run_id, *make_case(doc_id=8))  # dense: no expert rows
+        with store.engine.connect() as conn:
+            rows = conn.execute(sa.select(expert_relevance).order_by(
+                expert_relevance.c.layer, expert_relevance.c.expert,
+                expert_relevance.c.position)).all()
+    assert len(rows) == 3 * 2 * n and {r.case_id for r in rows} == {case_id}
+    got = np.zeros_like(rel)
+    for r in rows:
+        got[r.layer - 1, r.expert, r.position] = r.relevance
+    np.testing.assert_allclose(got, ex.expert_relevance, rtol=1e-6)
+    totals = run_sql(db, "SELECT layer, expert, sum(relevance) FROM expert_relevance "
+                         "GROUP BY layer, expert ORDER BY layer, expert")[1]
+    for layer, expert, total in totals:
+        assert total == pytest.approx(float(ex.expert_relevance[layer - 1, expert].sum()), rel=1e-5)
 
 
 def test_skipped_case_writes_only_case_row(db: str) -> None:
@@ -471,10 +507,12 @@ def test_db_upgrade_current_history(db: str, capsys: pytest.CaptureFixture) -> N
     assert capsys.readouterr().out == f"{head} (head)\n"
     db_main(["history"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"0004 -> {head} (head): every evaluated document's outcome")
+    newest = migrate.script_directory().get_revision(head)  # the head's own line comes first
+    assert lines[0].startswith(f"{newest.down_revision} -> {head} (head): "
+                               f"{newest.doc.strip()[:30]}")
     assert lines[-1].startswith("<base> -> 0001: initial schema")
     db_main(["history", "--db", db])
-    assert capsys.readouterr().out.startswith(f"0004 -> {head} (head, current): ")
+    assert capsys.readouterr().out.startswith(f"{newest.down_revision} -> {head} (head, current): ")
 
 
 def test_db_argument_errors(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ DuckDB limits (documented in the migrations): no reflection (alembic autogenerat
 models and schema there, so the comparison reads information_schema instead), no ADD FOREIGN KEY
 (new tables declare their keys at CREATE time), DROP COLUMN only for un-indexed columns (the
 columns 0002 adds are such, so its downgrade works on DuckDB too). Revision 0005 (doc_outcomes,
-keyed to runs) is covered by every round trip here plus its own data test."""
+keyed to runs) and 0007 (expert_relevance, keyed to cases) are covered by every round trip here
+plus their own data tests."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from harness_xai.store import Store, migrate, normalize_url, run_sql, writer
 from harness_xai.store.cli import db_main
 from harness_xai.store.engine import display_url
 from harness_xai.store.models import ALL_TABLES, Base
+from harness_xai.store.names import short_model_name
 from test_store_support import backend, counts, db, make_case, make_run  # noqa: F401
 
 VIEWS = {"case_overview", "token_ranks", "segment_shares", "faithfulness_summary"}
@@ -56,8 +58,8 @@ def _views(conn: sa.Connection) -> set[str]:
 
 def test_single_head_and_linear_history() -> None:
     scripts = migrate.script_directory()
-    assert scripts.get_heads() == [migrate.head_revision()] == ["0005"]
-    assert _revisions() == ["0001", "0002", "0003", "0004", "0005"]
+    assert scripts.get_heads() == [migrate.head_revision()] == ["0007"]
+    assert _revisions() == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
     for rev in scripts.walk_revisions():
         assert rev.doc and rev.doc.strip()  # every revision says what it does (db history shows it)
 
@@ -68,7 +70,7 @@ def test_upgrade_base_to_head_then_downgrade_to_base_leaves_nothing(db: str) -> 
         with engine.begin() as conn:
             migrate.upgrade(conn, "head")
         with engine.connect() as conn:
-            assert migrate.current_revision(conn) == "0005"
+            assert migrate.current_revision(conn) == "0007"
             assert {t.name for t in ALL_TABLES} <= _tables(conn) and _views(conn) == VIEWS
             assert "doc_outcomes" in _tables(conn)
         with engine.begin() as conn:
@@ -202,15 +204,61 @@ def test_0005_doc_outcomes_up_with_data_and_down(db: str) -> None:
     assert run_sql(db, "SELECT run_key, step FROM runs")[1] == [("r", 100)]
 
 
+HEAD = "0007"
+NEXT = f"{int(HEAD) + 1:04d}"
+
+
+def test_0007_expert_relevance_up_with_data_and_down(db: str) -> None:
+    """0005 → 0007 (through 0006) on a store holding a case: expert_relevance starts empty and takes rows (its key
+    and its foreign key to cases hold); 0007 → 0006 drops exactly expert_relevance; up again."""
+    engine = _engine(db)
+    try:
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "0005")
+            conn.execute(sa.text("INSERT INTO runs (run_key, step) VALUES ('r', 100)"))
+            run_id = conn.execute(sa.text("SELECT id FROM runs")).scalar()
+            conn.execute(sa.text("INSERT INTO cases (run_id, task, doc_id, doc_hash, filter, status) "
+                                 "VALUES (:r, 't', 1, 'h1', 'none', 'attributed')"), {"r": run_id})
+            case_id = conn.execute(sa.text("SELECT id FROM cases")).scalar()
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "0007")
+        insert = sa.text("INSERT INTO expert_relevance (case_id, layer, expert, position, relevance) "
+                         "VALUES (:c, :l, :e, :p, :r)")
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM expert_relevance")).scalar() == 0
+            conn.execute(insert, [{"c": case_id, "l": 1, "e": 3, "p": 0, "r": 0.5},
+                                  {"c": case_id, "l": 1, "e": 0, "p": 0, "r": -0.25}])
+        for bad in ({"c": case_id, "l": 1, "e": 3, "p": 0, "r": 1.0},  # same key again
+                    {"c": case_id + 999, "l": 1, "e": 3, "p": 1, "r": 1.0}):  # no such case
+            with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+                conn.execute(insert, bad)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT expert, relevance FROM expert_relevance "
+                                        "ORDER BY expert")).all()
+            assert [tuple(r) for r in rows] == [(0, -0.25), (3, 0.5)]
+            before = _tables(conn)
+        with engine.begin() as conn:
+            migrate.downgrade(conn, "0006")
+        with engine.connect() as conn:
+            assert migrate.current_revision(conn) == "0006"
+            assert _tables(conn) == before - {"expert_relevance"} and _views(conn) == VIEWS
+            assert conn.execute(sa.text("SELECT count(*) FROM cases")).scalar() == 1
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "head")
+    finally:
+        engine.dispose()
+    assert run_sql(db, "SELECT count(*) FROM expert_relevance")[1] == [(0,)]
+
+
 @pytest.fixture
 def migrations_with_next(tmp_path: Path) -> Path:
-    """A copy of the shipped migrations plus an additive revision 0006 (a newer harness-xai)."""
+    """A copy of the shipped migrations plus an additive revision NEXT (a newer harness-xai)."""
     target = tmp_path / "migrations_next"
     shutil.copytree(migrate.MIGRATIONS_DIR, target, ignore=shutil.ignore_patterns("__pycache__"))
-    (target / "versions" / "0006_extra.py").write_text(
+    (target / "versions" / f"{NEXT}_extra.py").write_text(
         '"""extra table for tests"""\n'
         "import sqlalchemy as sa\nfrom alembic import op\n"
-        "revision = '0006'\ndown_revision = '0005'\nbranch_labels = None\ndepends_on = None\n"
+        f"revision = '{NEXT}'\ndown_revision = '{HEAD}'\nbranch_labels = None\ndepends_on = None\n"
         "def upgrade():\n    op.create_table('extra_test', sa.Column('x', sa.Integer))\n"
         "def downgrade():\n    op.drop_table('extra_test')\n"
     )
@@ -220,21 +268,21 @@ def migrations_with_next(tmp_path: Path) -> Path:
 def test_schema_behind_head_is_refused_then_upgraded(
     db: str, migrations_with_next: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    Store.open(db).close()  # at 0005
-    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", migrations_with_next)  # now head is 0006
+    Store.open(db).close()  # at HEAD
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", migrations_with_next)  # now head is NEXT
     url = display_url(normalize_url(db))
     with pytest.raises(UserError) as err:
         Store.open(db)
     message = str(err.value)
-    assert f"run `harness-xai db upgrade --db {url}`" in message and "0005" in message and "\n" not in message
+    assert f"run `harness-xai db upgrade --db {url}`" in message and HEAD in message and "\n" not in message
     assert db_main(["current", "--db", db]) == 0
-    assert capsys.readouterr().out.startswith("0005 (behind head 0006")
+    assert capsys.readouterr().out.startswith(f"{HEAD} (behind head {NEXT}")
     assert db_main(["upgrade", "--db", db]) == 0
-    assert capsys.readouterr().out.strip() == f"{url}: upgraded 0005 -> 0006 (head)"
+    assert capsys.readouterr().out.strip() == f"{url}: upgraded {HEAD} -> {NEXT} (head)"
     with Store.open(db) as store, store.engine.connect() as conn:
         assert "extra_test" in _tables(conn)
-    monkeypatch.undo()  # back to the shipped scripts (head 0005)
-    with pytest.raises(UserError, match="unknown revision 0006"):  # DB newer than this code
+    monkeypatch.undo()  # back to the shipped scripts (head HEAD)
+    with pytest.raises(UserError, match=f"unknown revision {NEXT}"):  # DB newer than this code
         Store.open(db)
 
 
@@ -255,3 +303,50 @@ def test_views_answer_on_empty_and_filled_store(db: str) -> None:
     (row,) = run_sql(db, "SELECT n_cases, mean_aopc, mean_gap, frac_beats_random FROM faithfulness_summary")[1]
     assert row == (1, pytest.approx(0.5), pytest.approx(0.3), pytest.approx(1.0))
     assert run_sql(db, "SELECT step, n_params, doc_id FROM case_overview")[1] == [(3000, 123_456_789_012, 7)]
+
+
+def test_0006_model_name_backfilled_shown_in_view_and_down(db: str) -> None:
+    """0005 → 0006 on a store holding runs: model_name is backfilled from pretrained (hub id kept,
+    local path → directory name, checkpoint directory → its parent's name), case_overview shows
+    it; new runs get it from the writer; 0006 → 0005 restores the 0003 view (and drops the column
+    where the backend can); up again backfills again."""
+    engine = _engine(db)
+    olds = [("a", "EleutherAI/pythia-160m", "hf"), ("b", "/home/u/zoo/llama-s", "hf"),
+            ("c", "/home/u/zoo/neox-l/step300", "hf"), ("d", None, "dummy")]
+    try:
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "0005")
+        with engine.begin() as conn:
+            for key, pretrained, model in olds:
+                conn.execute(sa.text("INSERT INTO runs (run_key, pretrained, model) VALUES (:k, :p, :m)"),
+                             {"k": key, "p": pretrained, "m": model})
+            run_id = conn.execute(sa.text("SELECT id FROM runs WHERE run_key = 'b'")).scalar()
+            conn.execute(sa.text("INSERT INTO cases (run_id, task, doc_id, doc_hash, filter, status) "
+                                 "VALUES (:r, 't', 1, 'h', 'none', 'skipped')"), {"r": run_id})
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "0006")
+        want = {"a": "EleutherAI/pythia-160m", "b": "llama-s", "c": "neox-l", "d": "dummy"}
+        with engine.connect() as conn:
+            got = dict(conn.execute(sa.text("SELECT run_key, model_name FROM runs")).all())
+            assert got == want
+            assert conn.execute(sa.text("SELECT model_name, pretrained FROM case_overview")).all() == [
+                ("llama-s", "/home/u/zoo/llama-s")]
+        with engine.begin() as conn:
+            migrate.downgrade(conn, "0005")
+        with engine.connect() as conn:
+            assert migrate.current_revision(conn) == "0005"
+            assert _views(conn) == VIEWS
+            cols = list(conn.execute(sa.text("SELECT * FROM case_overview")).keys())
+            assert "model_name" not in cols and "pretrained" in cols
+            assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == len(olds)
+        with engine.begin() as conn:
+            migrate.upgrade(conn, "head")
+        with engine.connect() as conn:
+            assert dict(conn.execute(sa.text("SELECT run_key, model_name FROM runs")).all()) == want
+    finally:
+        engine.dispose()
+    with Store.open(db) as store:  # the writer fills it for new runs
+        run = make_run()
+        run_id = store.ensure_run(run)
+    assert run_sql(db, "SELECT model_name FROM runs WHERE id = :i", {"i": run_id})[1] == [
+        (short_model_name(run.pretrained),)]

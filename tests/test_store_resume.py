@@ -3,12 +3,18 @@ an identical second run does zero attribution passes and leaves every table iden
 document's outcome in doc_outcomes included); a run
 SIGKILLed at random points during attribution (≥ 3 kills, ≥ 20 cases) resumes to exactly the
 result of an uninterrupted run, with no partial case, orphan row or duplicate at any point.
+A run SIGKILLed at random moments before attribution (model loading, lm-eval's evaluation; the
+store is already open) leaves a store the re-run completes to the same result.
 The bench-sized variant (25 kills, 200 cases) is bench/bench_resume.py."""
 
 from __future__ import annotations
 
 import os
 import random
+import re
+import select
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +22,8 @@ import pytest
 import harness_xai.pipeline as pipeline
 from harness_xai.cli import main as cli_main
 from harness_xai.store import run_sql
-from test_store_support import dump, integrity_problems, keyed_content, run_and_kill, run_command
+from test_store_support import (dump, integrity_problems, keyed_content, run_and_kill, run_command,
+                                run_env)
 
 TASKS = "xai_arith,xai_kv"
 LIMIT = 20
@@ -94,3 +101,46 @@ def test_kill_9_during_attribution_then_resume(reference, micro_model: Path, tmp
     assert integrity_problems(db) == []
     assert run_sql(db, "SELECT count(*), count(DISTINCT doc_id || task) FROM cases")[1] == [(n_cases, n_cases)]
     _same(keyed_content(db), keyed_content(ref_db))  # equal to the uninterrupted run
+
+
+def _kill_at(cmd: list[str], delay: float) -> bytes:
+    """Start ``cmd``, SIGKILL it ``delay`` s later (stderr drained meanwhile); its stderr."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=run_env())
+    buf, deadline = b"", time.monotonic() + delay
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([proc.stderr], [], [], min(left, 0.1))[0]:
+                chunk = os.read(proc.stderr.fileno(), 65536)
+                if not chunk:
+                    break
+                buf = (buf + chunk)[-8192:]
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    return buf
+
+
+def test_kill_9_during_evaluation_then_rerun(reference, micro_model: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """kill -9 at random moments before attribution (model loading, lm-eval's evaluation): the
+    store (opened before evaluation) holds no partial anything, no temporary file is left that
+    the next run does not clear, and the re-run equals an uninterrupted run."""
+    ref_db, _, n_cases, cache = reference
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    path = tmp_path / "evalkill.duckdb"
+    db = f"duckdb:///{path}"
+    cmd = run_command(micro_model, tmp_path / "results", db, TASKS, LIMIT, cache)
+    delays = sorted(rng.uniform(0.5, 12.0) for _ in range(3))
+    for delay in delays:
+        err = _kill_at(cmd, delay)
+        assert not re.search(rb"\d+/\d+ cases", err) or path.exists(), (seed, delay)
+        if path.exists():
+            assert integrity_problems(db) == [], (seed, delay)
+    capsys.readouterr()
+    assert cli_main(cmd[3:] + ["--xai-no-progress"]) == 0
+    assert f"{n_cases} incorrect" in capsys.readouterr().out
+    assert integrity_problems(db) == []
+    assert [p.name for p in tmp_path.iterdir() if ".migrating-" in p.name] == []
+    _same(keyed_content(db), keyed_content(ref_db))

@@ -198,7 +198,7 @@ def test_export_parquet_every_table(filled_db: str, tmp_path: Path, capsys: pyte
     content = dump(filled_db)
     assert capsys.readouterr().out.startswith(f"exported {len(ALL_TABLES)} tables ({sum(map(len, content.values()))} rows)")
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["revision"] == "0005" and manifest["rows"] == {k: len(v) for k, v in content.items()}
+    assert manifest["revision"] == "0007" and manifest["rows"] == {k: len(v) for k, v in content.items()}
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{t.name}.parquet" for t in ALL_TABLES] + ["manifest.json"])
     for table in ALL_TABLES:
         got = pq.read_table(out / f"{table.name}.parquet")
@@ -287,19 +287,19 @@ def test_example_answers(populated: dict[str, str]) -> None:
     assert [r[-1] for r in worst] == pytest.approx(deltas[:3])
     trajectory = run_sql(db, by_name["doc_trajectory"].sql, {"task": "xai_kv", "doc_id": 3})[1]
     assert [(r[0], r[1], r[4], r[5]) for r in trajectory] == [  # every run evaluated doc 3
-        ("/m/small", None, "correct", None), ("/m/tiny", 1000, "wrong", "attributed"),
-        ("/m/tiny", 2000, "correct", None)]
+        ("small", None, "correct", None), ("tiny", 1000, "wrong", "attributed"),
+        ("tiny", 2000, "correct", None)]
     hard = run_sql(db, by_name["hard_docs"].sql)[1]
     assert sorted((r[0], r[1]) for r in hard) == [("xai_arith", 5), ("xai_kv", 0), ("xai_kv", 1)]
     skips = run_sql(db, by_name["skip_reasons"].sql)[1]
     assert ("xai_arith", NASTY[0], 1) in skips and ("xai_arith", "identical continuations", 2) in skips
     acc = run_sql(db, by_name["accuracy_and_failures"].sql)[1]
     assert [(r[0], r[1], r[2], r[7], r[8]) for r in acc] == [
-        ("/m/small", None, "xai_arith", 0, 1), ("/m/small", None, "xai_kv", 2, 0),
-        ("/m/tiny", 1000, "xai_arith", 0, 1), ("/m/tiny", 1000, "xai_kv", 4, 0),
-        ("/m/tiny", 2000, "xai_arith", 0, 1), ("/m/tiny", 2000, "xai_kv", 3, 0)]
+        ("small", None, "xai_arith", 0, 1), ("small", None, "xai_kv", 2, 0),
+        ("tiny", 1000, "xai_arith", 0, 1), ("tiny", 1000, "xai_kv", 4, 0),
+        ("tiny", 2000, "xai_arith", 0, 1), ("tiny", 2000, "xai_kv", 3, 0)]
     flips = run_sql(db, by_name["checkpoint_flips"].sql)[1]
-    assert flips == [("/m/tiny", "xai_kv", 3, "none", 1000, 2000)]
+    assert flips == [("tiny", "/m/tiny", "xai_kv", 3, "none", 1000, 2000)]
     shares = run_sql(db, by_name["segment_shares_by_size"].sql)[1]
     for n_params in (1_000_000, 5_000_000):
         assert sum(r[2] for r in shares if r[0] == n_params) == pytest.approx(1.0)
@@ -323,8 +323,9 @@ def test_checkpoint_flips_compare_consecutive_evaluated_checkpoints(tmp_path: Pa
                 DocOutcome(d, f"h{d}", f, "acc", float(c), c) for (d, f), c in docs.items()])])
     example = next(e for e in EXAMPLES if e.name == "checkpoint_flips")
     assert run_sql(db, example.sql, example.params)[1] == [
-        ("/m/a", "t", 1, "none", 200, 300), ("/m/a", "t", 2, "none", 200, 300), ("/m/a", "t", 3, "none", 100, 300),
-        ("/m/a", "t", 4, "none", 100, 200), ("/m/a", "t", 4, "strict", 200, 300), ("/m/b", "t", 1, "none", 50, 150)]
+        ("a", "/m/a", "t", 1, "none", 200, 300), ("a", "/m/a", "t", 2, "none", 200, 300),
+        ("a", "/m/a", "t", 3, "none", 100, 300), ("a", "/m/a", "t", 4, "none", 100, 200),
+        ("a", "/m/a", "t", 4, "strict", 200, 300), ("b", "/m/b", "t", 1, "none", 50, 150)]
 
 
 def test_readme_documents_exactly_the_examples() -> None:

@@ -93,7 +93,9 @@ def test_every_run_is_complete_in_the_store(swept):
 def test_second_sweep_does_no_work(swept, zoo, monkeypatch, capsys):
     before = _runs(swept)
     _, cases_before = run_sql(str(swept), "SELECT count(*) FROM cases")
-    monkeypatch.setattr(cli, "run", lambda argv: pytest.fail(f"re-evaluated {argv}"))
+    import harness_xai.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "run_main", lambda argv: pytest.fail(f"re-evaluated {argv}"))
     assert _sweep(zoo, swept) == 0
     out = capsys.readouterr().out
     assert out.count("finished in the store, skipped") == len(before)
@@ -157,7 +159,9 @@ def test_checkpoint_step_from_revision_or_trainer_state(zoo):
 
 
 def test_bad_input_fails_before_any_work(zoo, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "run", lambda argv: pytest.fail("ran"))
+    import harness_xai.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "run_main", lambda argv: pytest.fail("ran"))
     db = tmp_path / "x.duckdb"
     with pytest.raises(UserError, match="neither a zoo model"):
         sweep_main(["--zoo", str(zoo), "--models", "llama-q", "--xai-db", str(db)])

@@ -75,6 +75,7 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     gen = cache[doc_id]
     if gen is None or gen.text != raw:
         return skip(case, "regeneration-mismatch")
+    note(case, generation=raw)  # the report shows the model's whole generation
     ensemble = next((f for f in getattr(task, "_filters", []) if f.name == sample["filter"]), None)
     targets = _targets(task, sample)
     scored = _scored_span(task, sample, raw)

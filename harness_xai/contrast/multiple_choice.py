@@ -85,6 +85,8 @@ def multiple_choice_case(sample: dict, task, task_name: str, lm, options: Option
         return skip(case, problem)
     gold = max(golds, key=lambda i: (scores[i], -i))
     case.gold_index, case.gold_text, case.ll_gold = gold, args[gold][1], lls[gold]
+    if args[gold][0] != args[pred][0]:  # multiple inputs: the report shows both options
+        note(case, gold_context=args[gold][0])
     seq_g = score(lm, build(lm, *args[gold]))
     case.ll_error = max(case.ll_error, abs(seq_g.ll - lls[gold]))
     if pred in golds:

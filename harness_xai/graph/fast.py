@@ -3,7 +3,9 @@
 For target rows ``J`` (a chunk) and sources ``i < e = max(J) + 1`` (causal), per head ``h`` with
 kv-head ``g(h)`` (GQA: query heads grouped over their shared kv-head, no copies):
 1. Recompute the attention: ``raw = scaling · q_h[j]·k_g[i]``; soft-cap ``s = c·tanh(raw/c)``
-   if any; add the recorded mask (none recorded = causal); ``P = softmax(s)`` in fp32.
+   if any; add the recorded mask (none recorded = causal); ``P = softmax(s)`` in fp32 (with an
+   attention sink — gpt-oss — its logit joins the normaliser; it has no value, so the paths
+   below keep their form).
 2. Value path: ``Σ_h P_h[j,i] ⟨γ_h[j], c_v ṽ_g[i]⟩`` (``γ`` = modified gradient at the kernel
    output, ``ṽ`` the part of v linear in the source state).
 3. Key path (zero for CP-LRP): the true softmax gradient
@@ -65,7 +67,11 @@ def rows(trace: LayerTrace, targets: torch.Tensor, check: bool = False) -> torch
             rho = 1 - tanh * tanh
         scores = tanh.mul_(cap)
     _mask_(scores, trace.mask, targets)
-    probs = torch.softmax(scores, dim=-1)  # (H, c, e)
+    if trace.sinks is not None:  # a constant logit per head joins each row's normaliser
+        sink = trace.sinks.to(scores.device)[:, None, None].expand(heads, c, 1)
+        probs = torch.softmax(torch.cat([scores, sink], -1), dim=-1)[..., :-1]
+    else:
+        probs = torch.softmax(scores, dim=-1)  # (H, c, e)
     del scores
 
     if trace.k_lin is not None:  # P ⊙ (γ·ṽ + (γ·v − ⟨γ, o⟩) ⊙ ρ ⊙ (q·k̃))

@@ -57,16 +57,27 @@ def routed(simple_evaluate: Callable[..., dict | None]) -> Iterator[None]:
 
 
 def execute(args) -> None:
-    """lm-eval's own ``run`` on the namespace; task and model-loading failures become one line."""
+    """lm-eval's own ``run`` on the namespace; what the user can fix (unknown or malformed task,
+    bad task data, model directory without a tokenizer, model that does not load) becomes one
+    line (``faults.explain_run_error``)."""
+    import errno
+
+    from harness_xai.lmeval_hook.faults import explain_run_error
+
     try:
         args.func(args)
-    except ValueError as err:
-        if not str(err).startswith("Tasks not found"):
+    except UserError:
+        raise
+    except (ValueError, IndexError, TypeError, OSError) as err:
+        pairs = args.model_args if isinstance(args.model_args, dict) else dict(
+            p.split("=", 1) for p in str(args.model_args or "").split(",") if "=" in p)
+        explained = explain_run_error(err, pretrained=pairs.get("pretrained"),
+                                      include_path=getattr(args, "include_path", None))
+        if explained is not None:
+            raise explained from None
+        write = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+        if not isinstance(err, OSError) or err.errno in write:
             raise
-        missing = str(err).split(":", 1)[1].strip()
-        raise UserError(f"unknown task(s) in --tasks: {missing}. List them with `harness-xai ls "
-                        "tasks`; for your own YAMLs add --include_path DIR.") from None
-    except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot load the model ({first}). Check --model_args pretrained=… "
                         "(offline: the model must be a local directory or in the HF cache).") from None

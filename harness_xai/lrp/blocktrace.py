@@ -51,6 +51,7 @@ class AttnCall:
     scaling: float
     softcap: float | None
     out: torch.Tensor  # (1, n, H, hd) kernel output before the output projection
+    sinks: torch.Tensor | None = None  # (H,) gpt-oss attention sinks (``s_aux``): extra logits
 
 
 @dataclass
@@ -71,6 +72,7 @@ class LayerTrace:
     softcap: float | None
     identity_cap: bool  # soft-cap gets the identity rule (else its true derivative)
     tolerance: float = 2e-3  # relative error allowed when re-checking the kernel's output
+    sinks: torch.Tensor | None = None  # (H,) a constant logit per head in every softmax row
 
 
 @dataclass
@@ -98,7 +100,8 @@ class _Recorder:
         if scaling is None:  # SDPA's default, which every kernel shares
             scaling = query.shape[-1] ** -0.5
         self.calls[layer] = AttnCall(query, key, value, None if mask is None else mask[0],
-                                     float(scaling), kwargs.get("softcap"), out)
+                                     float(scaling), kwargs.get("softcap"), out,
+                                     kwargs.get("s_aux"))
 
 
 def _register(name: str, base: str) -> None:
@@ -219,7 +222,8 @@ class BlockTrace:
                 mask=None if call.mask is None else call.mask.detach(), scaling=call.scaling,
                 softcap=call.softcap,
                 identity_cap=scales is not None and (scales.q != 0 or scales.k != 0),
-                tolerance=2e-3 if call.out.dtype in (torch.float32, torch.float64) else 5e-2))
+                tolerance=2e-3 if call.out.dtype in (torch.float32, torch.float64) else 5e-2,
+                sinks=None if call.sinks is None else call.sinks.detach().float()))
         self._lin = []
         return Trace(nodes=nodes.cpu(), layers=layers, delta=float(delta))
 

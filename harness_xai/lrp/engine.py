@@ -70,6 +70,9 @@ class Attribution:
     #: absent for parallel-residual blocks), "attn" / "mlp" (branch outputs added to the residual)
     states: dict[str, torch.Tensor] = field(default_factory=dict)
     heads: torch.Tensor | None = None  # (n_layers, n_heads, n_tokens) each head's output
+    #: mixture of experts: (n_layers, n_experts, n_tokens) relevance of each routed expert's
+    #: weighted output (0 where not selected; dense layers 0); None for dense models
+    experts: torch.Tensor | None = None
     trace: Trace | None = field(default=None, repr=False)  # the graph's capture (``trace=True``)
 
     def numpy(self) -> tuple[np.ndarray, np.ndarray]:
@@ -222,13 +225,16 @@ def _sequence_value(logits: torch.Tensor, row: int, o: SequenceTarget) -> torch.
 def _relevance(capture: StateCapture, embeddings, grad, n_rows: int, n: int,
                states: bool) -> dict[str, torch.Tensor]:
     """kind → per-row relevance: "layers" (R, L + 1, n), "mid"/"attn"/"mlp" (R, L, n), "heads"
-    (R, L, H, n)."""
+    (R, L, H, n), "experts" (R, L, E, n) for a mixture of experts."""
     tokens = lrp_pair(embeddings.detach(), grad).sum(2).cpu()  # (R, n)
     out = {"layers": torch.cat([tokens[:, None], capture.stacked("out", n_rows, n)], 1)}
     if states:
         for kind in (*STATE_KINDS, "heads"):
             if kind in capture.present:
                 out[kind] = capture.stacked(kind, n_rows, n)
+        experts = capture.expert_rows(n_rows, n)  # (R, L, E, n) or None
+        if experts is not None:
+            out["experts"] = experts
     return out
 
 
@@ -259,6 +265,7 @@ def _result(objective: Objective, delta: float, relevance: dict, row: int, spec:
     if states:
         result.states = {k: take[k] for k in STATE_KINDS if k in take}
         result.heads = take.get("heads")
+        result.experts = take.get("experts")
     return result
 
 

@@ -3,8 +3,17 @@
 A method says which rules the scoped patch installs:
 - ``attnlrp``: identity rule on norms and activations, uniform rule on gated products and on both
   attention matmuls (Achtibat et al., ICML 2024).
-- ``cp-lrp``: as attnlrp, but attention weights are constants (q, k detached); exactly
-  conservative on bias-free models: Σ_i R(i) = Δℓ.
+- ``cp-lrp``: CP-LRP as published (Ali et al. 2022; LXT's ``cp_LRP`` maps): attention weights
+  are constants (q, k detached) and so is the gate of a gated MLP,
+  ``y = act(stop_grad(gate_proj(x))) ⊙ up_proj(x)`` (signal-take-all: the value branch ``up``
+  carries all of ``y``'s relevance, the gate branch none, no halving); norms keep the identity
+  rule. Exactly conservative on bias-free models: Σ_i R(i) = Δℓ.
+- ``cp-lrp-uniform``: the variant harness-xai shipped as ``cp-lrp`` before: attention weights
+  constant as in CP-LRP, but gated MLPs keep AttnLRP's rules (identity rule on ``act``, uniform
+  rule on ``act(gate) ⊙ up``: half of the relevance through the gate branch). Also exactly
+  conservative on bias-free models; it differs from ``cp-lrp`` only on gated-MLP families
+  (Llama, Mistral, Qwen, Gemma, OLMo, Phi-3, SmolLM3, Granite), where it gave the best evidence
+  recovery on the zoo (bench/README.md).
 - ``grad-x-input``: the plain gradient, no rule changed (baseline).
 - ``integrated-gradients``: plain gradients averaged along the straight path from a baseline
   to the input embeddings (trapezoid rule over ``steps`` intervals, the path points run as a
@@ -36,11 +45,14 @@ class Method:
     name: str
     description: str
     attention: QKVScales | None  # None: attention keeps its true gradient
-    layer_rules: bool  # identity rule on norms/activations, uniform rule on gated products
+    layer_rules: bool  # identity rule on norms/activations, a product rule on gated products
     params: dict = field(default_factory=dict)
     integrate: bool = False  # integrated gradients along a path (params: steps, batch_size)
     options: tuple[str, ...] = ()  # params a caller may override per call
     choices: dict = field(default_factory=dict)  # option → allowed values (str options)
+    #: rule on a gated product ``act(gate) ⊙ up``: "uniform" (½ to each factor, identity rule on
+    #: ``act``) or "constant" (``act(gate)`` a constant: all relevance to ``up``)
+    gate: str = "uniform"
 
     def configure(self, options: dict) -> dict:
         """``params`` with per-call ``options`` applied; unknown names or types → UserError."""
@@ -73,8 +85,12 @@ def register_method(method: Method, *, overwrite: bool = False) -> Method:
 
 register_method(Method("attnlrp", "AttnLRP rules as modified gradients", ATTNLRP, True,
                        {"qk_grad_scale": ATTNLRP.q, "v_grad_scale": ATTNLRP.v, "epsilon": 0.0}))
-register_method(Method("cp-lrp", "LRP with attention weights held constant", CP_LRP, True,
-                       {"qk_grad_scale": CP_LRP.q, "v_grad_scale": CP_LRP.v, "epsilon": 0.0}))
+register_method(Method("cp-lrp", "LRP with attention weights and MLP gates held constant",
+                       CP_LRP, True, {"qk_grad_scale": CP_LRP.q, "v_grad_scale": CP_LRP.v,
+                                      "epsilon": 0.0, "gate": "constant"}, gate="constant"))
+register_method(Method("cp-lrp-uniform", "CP-LRP attention, AttnLRP's uniform rule on MLP gates",
+                       CP_LRP, True, {"qk_grad_scale": CP_LRP.q, "v_grad_scale": CP_LRP.v,
+                                      "epsilon": 0.0, "gate": "uniform"}))
 register_method(Method("grad-x-input", "plain gradient times input", None, False, {}))
 register_method(Method("integrated-gradients", "plain gradients integrated from a baseline",
                        None, False, {"steps": 32, "batch_size": 17, "baseline": "mean-embedding",

@@ -4,13 +4,17 @@ Algorithm:
 1. Look up the method (which rules) and the family adapter (which modules get them).
 2. Put the model in eval mode.
 3. Override the ``forward`` of each norm, activation and product-factor module *on the instance*
-   with one that returns the module's own output value and the rule's gradient. A final-logit
+   with one that returns the module's own output value and the rule's gradient (a gate held
+   constant — CP-LRP — returns its value without gradient; its partner is left alone). A final-logit
    soft-cap (adapter's ``logit_softcap``) moves from the config (set to None) into the LM head's
    instance forward, recomputed bit-exact with the identity rule.
 4. Point ``config._attn_implementation`` at a registered wrapper ``xai_<method>_<kernel>`` that
    rescales the q/k/v gradients and calls the original kernel (same masks, same kernel). When the
    kernel gets ``softcap=`` and q/k carry gradient, the eager kernel runs under ``IdentityTanh``
    (other kernels cap inside fused code: refused).
+4b. Routed experts (mixture of experts): each experts module's instance ``forward`` re-runs
+   the model's dropless loop with the router weights constant and the expert MLP under the
+   method's rules (``rules.moe``; methods without layer rules keep the true gradient).
 5. Optional gradient checkpointing (``checkpoint=True``): each decoder block's instance
    ``forward`` runs under ``torch.utils.checkpoint`` (non-reentrant), so only block inputs are
    kept for the backward and each block's forward is re-run there, rules included (the rules are
@@ -34,6 +38,7 @@ from harness_xai.lrp.adapters import Adapter, adapter_for
 from harness_xai.lrp.methods import Method, get_method
 from harness_xai.lrp.rules.activation import identity_activation
 from harness_xai.lrp.rules.attention import QKVScales
+from harness_xai.lrp.rules.moe import routed_experts
 from harness_xai.lrp.rules.product import uniform_factor
 from harness_xai.lrp.rules.softcap import IdentityTanh, capped_logits
 
@@ -52,9 +57,11 @@ def lrp(model: nn.Module, method: str | Method = "attnlrp",
         model.eval()
         undo.callback(model.train, was_training)
         if spec.layer_rules:
-            _install_layer_rules(model, adapter, undo)
+            _install_layer_rules(model, adapter, undo, constant_gate=spec.gate == "constant")
         if spec.attention is not None:
             _install_attention_rule(model, spec, undo)
+        if adapter.expert_fn is not None:
+            _install_expert_rule(model, adapter, spec, undo)
         if checkpoint:
             for block in adapter.blocks(model):
                 _override_forward(block, _checkpointed, undo)
@@ -84,7 +91,8 @@ def _override_forward(module: nn.Module, make: Callable[[Callable], Callable], u
         undo.callback(module.__dict__.pop, name, None)
 
 
-def _install_layer_rules(model: nn.Module, adapter: Adapter, undo: ExitStack) -> None:
+def _install_layer_rules(model: nn.Module, adapter: Adapter, undo: ExitStack,
+                         constant_gate: bool = False) -> None:
     for norm in adapter.norms(model):
         def make_norm(orig, norm=norm):
             def forward(x, *args, **kwargs):
@@ -94,22 +102,44 @@ def _install_layer_rules(model: nn.Module, adapter: Adapter, undo: ExitStack) ->
             return forward
         _override_forward(norm, make_norm, undo)
 
+    factors = list(adapter.product_factors(model))
     for act, partner in adapter.activations(model):
-        gated = partner is not None
+        gated = partner is not None  # a fused product (factors) is halved before the chunk
+        constant = constant_gate and (gated or bool(factors))  # CP-LRP: act(gate) a constant
 
-        def make_act(orig, gated=gated):
+        def make_act(orig, gated=gated, constant=constant):
             def forward(x, *args, **kwargs):
                 with torch.no_grad():
                     value = orig(x, *args, **kwargs)
+                if constant:
+                    return value
                 out = identity_activation(x, value)
                 return uniform_factor(out) if gated else out
             return forward
         _override_forward(act, make_act, undo)
-        if gated:
+        if partner is not None and not constant_gate:
             _override_forward(partner, _halved, undo)
-    for factor in adapter.product_factors(model):
+    for factor in ([] if constant_gate else factors):
         _override_forward(factor, _halved, undo)
     _install_logit_softcap(model, adapter, undo)
+
+
+def _install_expert_rule(model: nn.Module, adapter: Adapter, spec: Method,
+                         undo: ExitStack) -> None:
+    """Routed experts: the model's dropless loop re-run with the rules (``rules.moe``)."""
+    mode = "plain" if not spec.layer_rules else ("constant" if spec.gate == "constant"
+                                                 else "uniform")
+    fn = adapter.expert_fn(mode)
+    for block in adapter.blocks(model):
+        experts = adapter.experts(block)
+        if experts is None:
+            continue
+
+        def make(orig, experts=experts):
+            def forward(hidden, index, weights):
+                return routed_experts(experts, fn, hidden, index, weights, spec.layer_rules)
+            return forward
+        _override_forward(experts, make, undo)
 
 
 def _checkpointed(orig: Callable) -> Callable:

@@ -5,7 +5,10 @@ Kinds (keyed by block, row ``l - 1`` = block ``l``):
 - ``mid``: the residual between attention and MLP (input of the adapter's ``mid_input``
   module; absent for parallel-residual blocks);
 - ``attn`` / ``mlp``: the branch outputs added to the residual (after any post-norm);
-- ``heads``: each head's output = the input of the output projection, split by head.
+- ``heads``: each head's output = the input of the output projection, split by head;
+- ``experts`` (mixture of experts, one-backward methods): per routed expert ``e`` the relevance
+  of its weighted output ``c_e = w_e · E_e(x)`` at each token (0 where not selected), noted by
+  the experts' rule loop (``rules.moe.EXPERT_RECORDER``); Σ_e = the ``mlp`` state of the block.
 
 Algorithm:
 1. Forward hooks (``out``, ``attn``, ``mlp``: module outputs) and forward pre-hooks (``mid``,
@@ -33,11 +36,12 @@ import torch
 from torch import nn
 
 from harness_xai.lrp.adapters import Adapter
+from harness_xai.lrp.rules.moe import EXPERT_RECORDER
 
 #: ``pair(x, g) -> (batch', n, d')`` products whose hidden-dimension sum is the relevance
 Pair = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 STATE_KINDS = ("mid", "attn", "mlp")
-ALL_KINDS = ("out", *STATE_KINDS, "heads")
+ALL_KINDS = ("out", *STATE_KINDS, "heads", "experts")
 
 
 def lrp_pair(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -70,7 +74,13 @@ class StateCapture:
                  sum_rows: bool = False):
         self.blocks = list(adapter.blocks(model))
         self.adapter, self.kinds, self.pair, self.sum_rows = adapter, tuple(kinds), pair, sum_rows
-        self.n_heads = int(model.config.num_attention_heads)
+        text = model.config.get_text_config()
+        self.n_heads = int(text.num_attention_heads)
+        self.n_experts = int(getattr(text, "num_local_experts", None)
+                             or getattr(text, "num_experts", None) or 0)
+        self.experts = {id(adapter.experts(block)): layer for layer, block in
+                        enumerate(self.blocks) if adapter.experts(block) is not None}
+        self._recorder_token = None
         self.results: dict[tuple[str, int], torch.Tensor] = {}
         self.present: set[str] = set()  # kinds at least one block has
         self.recording = False
@@ -83,6 +93,8 @@ class StateCapture:
         for layer, block in enumerate(self.blocks):
             targets = state_sites(a, block)
             for kind in self.kinds:
+                if kind == "experts":
+                    continue
                 module, is_input = targets[kind]
                 if module is None:
                     continue
@@ -92,9 +104,15 @@ class StateCapture:
                 else:
                     hook = module.register_forward_hook(self._hook(kind, layer, False))
                 self._handles.append(hook)
+        if "experts" in self.kinds and self.experts and self.pair is lrp_pair:
+            self.present.add("experts")
+            self._recorder_token = EXPERT_RECORDER.set(self._note_expert)
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._recorder_token is not None:
+            EXPERT_RECORDER.reset(self._recorder_token)
+            self._recorder_token = None
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -134,6 +152,34 @@ class StateCapture:
                 old = self.results.get(key)
                 self.results[key] = value if old is None else old + value
         return on_grad
+
+    def _note_expert(self, module: nn.Module, e: int, tok: torch.Tensor, c: torch.Tensor,
+                     rows: int) -> None:
+        """Expert ``e``'s weighted output ``c`` (tokens, d) at flattened rows ``tok``."""
+        layer = self.experts.get(id(module))
+        if not self.recording or layer is None or not c.requires_grad:
+            return
+
+        def on_grad(g: torch.Tensor) -> None:
+            if self.paused:
+                return
+            with torch.no_grad():
+                key = ("experts", layer)
+                if key not in self.results:
+                    self.results[key] = torch.zeros(self.n_experts, rows, device=c.device)
+                self.results[key][e].index_add_(0, tok, (c.detach().float() * g.float()).sum(-1))
+        c.register_hook(on_grad)
+
+    def expert_rows(self, batch: int, n: int) -> torch.Tensor | None:
+        """(batch, n_layers, n_experts, n) fp32 on the CPU; None without experts."""
+        if "experts" not in self.present:
+            return None
+        rows = []
+        for layer in range(len(self.blocks)):
+            r = self.results.get(("experts", layer))
+            rows.append(torch.zeros(self.n_experts, batch, n) if r is None
+                        else r.view(self.n_experts, batch, n).cpu())
+        return torch.stack(rows).permute(2, 0, 1, 3)
 
     def done(self) -> None:
         """End of one backward: drop states the gradient never reached."""

@@ -3,8 +3,8 @@
 Each function returns plain dicts of SVG primitives (numbers formatted here; text escaped by
 Jinja's autoescape in the template that draws them):
 
-1. ``palette`` — one colour per line: the architecture picks the hue, the rank within the
-   architecture (size or checkpoint) the shade, light to dark.
+1. ``palette`` — one colour and dash per line: the line's ``hue`` rank (size or checkpoint)
+   picks a distinct categorical colour, the architecture the dash pattern.
 2. ``line_chart`` — lines of (x, y) points on a linear or log x axis, with markers whose
    ``<title>`` holds the exact value, optional dashed reference lines (random baselines), axes,
    ticks and a legend.
@@ -19,32 +19,33 @@ from typing import Any
 
 from harness_xai.report.text import fmt
 
-_HUES = {"llama": (31, 119, 180), "gpt_neox": (214, 96, 12), "mistral": (44, 160, 44),
-         "qwen2": (148, 103, 189), "qwen3": (140, 86, 75), "gpt2": (227, 119, 194),
-         "gemma2": (127, 127, 127), "gemma3_text": (188, 189, 34), "phi3": (23, 190, 207),
-         "olmo2": (120, 60, 160)}
-_OTHER = [(90, 90, 90), (0, 128, 128), (128, 0, 64)]
+#: categorical hues (Tableau 10): a line's ``hue`` index picks one, so sizes/checkpoints differ
+#: in hue, not only in shade
+_HUES = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+         "#17becf", "#bcbd22", "#7f7f7f"]
+#: one dash pattern per architecture (first solid)
+_DASHES = ["", "7 3", "2 2", "9 3 2 3"]
 #: triage label colours (labels from harness_xai.analysis.triage)
 TRIAGE_COLOURS = {"uninformative": "#8c959f", "special-dominated": "#8250df",
                   "fewshot-dominated": "#1a7f37", "irrelevant-overweighted": "#cf222e",
                   "evidence-underweighted": "#bf8700", "unflagged": "#d0d7de"}
 
 
-def palette(lines: list[dict[str, Any]]) -> list[str]:
-    """Step 1: rgb() per line, in order (lines carry ``arch``)."""
-    per_arch: dict[str, list[int]] = {}
+def palette(lines: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Step 1: (colour, dash) per line, in order: ``hue`` (index, default: order of the line)
+    picks a categorical colour, the architecture (``arch``, in order of appearance) the dash."""
+    archs: list[str] = []
+    out = []
     for i, line in enumerate(lines):
-        per_arch.setdefault(line.get("arch") or "?", []).append(i)
-    colours = [""] * len(lines)
-    for k, (arch, idx) in enumerate(per_arch.items()):
-        base = _HUES.get(arch, _OTHER[k % len(_OTHER)])
-        for rank, i in enumerate(idx):
-            t = 0.45 * (1 - (rank + 1) / len(idx)) if len(idx) > 1 else 0.0  # 0 = full colour
-            colours[i] = "rgb({},{},{})".format(*(int(round(c + (255 - c) * t)) for c in base))
-    return colours
+        arch = line.get("arch") or "?"
+        if arch not in archs:
+            archs.append(arch)
+        hue = line.get("hue", i)
+        out.append((_HUES[int(hue) % len(_HUES)], _DASHES[archs.index(arch) % len(_DASHES)]))
+    return out
 
 
-def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     if hi - lo <= 0:
         return [lo]
     raw = (hi - lo) / max(n - 1, 1)
@@ -64,6 +65,18 @@ def _x_label(v: float, log: bool) -> str:
             if v >= div:
                 return f"{v / div:.3g}{unit}"
     return f"{v:g}"
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks of a log axis spanning 10**lo … 10**hi: every decade; with fewer than three, the
+    1-2-5 steps of each decade; with still fewer than three, every 1…9 step."""
+    decades = range(math.floor(lo) - 1, math.ceil(hi) + 1)
+    for mantissas in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [m * 10.0 ** d for d in decades for m in mantissas
+                 if lo - 1e-9 <= math.log10(m * 10.0 ** d) <= hi + 1e-9]
+        if len(ticks) >= 3:
+            return ticks
+    return ticks
 
 
 def line_chart(lines: list[dict[str, Any]], *, x_log: bool = False, x_title: str = "",
@@ -92,35 +105,30 @@ def line_chart(lines: list[dict[str, Any]], *, x_log: bool = False, x_title: str
     def py(v: float) -> float:
         return round(top + (height - top - bottom) * (y_hi - v) / (y_hi - y_lo), 2)
 
-    colours = palette(lines)
+    styles = palette(lines)
     drawn = []
-    for line, colour in zip(lines, colours):
+    for line, (colour, dash) in zip(lines, styles):
         pts = [(x, y) for x, y in line["points"] if not x_log or x > 0]
-        drawn.append({"name": line["name"], "stroke": colour, "dash": "",
+        drawn.append({"name": line["name"], "stroke": colour, "dash": dash,
                       "points": " ".join(f"{px(x)},{py(y)}" for x, y in pts),
                       "markers": [{"x": px(x), "y": py(y),
                                    "title": f"{line['name']}: {_x_label(x, x_log)} → {fmt(y, 4)}"}
                                   for x, y in pts]})
     for ref in references:
         pts = [(x, y) for x, y in ref["points"] if not x_log or x > 0]
-        drawn.append({"name": ref["name"], "stroke": "#8c959f", "dash": "4 3",
+        drawn.append({"name": ref["name"], "stroke": "#8c959f", "dash": "1 3",
                       "points": " ".join(f"{px(x)},{py(y)}" for x, y in pts),
                       "markers": [{"x": px(x), "y": py(y),
                                    "title": f"{ref['name']}: {_x_label(x, x_log)} → {fmt(y, 4)}"}
                                   for x, y in pts]})
     if x_log:
-        decades = range(math.floor(x_lo), math.ceil(x_hi) + 1)
-        x_ticks = [10.0 ** d for d in decades if x_lo - 1e-9 <= d <= x_hi + 1e-9]
-        if len(x_ticks) < 3:  # a narrow range: 1-2-5 steps inside each decade
-            x_ticks = [m * 10.0 ** d for d in decades for m in (1, 2, 5)
-                       if x_lo - 1e-9 <= math.log10(m * 10.0 ** d) <= x_hi + 1e-9]
-        x_ticks = x_ticks or sorted(set(xs))
+        x_ticks = log_ticks(x_lo, x_hi) or sorted(set(xs))
     else:
-        x_ticks = _nice_ticks(x_lo, x_hi, 6)
+        x_ticks = nice_ticks(x_lo, x_hi, 6)
     return {"empty": False, "width": width, "height": height, "lines": drawn,
             "left": left, "right": width - right, "top": top, "bottom": height - bottom,
             "x_ticks": [{"x": px(v), "text": _x_label(v, x_log)} for v in x_ticks],
-            "y_ticks": [{"y": py(v), "text": f"{v:g}"} for v in _nice_ticks(y_lo, y_hi)],
+            "y_ticks": [{"y": py(v), "text": f"{v:g}"} for v in nice_ticks(y_lo, y_hi)],
             "x_title": x_title,
             "legend": [{"name": d["name"], "stroke": d["stroke"], "dash": d["dash"]}
                        for d in drawn]}

@@ -2,7 +2,8 @@
 
 ``curve_chart`` returns a plain dict of SVG primitives that the template draws (numbers formatted
 here, text escaped by Jinja's autoescape): Δℓ after removing the top-k relevant tokens vs k random
-tokens, as two polylines over the fraction removed. The matrix grids and the interactive graph
+tokens, as two polylines over the fraction removed, with axis titles and round ticks (the y axis
+extended to the enclosing multiples of the tick step). The matrix grids and the interactive graph
 are drawn in the browser by ``static/report.js`` from the page's JSON (``payload``).
 """
 
@@ -11,8 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
+from harness_xai.report.charts import nice_ticks
 from harness_xai.report.text import fmt
 
 
@@ -30,8 +30,12 @@ def curve_chart(fractions: list[float], relevance: list[float], random: list[flo
     lo, hi = (min(values + [0.0]), max(values + [0.0])) if values else (0.0, 1.0)
     if hi - lo < 1e-12:
         lo, hi = lo - 1.0, hi + 1.0
+    ticks = nice_ticks(lo, hi, 5)
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    lo, hi = min(lo, math.floor(lo / step + 1e-9) * step), max(hi, math.ceil(hi / step - 1e-9) * step)
+    ticks = nice_ticks(lo, hi, 5)  # round numbers, the axis ends on ticks
     x_max = max(xs, default=1.0) or 1.0
-    left, right, top, bottom = 56, 30, 10, 34
+    left, right, top, bottom = 62, 30, 10, 46
 
     def px(x: float) -> float:
         return round(left + (width - left - right) * x / x_max, 2)
@@ -43,13 +47,12 @@ def curve_chart(fractions: list[float], relevance: list[float], random: list[flo
         return " ".join(f"{px(x)},{py(y)}" for x, y in zip(xs, ys)
                         if y is not None and math.isfinite(y))
 
-    y_ticks = [{"y": py(v), "text": fmt(v, 3)} for v in np.linspace(lo, hi, 5)]
-    x_ticks: list[dict[str, Any]] = []
-    for x in xs:  # leave out labels that would overlap the previous one
-        if not x_ticks or px(x) - x_ticks[-1]["x"] >= 30:
-            x_ticks.append({"x": px(x), "text": f"{100 * x:.0f}%"})
+    y_ticks = [{"y": py(v), "text": f"{v:g}"} for v in ticks]
+    x_ticks = [{"x": px(x), "text": f"{100 * x:.0f}%"}
+               for x in nice_ticks(0.0, x_max, 6) if x <= x_max + 1e-9]
     return {"width": width, "height": height, "relevance": line(ys_rel), "random": line(ys_rand),
             "zero_y": py(0.0), "left": left, "right": width - right, "bottom": height - bottom,
-            "y_ticks": y_ticks, "x_ticks": x_ticks,
+            "y_ticks": y_ticks, "x_ticks": x_ticks, "mid_y": round((top + height - bottom) / 2, 2),
+            "x_title": "share of input tokens removed", "y_title": "Δℓ = logit[wrong] − logit[gold]",
             "points": [{"x": px(x), "y": py(y), "title": f"{100 * x:.0f}% removed: Δℓ {fmt(y, 5)}"}
                        for x, y in zip(xs, ys_rel) if y is not None and math.isfinite(y)]}

@@ -6,7 +6,8 @@ DOM calls that only ever set text (``textContent``) and attributes — benchmark
 parsed as HTML. Steps:
 
 1. ``case_payload`` — CaseArrays → plain dict: token texts, ids, exact relevance (full float
-   precision, so the page shows the stored values), segments and evidence flags; the layer grid
+   precision, so the page shows the stored values), segments and evidence flags, the display
+   label and byte-piece group of each token (``tokens.display_tokens``); the layer grid
    (row 0 the embeddings), one grid per state kind, the head grid (summed over positions), and
    the pruned graph's nodes and edges.
 2. ``embed`` — ``json.dumps`` with NaN → null and ``<``, ``>``, ``&``, U+2028/9 escaped as
@@ -24,6 +25,7 @@ from markupsafe import Markup
 
 from harness_xai.report.arrays import CaseArrays
 from harness_xai.report.text import is_special
+from harness_xai.report.tokens import display_tokens
 
 _STATE_TITLES = {"mid": "mid-block residual (between attention and MLP)",
                  "attn": "attention branch output", "mlp": "MLP branch output"}
@@ -46,16 +48,20 @@ def _grid(rows: list[str], matrix: np.ndarray) -> dict[str, Any]:
     return {"rows": rows, "values": _values(matrix)}
 
 
-def case_payload(a: CaseArrays) -> dict[str, Any]:
-    """Step 1 (module docstring)."""
+def case_payload(a: CaseArrays, display: tuple[list[str], list[int]] | None = None
+                 ) -> dict[str, Any]:
+    """Step 1 (module docstring); ``display`` = (label, group) per token, from
+    ``tokens.display_tokens`` (default: each token on its own, made visible)."""
     positions = [int(p) for p in a.positions]
     rel = [_num(v) for v in a.relevance.tolist()]
     first_special = bool(positions) and positions[0] == 0 and is_special(a.tokens[0])
+    labels, group = display or display_tokens(a.tokens, [])
     data: dict[str, Any] = {
         "positions": positions,
         "tokens": {"text": a.tokens, "id": a.token_ids, "relevance": rel,
                    "segment": a.segments, "segment_index": a.segment_index,
-                   "evidence": a.evidence, "first_special": first_special},
+                   "evidence": a.evidence, "first_special": first_special,
+                   "display": labels, "group": group},
     }
     if a.layers is not None and a.layers.size:
         data["layers"] = _grid(["emb (0)" if l == 0 else f"layer {l}" for l in a.layer_ids],

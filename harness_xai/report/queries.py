@@ -33,7 +33,7 @@ _CASE_COLUMNS = (
     "id, run_id, task, doc_id, doc_hash, filter, metric, status, skip_reason, prompt, pred_index, "
     "gold_index, pred_text, gold_text, position, wrong_token_id, gold_token_id, wrong_token, "
     "gold_token, delta, ll_pred, ll_gold, method, n_tokens, output_type, contrast, ll_error, "
-    "aopc, aopc_random"
+    "aopc, aopc_random, method_params"
 )
 
 
@@ -56,7 +56,8 @@ def list_runs(conn: Connection) -> list[dict[str, Any]]:
     rows = conn.execute(
         text(
             "SELECT id, run_key, created_at, model, model_args, pretrained, revision, model_type, "
-            "n_params, tasks, method, lm_eval_version, harness_xai_version, step, config FROM runs "
+            "n_params, tasks, method, lm_eval_version, harness_xai_version, step, config, "
+            "model_name FROM runs "
             "ORDER BY id"
         )
     ).mappings()

@@ -38,8 +38,10 @@ from sqlalchemy import Connection
 
 from harness_xai import __version__
 from harness_xai.errors import UserError
-from harness_xai.report import charts, figures, history, payload, queries, study, text
+from harness_xai.report import (charts, context, experts, figures, history, payload, queries,
+                                study, summary, text)
 from harness_xai.report.arrays import CaseArrays, run_arrays, store_relevance
+from harness_xai.report.tokens import labels_of, resolve_tokens, visible
 
 MARKER = ".harness-xai-report"
 #: rows per page of a failure table (the browser pages through them)
@@ -71,18 +73,17 @@ def _env() -> Environment:
     )
     env.filters["num"] = text.fmt
     env.filters["signed"] = lambda x, d=4: text.fmt(x, d, signed=True)
+    env.filters["vis"] = visible  # a token with whitespace/control characters made visible
     env.globals["version"] = __version__
     return env
 
 
 def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory; pass a directory path")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise UserError(
-            f"--out {out} is a non-empty directory that is not a harness-xai report; "
-            "pass a new or empty directory"
-        )
+    """New, empty or a previous report, and writable (store.preflight.check_destination; also
+    removes stale temporary folders of killed renders next to it)."""
+    from harness_xai.store.preflight import check_destination
+
+    check_destination(out, "--out", marker=MARKER)
 
 
 def _open_store(db: str) -> Any:
@@ -133,11 +134,16 @@ class _Study:
 
 
 def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_href: str,
-                 st: _Study) -> str:
+                 st: _Study, moe: dict | None = None) -> str:
     key = (case["task"], int(case["doc_id"]), case["doc_hash"], case["filter"])
-    data = payload.case_payload(a)
-    rows = st.docs.relevance_rows(key, int(run["id"]), st.relevance,
-                                  data["tokens"]["first_special"])
+    notes = context.contrast_notes(case.get("method_params"))
+    texts = [case["prompt"], notes.get("gold_context"), notes.get("generation"),
+             case["pred_text"], case["gold_text"]]
+    real, group = resolve_tokens(a.tokens, texts)
+    labels = labels_of(a.tokens, real, group)
+    data = payload.case_payload(a, (labels, group))
+    first_special = data["tokens"]["first_special"]
+    rows = st.docs.relevance_rows(key, int(run["id"]), st.relevance, first_special)
     if len(rows) > 1:
         data["history"] = rows
     faith = None
@@ -147,13 +153,22 @@ def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_hr
         faith["rows"] = list(zip(f["fractions"], f["n_removed"], f["relevance"], f["random"]))
     graph = data.get("graph")
     total = float(np.nansum(a.relevance))
+    start = text.segment_label(a.segments[0], a.segment_index[0]) if a.segments else ""
     return env.get_template("case.html").render(
         run=run, case=case, data=payload.embed(data), total=total, task_href=task_href,
         root="../", segments=_segment_totals(a), faith=faith, graph=graph,
         states=data["states"], heads=data.get("heads"), layers=data.get("layers"),
         others=st.docs.entries(key), flips=st.docs.flips(key, int(run["id"])),
         history=rows if len(rows) > 1 else None, n_tokens=len(a.positions),
-        first_special=data["tokens"]["first_special"])
+        first_special=first_special,
+        top=summary.top_tokens(a, labels, group, first_special),
+        segment_line=summary.segment_line(a), layer_line=summary.layer_line(a.layer_ids, a.layers),
+        truncation=context.truncation(case["prompt"], notes, real, a.segments, start),
+        options=context.choice_options(case["prompt"], notes),
+        generation=context.generation(notes, labels, a.segments, case["wrong_token"])
+        if case.get("output_type") == "generate_until" else None,
+        wrong_label=visible(case["wrong_token"]), gold_label=visible(case["gold_token"]),
+        experts=experts.with_tokens(moe, a.positions, a.tokens))
 
 
 def _task_figures(cases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -169,7 +184,17 @@ def _task_figures(cases: list[dict[str, Any]]) -> dict[str, Any]:
             if n else [], "triage_counts": sorted(labels.items(), key=lambda kv: -kv[1])}
 
 
-def _render_study(env: Environment, cohort: study.Cohort) -> str:
+def _matrix(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The index's models × checkpoints × tasks matrix: rows = runs by model, step, id; columns =
+    every task; cell = that run's task row (or None)."""
+    tasks = sorted({row["task"] for run in runs for row in run["tasks_rows"]})
+    rows = sorted(runs, key=lambda r: (r["series"], r["step"] is None, r["step"] or 0, r["id"]))
+    cells = {(int(r["id"]), row["task"]): row for r in runs for row in r["tasks_rows"]}
+    return {"tasks": tasks, "rows": [{"run": r, "cells": [cells.get((int(r["id"]), t))
+                                                          for t in tasks]} for r in rows]}
+
+
+def _render_study(env: Environment, cohort: study.Cohort, moe: dict | None = None) -> str:
     tasks = []
     for task, points in cohort.tasks.items():
         panels = [("accuracy", "accuracy", (0.0, 1.0))]
@@ -201,7 +226,8 @@ def _render_study(env: Environment, cohort: study.Cohort) -> str:
         tasks.append({"task": task, "points": points, "figures": figs, "triage": triage,
                       "segments": segments})
     return env.get_template("study.html").render(cohort=cohort, tasks=tasks, root="",
-                                                 triage_colours=charts.TRIAGE_COLOURS)
+                                                 triage_colours=charts.TRIAGE_COLOURS,
+                                                 experts=moe or {})
 
 
 def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:
@@ -209,12 +235,14 @@ def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:
     for run in runs:
         run["tasks_rows"] = queries.task_rows(conn, run["id"])
         run["series"] = study.series_of(run)
+        run.update(study.run_settings(run))
     st = _Study(conn, runs)
     for run in runs:
         run_dir = f"run-{int(run['id'])}"
         run["study_page"] = st.page_of.get(int(run["id"]))
         by_task = queries.run_cases(conn, int(run["id"]))
         arrays = run_arrays(conn, int(run["id"]))
+        moe = experts.run_experts(conn, int(run["id"]))
         for row in run["tasks_rows"]:
             task_file = f"task-{task_slug(row['task'])}.html"
             row["href"] = f"{run_dir}/{task_file}"
@@ -225,15 +253,17 @@ def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:
                 if case["status"] == "attributed" and a is not None:
                     case["href"] = f"case-{int(case['id'])}.html"
                     _write(tmp / run_dir / case["href"],
-                           _render_case(env, run, case, a, task_file, st))
+                           _render_case(env, run, case, a, task_file, st,
+                                        moe.get(int(case["id"]))))
             html = env.get_template("task.html").render(
                 run=run, row=row, cases=cases, root="../", page_size=PAGE_SIZE,
                 figs=_task_figures(cases), triage_colours=charts.TRIAGE_COLOURS)
             _write(tmp / run_dir / task_file, html)
     for cohort in st.cohorts:
-        _write(tmp / cohort.page, _render_study(env, cohort))
+        _write(tmp / cohort.page, _render_study(env, cohort, experts.cohort_experts(
+            conn, [int(r["id"]) for r in cohort.runs])))
     _write(tmp / "index.html", env.get_template("index.html").render(
-        runs=runs, cohorts=st.cohorts, root=""))
+        runs=runs, cohorts=st.cohorts, root="", matrix=_matrix(runs)))
     assets = resources.files("harness_xai.report") / "static"
     for name in ("report.css", "report.js"):
         _write(tmp / "assets" / name, assets.joinpath(name).read_text("utf-8"))
@@ -247,7 +277,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
     if not out.exists():
         os.replace(tmp, out)
         return
-    old = Path(tempfile.mkdtemp(prefix=".harness-xai-old-", dir=out.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".harness-xai-old-{os.getpid()}-", dir=out.parent))
     old.rmdir()
     os.replace(out, old)
     try:
@@ -268,7 +298,7 @@ def render_report(db: str, out_dir: str | Path) -> Path:
         with store.engine.connect() as conn:
             queries.check_schema(conn, str(db))
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".harness-xai-report-", dir=out.parent))
+            tmp = Path(tempfile.mkdtemp(prefix=f".harness-xai-report-{os.getpid()}-", dir=out.parent))
             try:
                 _render_all(env, conn, tmp)
                 _swap_into_place(tmp, out)

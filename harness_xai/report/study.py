@@ -6,25 +6,31 @@ Runs are only compared when they measured the same thing. Steps:
    count, revision, sha, dtype; the task list and versions; graph/faithfulness options, which add
    outputs but change no number compared here). Runs of one sweep share a key; a later run of one
    model on every doc (another ``--limit``) is a cohort of its own and is never averaged in.
-2. ``series_of`` — a run's model series: the model path's last component (``llama-l``) — the
-   checkpoints of one model share it — with its architecture (``model_type``) and size
-   (``n_params``); the checkpoint is ``runs.step``.
+2. ``series_of`` — a run's model series: its short model name (``runs.model_name``, e.g.
+   ``llama-l``) — the checkpoints of one model share it — with its architecture
+   (``model_type``) and size (``n_params``); the checkpoint is ``runs.step``. ``family_of``
+   names an architecture's models in size legends the same way (``llama-*``).
 3. ``cohorts`` — the cohorts with at least two runs, each with per-task ``points``: one per run
    with accuracy, failures, the mean per-case metrics (``case_metrics``: segment shares, evidence
    recovery and its random baseline, concentration, sink share, formation layer) and the triage
    shares.
-4. ``trends`` — per task, the series to draw: by checkpoint (x = step, one line per model series)
-   and by size (x = parameters, one line per architecture at each checkpoint).
+4. ``by_checkpoint`` / ``by_size`` — per task, the lines to draw: by checkpoint (x = step, one
+   line per model series in (stage, step) order of its revision names, ``checkpoints``; hue =
+   size rank, dash = architecture) and by size (x = parameters, one
+   line per architecture at each checkpoint, hue = checkpoint, dash = architecture).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+from harness_xai.checkpoints import format_tokens, parse_revision
 
 _MODEL_IDENTITY = ("model_args", "model_num_parameters", "model_revision", "model_sha",
                    "model_dtype")
@@ -72,10 +78,43 @@ def describe_key(key: str) -> str:
     return " · ".join(parts)
 
 
+def run_settings(run: dict[str, Any]) -> dict[str, str]:
+    """Few-shot (``0``, ``5``, ``0/5`` when tasks differ) and limit (``all`` when none) of a run,
+    from its stored configuration."""
+    try:
+        config = json.loads(run.get("config") or "{}")
+    except (TypeError, ValueError):
+        config = {}
+    config = config if isinstance(config, dict) else {}
+    inner = config.get("config") if isinstance(config.get("config"), dict) else {}
+    limit = inner.get("limit")
+    if isinstance(limit, float) and limit.is_integer():
+        limit = int(limit)
+    shots = config.get("n-shot") if isinstance(config.get("n-shot"), dict) else {}
+    values = sorted({str(v) for v in shots.values() if v is not None})
+    return {"fewshot": "/".join(values) if values else "—",
+            "limit": "all" if limit is None else str(limit)}
+
+
 def series_of(run: dict[str, Any]) -> str:
-    """Step 2: the model series name (last component of the model path or hub id)."""
+    """Step 2: the model series name: the run's short model name (``runs.model_name``: hub id or
+    directory name), else the last component of the model path or hub id."""
+    if run.get("model_name"):
+        return str(run["model_name"])
     name = str(run.get("pretrained") or run.get("model") or f"run {run['id']}")
     return re.split(r"[\\/]", name.rstrip("/\\"))[-1] or name
+
+
+def family_of(names: list[str], arch: str) -> str:
+    """A name for the models of one architecture in a size legend: their common name prefix
+    with ``*`` for the size part (``llama-s``, ``llama-m`` → ``llama-*``), else ``arch``."""
+    names = sorted(set(names))
+    if len(names) == 1:
+        return names[0]
+    prefix = os.path.commonprefix(names)
+    while prefix and prefix[-1].isalnum():  # cut back to a separator: "neox-" not "neox-m"
+        prefix = prefix[:-1]
+    return prefix + "*" if prefix.strip("-_./") else arch
 
 
 @dataclass
@@ -93,6 +132,10 @@ class Point:
     metrics: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     triage: dict[str, float] = field(default_factory=dict)  # label → share of labelled cases
+    #: the run's revision parsed (``harness_xai.checkpoints``): orders a series by (stage, step)
+    #: — OLMo's stage 2 restarts its step count — and gives the tokens seen ("5B"), if named
+    stage: tuple[int, int] = (0, 0)
+    tokens: str | None = None
 
 
 @dataclass
@@ -134,12 +177,20 @@ def cohorts(runs: list[dict[str, Any]], task_rows: dict[int, list[dict[str, Any]
                     n_failures=int(row.get("n_attributed", 0)) + int(row.get("n_skipped", 0)),
                     metrics={n: v for n, (v, _) in got.items()},
                     counts={n: c for n, (_, c) in got.items()},
-                    triage={k: v / total for k, v in sorted(lab.items())} if total else {}))
+                    triage={k: v / total for k, v in sorted(lab.items())} if total else {},
+                    **_checkpoint(run.get("revision"))))
         for points in tasks.values():
-            points.sort(key=lambda p: (p.arch, p.size or 0, p.series, p.step or 0, p.run_id))
+            points.sort(key=lambda p: (p.arch, p.size or 0, p.series, p.stage, p.step or 0,
+                                       p.run_id))
         out.append(Cohort(key=key, description=describe_key(key), runs=members,
                           tasks=dict(sorted(tasks.items()))))
     return out
+
+
+def _checkpoint(revision: str | None) -> dict[str, Any]:
+    c = parse_revision(revision)
+    return {"stage": (c.stage or 0, c.ingredient or 0),
+            "tokens": None if c.tokens is None else format_tokens(c.tokens)}
 
 
 def segments_of(points: list[Point]) -> list[str]:
@@ -165,24 +216,35 @@ def by_checkpoint(points: list[Point], metric: str) -> list[dict[str, Any]]:
         line["points"].append((float(p.step), float(v)))
     for line in lines.values():
         line["points"].sort()
-    return sorted(lines.values(), key=lambda l: (l["arch"], l["size"] or 0, l["name"]))
+    out = sorted(lines.values(), key=lambda l: (l["arch"], l["size"] or 0, l["name"]))
+    for arch in {l["arch"] for l in out}:  # hue = size rank within the architecture
+        sizes = sorted({l["size"] or 0 for l in out if l["arch"] == arch})
+        for l in out:
+            if l["arch"] == arch:
+                l["hue"] = sizes.index(l["size"] or 0)
+    return out
 
 
 def by_size(points: list[Point], metric: str) -> list[dict[str, Any]]:
     """Step 4: one line per (architecture, checkpoint) over the parameter count (lines with a
     single size left out)."""
+    family = {arch: family_of([p.series for p in points if p.arch == arch], arch)
+              for arch in {p.arch for p in points}}
     lines: dict[tuple[str, Any], dict[str, Any]] = {}
     for p in points:
         v = _value(p, metric)
         if not p.size or v is None:
             continue
-        name = p.arch if p.step is None else f"{p.arch} @ step {p.step}"
+        name = family[p.arch] if p.step is None else f"{family[p.arch]} @ step {p.step}"
         line = lines.setdefault((p.arch, p.step), {"name": name, "arch": p.arch,
                                                    "step": p.step, "points": []})
         line["points"].append((float(p.size), float(v)))
     kept = [l for l in lines.values() if len(l["points"]) > 1]  # a size trend needs two sizes
     for line in kept:
         line["points"].sort()
+    steps = sorted({-1 if l["step"] is None else l["step"] for l in kept})
+    for line in kept:  # hue = checkpoint rank
+        line["hue"] = steps.index(-1 if line["step"] is None else line["step"])
     return sorted(kept, key=lambda l: (l["arch"], -1 if l["step"] is None else l["step"]))
 
 

@@ -16,6 +16,8 @@
    - layer_relevance: (n_layers + 1) × n rows, layer 0 = embeddings;
    - state_relevance: per kind n_layers × n rows, layer 1-based;
    - head_relevance: n_layers × n_heads × n rows, layer 1-based, head 0-based;
+   - expert_relevance: the non-zero entries of (n_layers, n_experts, n) (selected experts),
+     layer 1-based, expert 0-based;
    - faithfulness: one row per deletion step;
    - graphs: one summary row; graph_nodes: the finite, non-zero entries of ``node_relevance``
      (pruned nodes are zero); graph_edges: one row per COO edge;
@@ -37,6 +39,7 @@ from harness_xai.records import ATTRIBUTED, PENDING, SEGMENTS, SKIPPED, Case, Ex
 from harness_xai.store.models import (
     case_labels,
     case_metrics,
+    expert_relevance,
     faithfulness,
     graph_edges,
     graph_nodes,
@@ -147,6 +150,10 @@ def validate_case(case: CaseRow) -> None:
         shape = np.shape(case.head_relevance)
         if len(shape) != 3 or shape[2] != n:
             _fail(case, f"head_relevance shape {shape}, expected (n_layers, n_heads, {n})")
+    if case.expert_relevance is not None:
+        shape = np.shape(case.expert_relevance)
+        if len(shape) != 3 or shape[2] != n:
+            _fail(case, f"expert_relevance shape {shape}, expected (n_layers, n_experts, {n})")
     f = case.faithfulness
     if f is not None:
         lengths = {len(f.fractions), len(f.n_removed), len(f.delta_relevance), len(f.delta_random)}
@@ -279,6 +286,16 @@ def child_rows(case_id: int, case: CaseRow) -> Rows:
             "head": np.tile(np.repeat(np.arange(n_heads, dtype=np.int32), n), n_layers),
             "position": np.tile(np.arange(n, dtype=np.int32), n_layers * n_heads),
             "relevance": rel.ravel(),
+        }))
+    if case.expert_relevance is not None:
+        rel = np.asarray(case.expert_relevance, dtype=np.float64)  # (n_layers, n_experts, n)
+        layer, expert, position = np.nonzero(rel)  # row-major: only the selected experts
+        out.append((expert_relevance, {
+            "case_id": case_id,
+            "layer": (layer + 1).astype(np.int32),
+            "expert": expert.astype(np.int32),
+            "position": position.astype(np.int32),
+            "relevance": rel[layer, expert, position],
         }))
     f = case.faithfulness
     if f is not None and len(f.fractions):

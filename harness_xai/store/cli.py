@@ -1,7 +1,8 @@
 """Command-line entry points of the store, dispatched to by the main `harness-xai` CLI.
 
 ``db_main``  — `harness-xai db upgrade|current|history [--db URL]`:
-  upgrade: create the database if needed and migrate it to head, print the revision;
+  upgrade: create the database if needed and migrate it to head, print the revision (another
+    program's non-empty database is refused and left untouched unless --init);
   current: print the stored revision (with "(head)" or how to upgrade) or "empty";
   history: list the migration revisions, newest first, marking head (and current with --db).
 ``sql_main`` — `harness-xai sql --db URL [--format table|csv|json|parquet] [--param k=v]…
@@ -10,7 +11,9 @@
   header, dashed rule, left-aligned text / right-aligned numbers, newlines shown as ⏎, cells cut
   at --max-width, then "(N rows)".
 ``export_main`` — `harness-xai export --format parquet --db URL --out DIR`: every table of the
-  store as DIR/<table>.parquet plus DIR/manifest.json (store/export.py, pyarrow).
+  store as DIR/<table>.parquet plus DIR/manifest.json (store/export.py, pyarrow); `--format eee`:
+  Every Eval Ever records per run (store/eee.py); `--format graph-json [--case ID]`: graphs as
+  circuit-tracer/Neuronpedia JSON (store/graphjson.py).
 
 Argument errors and every failure raise ``UserError`` (one line; the main CLI exits with 2).
 """
@@ -44,9 +47,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- db ------------------------------------------------------------------------------------------
-def _db_upgrade(db: str, out: TextIO) -> None:
+def _db_upgrade(db: str, out: TextIO, init: bool = False) -> None:
     url = normalize_url(db)
-    engine, lock, state = open_for_writing(url, create=True, upgrade=True)  # writer lock held
+    engine, lock, state = open_for_writing(url, create=True, upgrade=True, init=init)  # locked
     engine.dispose()
     if lock is not None:
         lock.release()
@@ -54,7 +57,7 @@ def _db_upgrade(db: str, out: TextIO) -> None:
     if state.kind == migrate.AT_HEAD:
         out.write(f"{shown}: already at revision {state.head} (head)\n")
     else:
-        out.write(f"{shown}: upgraded {state.current or 'empty'} -> {state.head} (head)\n")
+        out.write(f"{shown}: upgraded {state.current or state.kind} -> {state.head} (head)\n")
 
 
 def _current_state(db: str) -> tuple[str, migrate.SchemaState]:
@@ -86,6 +89,8 @@ def _db_current(db: str, out: TextIO) -> None:
         out.write(f"{state.current} (behind head {state.head}: run `harness-xai db upgrade --db {display_url(url)}`)\n")
     elif state.kind == migrate.UNKNOWN:
         out.write(f"{state.current} (unknown to this harness-xai; head is {state.head})\n")
+    elif state.kind == migrate.OTHER:
+        out.write(f"none (another program's database: {len(state.others)} tables/views)\n")
     else:
         out.write("none (harness-xai tables without a schema revision)\n")
 
@@ -111,9 +116,13 @@ def db_main(argv: list[str], out: TextIO | None = None) -> int:
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--db", required=required, help="database file (.duckdb/.sqlite) or URL")
+        if name == "upgrade":
+            p.add_argument("--init", action="store_true",
+                           help="add the harness-xai tables to another program's database "
+                                "(refused without it)")
     args = parser.parse_args(argv)
     if args.action == "upgrade":
-        _db_upgrade(args.db, out)
+        _db_upgrade(args.db, out, init=args.init)
     elif args.action == "current":
         _db_current(args.db, out)
     else:
@@ -242,8 +251,19 @@ def export_main(argv: list[str], out: TextIO | None = None) -> int:
     parser = _Parser(prog="harness-xai export", description="Dump every table of a result database.")
     parser.add_argument("--db", required=True, help="database file (.duckdb/.sqlite) or URL")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
-    parser.add_argument("--format", choices=("parquet",), default="parquet", help="output format (parquet)")
+    parser.add_argument("--format", choices=("parquet", "eee", "graph-json"), default="parquet",
+                        help="parquet: every table; eee: Every Eval Ever aggregate + per-instance "
+                             "records per run; graph-json: each case's graph as circuit-tracer/"
+                             "Neuronpedia JSON")
+    parser.add_argument("--case", type=int, default=None, help="graph-json: only this case id")
     args = parser.parse_args(argv)
+    if args.format != "parquet":
+        from harness_xai.store.export import export_json
+
+        got = export_json(args.db, args.out, args.format, args.case)
+        what = ", ".join(f"{v} {k}" for k, v in got.items())
+        out.write(f"exported {what} ({args.format}) to {Path(args.out).expanduser()}\n")
+        return 0
     counts = export_parquet(args.db, args.out)
     total = sum(counts.values())
     out.write(f"exported {len(counts)} tables ({total} rows) to {Path(args.out).expanduser()}\n")

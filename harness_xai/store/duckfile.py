@@ -13,8 +13,9 @@ no longer opens. So a DuckDB file is never migrated in place:
    checkpointed, copied, the copy migrated and checkpointed as above, and renamed over the
    original (the original stays intact until the rename);
 3. the migrated file is then opened normally (DuckDB's own lock refuses a second writer).
-Files at head are opened directly. Between closing the original and the rename another process
-could open the old file; upgrades are run by hand (`harness-xai db upgrade`), so this is accepted.
+All of it runs under an exclusive lock on the folder (lock.DirectoryLock), which every writer
+takes to open a store: two writers never both create the file, no writer opens the old file
+between the copy and the rename, and a file once renamed into place is never deleted.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from sqlalchemy.engine import Engine
 from harness_xai.errors import UserError
 from harness_xai.store import migrate
 from harness_xai.store.engine import make_engine, open_error, remove_new_file
+from harness_xai.store.litter import migrating_prefix, remove_stale
+from harness_xai.store.lock import DirectoryLock
 
 
 def _connect(engine: Engine, url: str) -> sa.Connection:
@@ -48,7 +51,7 @@ def _fsync_dir(path: Path) -> None:
 
 def _migrate_copy(path: Path, url: str, *, source_exists: bool) -> None:
     """Steps 1–2: migrate a copy (or a new file) to head, checkpoint it, rename it onto ``path``."""
-    tmp = path.with_name(f".{path.name}.migrating-{os.getpid()}")
+    tmp = path.with_name(f"{migrating_prefix(path)}{os.getpid()}")
     remove_new_file(tmp)
     try:
         if source_exists:
@@ -76,39 +79,43 @@ def _migrate_copy(path: Path, url: str, *, source_exists: bool) -> None:
         remove_new_file(tmp)
 
 
-def open_duckdb_file(url: str, path: Path, *, create: bool, upgrade: bool
+def open_duckdb_file(url: str, path: Path, *, create: bool, upgrade: bool, init: bool = False
                      ) -> tuple[Engine, None, migrate.SchemaState]:
-    """Engine on the DuckDB file ``path`` at head (migrated as described above), no extra lock."""
-    created = not path.exists()
-    if created:
-        if not create:
-            raise UserError(f"database file not found: {path} (check --db)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = migrate.SchemaState(migrate.EMPTY, None, migrate.head_revision())
-        _migrate_copy(path, url, source_exists=False)
-    else:
+    """Engine on the DuckDB file ``path`` at head (migrated as described above), no extra lock.
+
+    Everything happens under the folder's ``DirectoryLock``: of two processes creating the same
+    new store, the second finds the first one's file and opens it (or is refused by DuckDB's own
+    lock); a file renamed into place is never removed again, and stale ``.NAME.migrating-PID``
+    copies of dead processes are removed first. An existing file is classified read-only, so a
+    database that must not be used (another program's, newer schema) is never altered."""
+    if not path.exists() and not create:
+        raise UserError(f"database file not found: {path} (check --db)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(path.parent):
+        remove_stale(path.parent, [migrating_prefix(path)])
+        if not path.exists():
+            if not create:
+                raise UserError(f"database file not found: {path} (check --db)")
+            state = migrate.SchemaState(migrate.EMPTY, None, migrate.head_revision())
+            _migrate_copy(path, url, source_exists=False)
+        else:
+            engine = make_engine(url, read_only=True)
+            try:
+                with _connect(engine, url) as conn:
+                    state = migrate.schema_state(conn)
+                    conn.rollback()
+            finally:
+                engine.dispose()
+            if migrate.needs_migration(state, url, create=create, upgrade=upgrade, init=init):
+                _migrate_copy(path, url, source_exists=True)
         engine = make_engine(url)
         try:
-            with _connect(engine, url) as conn:
-                state = migrate.schema_state(conn)
+            with _connect(engine, url) as conn:  # the pooled connection holds DuckDB's file lock
+                after = migrate.schema_state(conn)
                 conn.rollback()
-            if not migrate.needs_migration(state, url, create=create, upgrade=upgrade):
-                return engine, None, state
+            if after.kind != migrate.AT_HEAD:
+                raise RuntimeError(f"{path} is at {after.current} after migrating to {after.head}")
         except BaseException:
             engine.dispose()
             raise
-        engine.dispose()  # release the file for the copy-and-rename
-        _migrate_copy(path, url, source_exists=True)
-    engine = make_engine(url)
-    try:
-        with _connect(engine, url) as conn:
-            after = migrate.schema_state(conn)
-            conn.rollback()
-        if after.kind != migrate.AT_HEAD:
-            raise RuntimeError(f"{path} is at {after.current} after migrating to {after.head}")
-    except BaseException:
-        engine.dispose()
-        if created:
-            remove_new_file(path)
-        raise
     return engine, None, state

@@ -12,10 +12,13 @@
 5. ``open_error`` turns a driver error on connect into a one-line ``UserError`` (a DuckDB file
    locked by another process: the path and the holder's pid, see lock.py).
 6. ``display_url`` hides a PostgreSQL password in messages.
+7. ``disk_full`` tells whether an error (anywhere in its chain) is a full disk.
 """
 
 from __future__ import annotations
 
+import errno
+import re
 import sqlite3
 from pathlib import Path
 
@@ -27,6 +30,9 @@ from sqlalchemy.exc import ArgumentError
 from harness_xai.errors import UserError
 
 DUCKDB_SUFFIXES = (".duckdb", ".ddb")
+#: a lock conflict in a driver message ("database is locked", "Could not set lock on file",
+#: "Conflicting lock"), not "lock" inside another word ("block", "clock")
+_LOCK_WORDS = re.compile(r"\block(ed|s)?\b", re.IGNORECASE)
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 SUPPORTED_BACKENDS = ("duckdb", "sqlite", "postgresql")
 
@@ -35,7 +41,9 @@ def normalize_url(db: str) -> str:
     """Map a ``--db`` value (file path or URL) onto an SQLAlchemy URL string.
 
     ``x.duckdb`` → ``duckdb:////abs/x.duckdb``; ``x.sqlite``/``x.db`` → ``sqlite:////abs/x.sqlite``;
-    ``duckdb://``, ``sqlite://`` and ``postgresql[+driver]://`` URLs pass through unchanged.
+    ``duckdb://``, ``sqlite://`` and ``postgresql[+driver]://`` URLs pass through, except that a
+    relative file in a DuckDB/SQLite URL (``duckdb:///data/x.duckdb`` is ``./data/x.duckdb`` to
+    SQLAlchemy) is made absolute, so every message names the file actually used.
     """
     if not isinstance(db, str) or not db.strip():
         raise UserError("no database given: pass --db PATH.duckdb (or a .sqlite path or a URL)")
@@ -50,6 +58,11 @@ def normalize_url(db: str) -> str:
                 f"unsupported database backend {url.get_backend_name()!r} in {db!r}: "
                 "use duckdb://, sqlite:// or postgresql://"
             )
+        database = url.database or ""
+        if (url.get_backend_name() in ("duckdb", "sqlite") and database not in ("", ":memory:")
+                and not database.startswith("file:") and not Path(database).is_absolute()):
+            absolute = str(Path(database).expanduser().resolve())
+            return url.set(database=absolute).render_as_string(hide_password=False)
         return db
     path = Path(db).expanduser()
     suffix = path.suffix.lower()
@@ -141,11 +154,29 @@ def open_error(url: str, exc: BaseException) -> UserError:
     if "replaying WAL" in first:
         return UserError(f"cannot open database {shown}: DuckDB cannot replay its write-ahead log "
                          f"({first}); moving the .wal file aside opens the last checkpointed state")
-    if "lock" in first.lower():
+    if "No space left on device" in first or "database or disk is full" in first:
+        return UserError(f"disk full while creating/opening database {shown} ({first}): nothing "
+                         "was written; free space and re-run")
+    if _LOCK_WORDS.search(first):
         return UserError(
             f"database {shown} is in use by another process ({first}): wait for it to finish or use another --db"
         )
     return UserError(f"cannot open database {shown}: {first}")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True if ENOSPC (or a driver's "No space left on device") is anywhere in the chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        if any(m in text for m in ("No space left on device", "Disk quota exceeded",
+                                   "database or disk is full")):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return False
 
 
 def remove_new_file(path: Path | None) -> None:

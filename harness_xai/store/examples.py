@@ -26,7 +26,7 @@ class Example:
 
 EXAMPLES: tuple[Example, ...] = (
     Example("worst_failures", "Which failures are the most confident (largest Δℓ = logit[wrong] − logit[gold])?", """
-SELECT task, doc_id, pretrained, revision, wrong_token, gold_token, delta
+SELECT task, doc_id, model_name, revision, wrong_token, gold_token, delta
 FROM case_overview
 WHERE status = 'attributed'
 ORDER BY delta DESC, case_id
@@ -43,7 +43,7 @@ FROM segment_shares AS s JOIN runs AS r ON r.id = s.run_id
 GROUP BY r.n_params, s.segment
 ORDER BY r.n_params NULLS LAST, s.segment"""),
     Example("doc_trajectory", "How does one document fare across models and checkpoints?", """
-SELECT r.pretrained, r.step, r.revision, o.filter,
+SELECT r.model_name, r.step, r.revision, o.filter,
        CASE o.correct WHEN 1 THEN 'correct' WHEN 0 THEN 'wrong' ELSE 'unscored' END AS outcome,
        c.status, c.pred_text, c.gold_text, c.delta
 FROM doc_outcomes AS o
@@ -51,21 +51,21 @@ JOIN runs AS r ON r.id = o.run_id
 LEFT JOIN cases AS c ON c.run_id = o.run_id AND c.task = o.task AND c.doc_id = o.doc_id
      AND c.doc_hash = o.doc_hash AND c.filter = o.filter
 WHERE o.task = :task AND o.doc_id = :doc_id
-ORDER BY r.pretrained, r.step NULLS LAST, r.id, o.filter""", {"task": "xai_kv", "doc_id": 1}),
+ORDER BY r.model_name, r.step NULLS LAST, r.id, o.filter""", {"task": "xai_kv", "doc_id": 1}),
     Example("faithfulness_by_task", "Do the explanations beat random token orders (AOPC), per task?", """
-SELECT r.pretrained, r.step, f.task, f.method, f.n_cases, f.mean_aopc, f.mean_aopc_random,
+SELECT r.model_name, r.step, f.task, f.method, f.n_cases, f.mean_aopc, f.mean_aopc_random,
        f.frac_beats_random
 FROM faithfulness_summary AS f JOIN runs AS r ON r.id = f.run_id
-ORDER BY f.task, r.pretrained, r.step NULLS LAST"""),
+ORDER BY f.task, r.model_name, r.step NULLS LAST"""),
     Example("accuracy_and_failures", "Per run and task: the metric, and how many failures were attributed or skipped?", """
-SELECT r.pretrained, r.step, t.task, t.metric, t.value, t.n_samples, t.n_incorrect,
+SELECT r.model_name, r.step, t.task, t.metric, t.value, t.n_samples, t.n_incorrect,
        SUM(CASE WHEN c.status = 'attributed' THEN 1 ELSE 0 END) AS n_attributed,
        SUM(CASE WHEN c.status = 'skipped' THEN 1 ELSE 0 END) AS n_skipped
 FROM task_results AS t
 JOIN runs AS r ON r.id = t.run_id
 LEFT JOIN cases AS c ON c.run_id = t.run_id AND c.task = t.task
-GROUP BY r.pretrained, r.step, t.task, t.metric, t.value, t.n_samples, t.n_incorrect
-ORDER BY r.pretrained, r.step NULLS LAST, t.task"""),
+GROUP BY r.model_name, r.step, t.task, t.metric, t.value, t.n_samples, t.n_incorrect
+ORDER BY r.model_name, r.step NULLS LAST, t.task"""),
     Example("skip_reasons", "Why were failures not attributed?", """
 SELECT task, skip_reason, COUNT(*) AS n_cases
 FROM cases
@@ -95,7 +95,7 @@ GROUP BY c.task, c.doc_id
 HAVING COUNT(DISTINCT c.run_id) = (SELECT COUNT(*) FROM task_results AS t WHERE t.task = c.task)
 ORDER BY mean_delta DESC NULLS LAST, c.task, c.doc_id"""),
     Example("checkpoint_flips", "Which documents flipped from wrong to right between consecutive checkpoints of one model?", """
-SELECT DISTINCT r2.pretrained AS pretrained, o2.task AS task, o2.doc_id AS doc_id,
+SELECT DISTINCT r2.model_name AS model_name, r2.pretrained AS pretrained, o2.task AS task, o2.doc_id AS doc_id,
        o2.filter AS answer_filter, r1.step AS wrong_at_step, r2.step AS right_at_step
 FROM doc_outcomes AS o2
 JOIN runs AS r2 ON r2.id = o2.run_id
@@ -107,12 +107,13 @@ WHERE o1.correct = 0 AND o2.correct = 1
                   WHERE r3.pretrained = r2.pretrained AND r3.step > r1.step AND r3.step < r2.step
                     AND o3.task = o2.task AND o3.doc_id = o2.doc_id
                     AND o3.doc_hash = o2.doc_hash AND o3.filter = o2.filter)
-ORDER BY pretrained, task, doc_id, answer_filter, wrong_at_step"""),
+ORDER BY model_name, pretrained, task, doc_id, answer_filter, wrong_at_step"""),
 )
 
 TABLES = (
-    ("runs", "id", "one `harness-xai run`: run_key, model, pretrained (hub id or path), revision, step, "
-                   "model_type, n_params, tasks, method, versions, config"),
+    ("runs", "id", "one `harness-xai run`: run_key, model, pretrained (hub id or path), model_name "
+                   "(short: hub id or directory name), revision, step, model_type, n_params, tasks, "
+                   "method, versions, config"),
     ("task_results", "run_id, task", "lm-eval's metric per task, n_samples, n_incorrect, output_type"),
     ("doc_outcomes", "run_id, task, doc_id, doc_hash, filter",
      "every evaluated document (× filter): decision metric, its per-sample value, correct (1/0 = "
@@ -136,7 +137,7 @@ TABLES = (
 )
 
 VIEWS = (
-    ("case_overview", "every case with its run's model identity (pretrained, revision, step, n_params)"),
+    ("case_overview", "every case with its run's model identity (pretrained, model_name, revision, step, n_params)"),
     ("token_ranks", "token relevance with relevance_rank (1 = most relevant in the case) and share of Σ abs(relevance)"),
     ("segment_shares", "per case and segment: n_tokens, Σ relevance, Σ abs(relevance) and its share"),
     ("faithfulness_summary", "per run, task and method: mean AOPC vs random orders, fraction beating random"),
@@ -155,7 +156,16 @@ def markdown() -> str:
            "SQLite file or PostgreSQL by URL). `harness-xai db upgrade|current|history --db URL` manages "
            "the schema; `harness-xai sql --db URL \"SELECT …\"` queries it read-only (`--format "
            "table|csv|json|parquet`, `-p name=value` binds `:name`); `harness-xai export --format parquet "
-           "--db URL --out DIR` dumps every table.", "",
+           "--db URL --out DIR` dumps every table;\n`--format eee` writes per run an "
+           "[Every Eval Ever](https://github.com/evaleval/every_eval_ever)\naggregate record "
+           "(`run-<id>.json`) and one instance record per evaluated document and filter\n"
+           "(`run-<id>_samples.jsonl`; schema 0.3.0; the explanation — Δℓ, wrong → gold token, top "
+           "token — in\neach failure's `metadata`; correctly answered documents carry no text, the "
+           "store keeps the text of\nfailures only); `--format graph-json [--case ID]` writes each "
+           "case's attribution graph as the JSON\ncircuit-tracer writes and Neuronpedia's graph viewer "
+           "reads (`case-<id>.graph.json`: residual-state\nnodes, the embedding layer as `E`, one logit "
+           "node for Δℓ). Both are validated in the tests against\nthe schemas the two projects "
+           "publish.", "",
            "| table | key | holds |", "|---|---|---|"]
     out += [f"| `{name}` | {key} | {holds} |" for name, key, holds in TABLES]
     out += ["", "Every table below `cases` references `cases.id`; a case and all its rows are written in one "

@@ -1,4 +1,5 @@
-"""Parquet output (pyarrow): every table of a store (``harness-xai export``) or one query result.
+"""Exports: Parquet (pyarrow) of every table of a store (``harness-xai export``) or of one query
+result; ``export_json`` for the Every Eval Ever (``eee``) and graph-JSON (``graphjson``) formats.
 
 ``export_parquet(db, out_dir)``:
 1. open the database read-only (query.read_only_connection) and read its schema revision;
@@ -7,7 +8,8 @@
    primary key in chunks of ``CHUNK_ROWS`` rows into ``<table>.parquet`` with an Arrow schema
    derived from the column types (so empty tables and all-NULL columns keep their types);
 3. write ``manifest.json`` (source URL without password, revision, rows per table).
-Every file is written under a temporary name and renamed when complete; on any error the new
+The output folder must be new, empty or a previous export, and writable (checked first,
+preflight.check_destination). Every file is written under a temporary name and renamed when complete; on any error the new
 files are removed, so the output directory never holds a half-written dump. Table and column
 names come from the models, never from user input.
 
@@ -28,6 +30,7 @@ from harness_xai.errors import UserError
 from harness_xai.store import migrate
 from harness_xai.store.engine import display_url
 from harness_xai.store.models import ALL_TABLES
+from harness_xai.store.preflight import check_destination
 from harness_xai.store.query import read_only_connection
 
 CHUNK_ROWS = 100_000
@@ -75,11 +78,42 @@ def _write_table(conn: sa.Connection, table: sa.Table, path: Path) -> int:
     return n
 
 
-def export_parquet(db: str, out_dir: str | Path) -> dict[str, int]:
-    """Write ``<table>.parquet`` for every schema table plus ``manifest.json``; rows per table."""
+def _previous_export(names: set[str]) -> bool:
+    """True if a folder holds only what an export writes (it may be replaced by a new one)."""
+    ours = {f"{t.name}.parquet" for t in ALL_TABLES} | {"manifest.json"}
+    return "manifest.json" in names and names <= ours
+
+
+def export_json(db: str, out_dir: str | Path, fmt: str, case_id: int | None = None) -> dict[str, int]:
+    """``fmt`` "eee": Every Eval Ever records per run (``eee``); "graph-json": each case's graph
+    as circuit-tracer / Neuronpedia JSON (``graphjson``). Same store checks as parquet."""
+    from harness_xai.store.eee import export_eee
+    from harness_xai.store.graphjson import export_graphs
+
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory: pass a directory path")
+    with read_only_connection(db, user_sql=False) as (url, conn):
+        _check_at_head(conn, url)
+        if fmt == "eee":
+            return export_eee(conn, out)
+        return {"graphs": export_graphs(conn, out, case_id)}
+
+
+def _check_at_head(conn: sa.Connection, url: Any) -> None:
+    state = migrate.schema_state(conn)
+    shown = display_url(url)
+    if state.kind in (migrate.EMPTY, migrate.FOREIGN):
+        raise UserError(f"{shown} is not a harness-xai store (no schema revision): nothing to export")
+    if state.kind != migrate.AT_HEAD:
+        raise UserError(f"database schema of {shown} is at revision {state.current}, not {state.head}: "
+                        f"run `harness-xai db upgrade --db {shown}` first")
+
+
+def export_parquet(db: str, out_dir: str | Path) -> dict[str, int]:
+    """Write ``<table>.parquet`` for every schema table plus ``manifest.json``; rows per table."""
+    out = Path(out_dir).expanduser()
+    check_destination(out, "--out", allowed=_previous_export)
     counts: dict[str, int] = {}
     written: list[Path] = []
     with read_only_connection(db, user_sql=False) as (url, conn):

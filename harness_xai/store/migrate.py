@@ -3,9 +3,11 @@
 1. ``alembic_config`` points alembic at ``harness_xai/store/migrations`` (shipped in the package)
    and hands it an open connection through ``Config.attributes["connection"]``.
 2. ``schema_state`` compares the database's ``alembic_version`` with the scripts' head and says
-   whether it is empty, at head, behind (upgradable), ahead/unknown, or foreign (tables, no version).
+   whether it is empty, at head, behind (upgradable), ahead/unknown, foreign (harness-xai tables,
+   no version) or other (another program's tables or views, no harness-xai table).
 3. ``needs_migration`` decides, for a writer, whether to migrate now or refuse with a one-line
-   UserError (behind head: names `harness-xai db upgrade --db URL`).
+   UserError (behind head: names `harness-xai db upgrade --db URL`; another program's database:
+   refused, never altered, unless ``init`` — `run --xai-db-init`, `db upgrade --init`).
 4. ``upgrade``/``downgrade`` run alembic inside the caller's transaction (DuckDB and, with the
    engine's explicit BEGIN, SQLite have transactional DDL: a failed migration leaves nothing).
 
@@ -34,6 +36,7 @@ from harness_xai.store.engine import display_url
 MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
 
 EMPTY, AT_HEAD, BEHIND, UNKNOWN, FOREIGN = "empty", "head", "behind", "unknown", "foreign"
+OTHER = "other"  # another program's database: tables or views, none of them harness-xai's
 
 
 class AlembicDuckDBImpl(DefaultImpl):
@@ -47,9 +50,10 @@ class AlembicDuckDBImpl(DefaultImpl):
 class SchemaState:
     """Where a database stands relative to the migration scripts."""
 
-    kind: str  # EMPTY | AT_HEAD | BEHIND | UNKNOWN | FOREIGN
+    kind: str  # EMPTY | AT_HEAD | BEHIND | UNKNOWN | FOREIGN | OTHER
     current: str | None  # alembic revision stored in the database
     head: str  # newest revision of the scripts
+    others: tuple[str, ...] = ()  # OTHER: names of the tables and views found
 
 
 def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
@@ -86,8 +90,12 @@ def schema_state(conn: Connection) -> SchemaState:
     current = current_revision(conn)
     if current is None:
         ours = set(models.Base.metadata.tables)
-        present = ours & set(sa.inspect(conn).get_table_names())
-        return SchemaState(FOREIGN if present else EMPTY, None, head)
+        inspector = sa.inspect(conn)
+        names = set(inspector.get_table_names()) | set(inspector.get_view_names())
+        if ours & names:
+            return SchemaState(FOREIGN, None, head)
+        others = tuple(sorted(names - {"alembic_version"}))
+        return SchemaState(OTHER if others else EMPTY, None, head, others)
     if current == head:
         return SchemaState(AT_HEAD, current, head)
     scripts = script_directory()
@@ -121,11 +129,21 @@ def history() -> list[tuple[str, str | None, str, bool]]:
     return out
 
 
-def needs_migration(state: SchemaState, url: str, *, create: bool, upgrade: bool) -> bool:
-    """True if the database must be migrated to head now; UserError if it must not be used."""
+def needs_migration(state: SchemaState, url: str, *, create: bool, upgrade: bool,
+                    init: bool = False) -> bool:
+    """True if the database must be migrated to head now; UserError if it must not be used.
+    ``init``: add the harness-xai schema to another program's database (state OTHER) too."""
     shown = display_url(url)
     if state.kind == AT_HEAD:
         return False
+    if state.kind == OTHER and not (init and create):
+        listed = ", ".join(state.others[:5]) + (", …" if len(state.others) > 5 else "")
+        raise UserError(
+            f"{shown} is not a harness-xai database but another program's ({len(state.others)} "
+            f"tables/views: {listed}); left untouched: use another --db, or add the harness-xai tables to it with "
+            "`run … --xai-db-init` / `harness-xai db upgrade --init`")
+    if state.kind == OTHER:
+        return True
     if state.kind == EMPTY or (upgrade and state.kind == BEHIND):
         if not create:
             raise UserError(f"{shown} is not a harness-xai database (no schema); run `harness-xai db upgrade --db {shown}`")

@@ -1,11 +1,13 @@
-"""SQLAlchemy 2 declarative models of the harness-xai result schema (fourteen tables).
+"""SQLAlchemy 2 declarative models of the harness-xai result schema (fifteen tables).
 
 The schema is fixed (the report reads it directly); the migrations in ``migrations/versions``
 create exactly these tables (0001: the first five; 0002: ``runs.step``, the case columns of the
 engine/contrast issues, token segments and the six tables of internal states, heads, faithfulness
 curves and graphs; 0003: read-only views, see ``views.py``; 0004: ``case_metrics``,
 ``case_labels`` and ``token_relevance.evidence`` of the per-case analysis; 0005:
-``doc_outcomes``, every evaluated document's outcome per run). Notes:
+``doc_outcomes``, every evaluated document's outcome per run; 0006: ``runs.model_name``, the
+short model name, also in the ``case_overview`` view; 0007: ``expert_relevance``, relevance per routed expert
+of mixture-of-experts models). Notes:
 
 1. Integer surrogate keys (``runs.id``, ``cases.id``) take their values from explicit sequences:
    DuckDB has no SERIAL, and the PostgreSQL dialect (which duckdb-engine builds on) would emit
@@ -78,6 +80,7 @@ class Run(Base):
     harness_xai_version: Mapped[str | None] = mapped_column(Text)
     config: Mapped[str | None] = mapped_column(Text)  # JSON object
     step: Mapped[int | None] = mapped_column(Integer)  # checkpoint training step (0002)
+    model_name: Mapped[str | None] = mapped_column(Text)  # short name: hub id or dir name (0006)
 
 
 class TaskResult(Base):
@@ -200,6 +203,20 @@ class HeadRelevance(Base):
     relevance: Mapped[float | None] = mapped_column(Double)
 
 
+class ExpertRelevance(Base):
+    """Mixture of experts: relevance of each routed expert's weighted output ``w_e · E_e(x)``
+    per (block, expert, position); only the selected (non-zero) entries are stored, so a
+    (layer, expert) total is a SUM over positions and Σ over experts = the block's 'mlp' state."""
+
+    __tablename__ = "expert_relevance"
+
+    case_id: Mapped[int] = mapped_column(Integer, ForeignKey("cases.id"), primary_key=True)
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based block
+    expert: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0-based
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    relevance: Mapped[float | None] = mapped_column(Double)
+
+
 class FaithfulnessStep(Base):
     """One step of a deletion curve (records.Faithfulness); AOPC values live on ``cases``."""
 
@@ -280,6 +297,7 @@ token_relevance = TokenRelevance.__table__
 layer_relevance = LayerRelevance.__table__
 state_relevance = StateRelevance.__table__
 head_relevance = HeadRelevance.__table__
+expert_relevance = ExpertRelevance.__table__
 faithfulness = FaithfulnessStep.__table__
 graphs = Graph.__table__
 graph_nodes = GraphNode.__table__
@@ -289,5 +307,5 @@ case_labels = CaseLabel.__table__
 
 #: every table, parents first (export order; reverse for deletes)
 ALL_TABLES = (runs, task_results, doc_outcomes, cases, token_relevance, layer_relevance,
-              state_relevance, head_relevance, faithfulness, graphs, graph_nodes, graph_edges,
-              case_metrics, case_labels)
+              state_relevance, head_relevance, expert_relevance, faithfulness, graphs, graph_nodes,
+              graph_edges, case_metrics, case_labels)

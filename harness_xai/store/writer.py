@@ -43,9 +43,11 @@ from harness_xai.records import Case, DocOutcome, Explanation, RunRecord, TaskSu
 from harness_xai.store import bulk, duckfile, migrate
 from harness_xai.store.caserows import (CaseRow, _py, case_row, case_values, child_rows, opt_float,
                                        opt_int, validate_case)
-from harness_xai.store.engine import db_file, make_engine, normalize_url, open_error, remove_new_file
-from harness_xai.store.lock import WriterLock
+from harness_xai.store.engine import (db_file, disk_full, display_url, make_engine, normalize_url,
+                                     open_error, remove_new_file)
+from harness_xai.store.lock import DirectoryLock, WriterLock
 from harness_xai.store.models import cases, doc_outcomes, runs, task_results
+from harness_xai.store.names import short_model_name
 
 
 #: PostgreSQL advisory lock held while a writer checks / migrates the schema ("hxai" in ASCII)
@@ -59,13 +61,14 @@ def _utc_naive(ts: _dt.datetime | None) -> _dt.datetime | None:
     return ts.astimezone(_dt.timezone.utc).replace(tzinfo=None)
 
 
-def check_schema(conn: Connection, url: str, *, create: bool, upgrade: bool = False) -> migrate.SchemaState:
+def check_schema(conn: Connection, url: str, *, create: bool, upgrade: bool = False,
+                 init: bool = False) -> migrate.SchemaState:
     """Migrate in place (one transaction) if needed, or refuse; returns the state found before."""
     with conn.begin():
         if conn.dialect.name == "postgresql":  # concurrent writers: one migrates, the others wait
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         state = migrate.schema_state(conn)
-        if migrate.needs_migration(state, url, create=create, upgrade=upgrade):
+        if migrate.needs_migration(state, url, create=create, upgrade=upgrade, init=init):
             migrate.upgrade(conn, "head")
     return state
 
@@ -77,13 +80,16 @@ class Store:
         self.url = url
         self.engine = engine
         self._lock = lock
+        self.run_id: int | None = None  # the last run ensure_run returned (run summaries, faults)
+        self.cases_written = 0  # cases this Store inserted (not those found stored)
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
-    def open(cls, db: str, *, create: bool = True) -> Store:
-        """Open ``db`` (path or URL); create and migrate a new/empty one when ``create``."""
+    def open(cls, db: str, *, create: bool = True, init: bool = False) -> Store:
+        """Open ``db`` (path or URL); create and migrate a new/empty one when ``create``;
+        ``init``: also add the schema to another program's (non-empty) database."""
         url = normalize_url(db)
-        engine, lock, _ = open_for_writing(url, create=create)
+        engine, lock, _ = open_for_writing(url, create=create, init=init)
         return cls(url, engine, lock)
 
     def close(self) -> None:
@@ -118,19 +124,27 @@ class Store:
             "harness_xai_version": run.harness_xai_version,
             "config": json.dumps(run.config, sort_keys=True, default=str),
             "step": opt_int(getattr(run, "step", None)),
+            "model_name": getattr(run, "model_name", None)
+            or short_model_name(run.pretrained or run.model),
         }
         try:
             with self.engine.begin() as conn:
                 existing = conn.execute(select).scalar()
-                if existing is not None:
-                    return int(existing)
-                return int(conn.execute(sa.insert(runs).values(values)).inserted_primary_key[0])
+                if existing is None:
+                    existing = conn.execute(sa.insert(runs).values(values)).inserted_primary_key[0]
         except sa.exc.IntegrityError:  # another writer inserted the same run key meanwhile
             with self.engine.connect() as conn:
                 existing = conn.execute(select).scalar()
             if existing is None:
                 raise
-            return int(existing)
+        self.run_id = int(existing)
+        return self.run_id
+
+    def case_count(self, run_id: int) -> int:
+        """Cases stored for ``run_id``."""
+        stmt = sa.select(sa.func.count()).select_from(cases).where(cases.c.run_id == int(run_id))
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar())
 
     def write_task_summaries(self, run_id: int, items: list[TaskSummary]) -> None:
         """Insert or replace the task_results and doc_outcomes rows of ``run_id`` for the given
@@ -194,7 +208,8 @@ class Store:
                 case_id = int(conn.execute(sa.insert(cases).values(case_values(run_id, case))).inserted_primary_key[0])
                 for table, columns in child_rows(case_id, case):
                     bulk.insert_columns(conn, table, columns)
-                return case_id
+            self.cases_written += 1
+            return case_id
         except sa.exc.IntegrityError:  # a concurrent writer may have stored this unit key first
             with self.engine.connect() as conn:
                 existing = self._existing_case(conn, run_id, case)
@@ -227,22 +242,49 @@ def outcome_columns(run_id: int, task: str, outcomes: list[DocOutcome]) -> dict:
 
 
 def open_for_writing(
-    url: str, *, create: bool, upgrade: bool = False
+    url: str, *, create: bool, upgrade: bool = False, init: bool = False
 ) -> tuple[Engine, WriterLock | None, migrate.SchemaState]:
     """Lock (SQLite files), connect and check/migrate the schema; nothing is left behind on failure.
 
     ``create``: a missing file / empty database is created and migrated to head; ``upgrade``: a
-    database behind head is migrated too (``harness-xai db upgrade``) instead of refused.
-    DuckDB files are migrated on a copy that replaces the file when complete (duckfile.py).
+    database behind head is migrated too (``harness-xai db upgrade``) instead of refused;
+    ``init``: another program's database gets the harness-xai tables too (else refused untouched).
+    DuckDB files are migrated on a copy that replaces the file when complete (duckfile.py). Files
+    are created and opened under the folder's DirectoryLock (lock.py): a file is removed after a
+    failure only by the process that created it, before anyone else could open it.
     """
     path = db_file(url)
+    try:
+        return _open(url, path, create=create, upgrade=upgrade, init=init)
+    except UserError:
+        raise
+    except Exception as exc:
+        if not disk_full(exc):
+            raise
+        where = path or display_url(url)
+        raise UserError(f"disk full while creating/opening the store {where}: nothing was written "
+                        "(a partial copy is removed): free space and re-run") from None
+
+
+def _open(url: str, path, *, create: bool, upgrade: bool, init: bool
+          ) -> tuple[Engine, WriterLock | None, migrate.SchemaState]:
     if path is not None and sa.engine.make_url(url).get_backend_name() == "duckdb":
-        return duckfile.open_duckdb_file(url, path, create=create, upgrade=upgrade)
+        return duckfile.open_duckdb_file(url, path, create=create, upgrade=upgrade, init=init)
+    if path is None:
+        return _open_locked(url, None, create=create, upgrade=upgrade, init=init)
+    if not path.exists() and not create:
+        raise UserError(f"database file not found: {path} (check --db)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(path.parent):
+        return _open_locked(url, path, create=create, upgrade=upgrade, init=init)
+
+
+def _open_locked(url: str, path, *, create: bool, upgrade: bool, init: bool
+                 ) -> tuple[Engine, WriterLock | None, migrate.SchemaState]:
     created = False
     if path is not None and not path.exists():
         if not create:
             raise UserError(f"database file not found: {path} (check --db)")
-        path.parent.mkdir(parents=True, exist_ok=True)
         created = True
     lock = None
     engine = None
@@ -255,13 +297,16 @@ def open_for_writing(
         except sa.exc.DBAPIError as exc:
             raise open_error(url, exc) from None
         with conn:
-            state = check_schema(conn, url, create=create, upgrade=upgrade)
+            try:
+                state = check_schema(conn, url, create=create, upgrade=upgrade, init=init)
+            except sa.exc.DBAPIError as exc:  # e.g. "file is not a database"
+                raise open_error(url, exc) from None
     except BaseException:
         if engine is not None:
             engine.dispose()
+        if created and lock is not None:  # ours, and nobody else could open it (folder lock)
+            remove_new_file(path)
         if lock is not None:
             lock.release()
-        if created:
-            remove_new_file(path)
         raise
     return engine, lock, state

@@ -5,7 +5,9 @@ covers. Attention needs no adapter entry: it is hooked through transformers' att
 (see ``harness_xai.lrp.patch``), so every family's attention kernel works unchanged; a kernel's
 ``softcap=`` argument (Gemma 2 attention-logit soft-cap) gets the identity rule there too.
 An adapter also names, per block, where the internal states are read (``mid_input``,
-``attn_output``, ``mlp_output``, ``head_input``; defaults fit the Llama layout).
+``attn_output``, ``mlp_output``, ``head_input``; defaults fit the Llama layout), and for a
+mixture of experts the routed experts module and the expert function the rules run
+(``experts``, ``expert_fn``; ``harness_xai.lrp.rules.moe``).
 """
 
 from __future__ import annotations
@@ -53,12 +55,25 @@ class Adapter:
     attn_output: Callable[[nn.Module], nn.Module] = lambda block: block.self_attn
     mlp_output: Callable[[nn.Module], nn.Module] = lambda block: block.mlp
     head_input: Callable[[nn.Module], nn.Module] = lambda block: block.self_attn.o_proj
+    #: mixture of experts: per block, the routed experts module called as
+    #: ``experts(hidden (T, d), top_k_index (T, k), top_k_weights (T, k))`` (None: dense MLP),
+    #: and ``expert_fn(mode)`` → ``fn(experts, e, x) = E_e(x)`` under the rule mode "plain",
+    #: "uniform" or "constant" (see ``harness_xai.lrp.rules.moe``)
+    experts: Callable[[nn.Module], nn.Module | None] = lambda block: None
+    expert_fn: Callable[[str], Callable] | None = None
 
 
 #: config.model_type → Adapter (built-ins registered at the bottom of this module)
 ADAPTERS: Registry[Adapter] = Registry(
     "model family", "Add an adapter (harness_xai/lrp/adapters/, register_adapter) or use a "
     "supported model.")
+
+#: families transformers runs but the rules do not cover: model_type → why (refused up front)
+REFUSED: dict[str, str] = {
+    "qwen3_next": "its Gated DeltaNet layers (linear attention with a gated delta-rule "
+                  "recurrence, interleaved with full attention) have no LRP rule here that is "
+                  "stated and checked against an explicit reference",
+}
 
 
 def register_adapter(adapter: Adapter, *, overwrite: bool = False) -> Adapter:
@@ -75,6 +90,10 @@ def register_adapter(adapter: Adapter, *, overwrite: bool = False) -> Adapter:
 
 def get_adapter(model_type: str | None) -> Adapter:
     """The adapter for ``config.model_type``; unknown types fail before any work is done."""
+    if model_type in REFUSED and model_type not in ADAPTERS:
+        raise UserError(f"unsupported model family '{model_type}' (config.model_type of the "
+                        f"model): {REFUSED[model_type]}. Attribute a supported family "
+                        f"({', '.join(sorted(ADAPTERS))}) or run without --attribute.")
     return ADAPTERS.get(model_type)
 
 
@@ -85,4 +104,5 @@ def adapter_for(model: nn.Module) -> Adapter:
 # Built-in families register themselves exactly as a user's adapter module would, when this
 # module is first imported (before any user code can register).
 from harness_xai.lrp.adapters import (  # noqa: E402,F401
-    gemma, gpt2, gpt_neox, llama, olmo2, phi3, qwen3)
+    gemma, gemma3, gpt2, gpt_neox, gpt_oss, granite, llama, mixtral, olmo2, olmo3, olmoe, phi3,
+    qwen3, qwen3_moe, smollm3)

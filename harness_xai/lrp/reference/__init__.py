@@ -44,6 +44,9 @@ class ReferenceAttribution:
     logits: torch.Tensor  # (n, vocab) float64 logits of the reference forward
     ledger: Ledger  # relevance absorbed by biases, positions, softmax (Σ tokens + total = delta)
     method: str
+    #: MoE: (n_layers, n_experts, n) relevance of each expert's weighted output (dense layers 0);
+    #: None for dense models
+    experts: torch.Tensor | None = None
 
 
 def reference_forward(model: nn.Module, input_ids) -> torch.Tensor:
@@ -60,9 +63,14 @@ def reference_attribute(model: nn.Module, input_ids, target_id: int, foil_id: in
     if all(m is not None for m in rel.mid):
         states["mid"] = torch.stack(rel.mid)
     layers = torch.stack(rel.layers)
+    experts = None
+    if any(e is not None for e in rel.experts):
+        shape = next(e for e in rel.experts if e is not None).shape
+        experts = torch.stack([torch.zeros(shape, dtype=torch.float64) if e is None else e
+                               for e in rel.experts])
     return ReferenceAttribution(tokens=layers[0].clone(), layers=layers, states=states,
                                 heads=torch.stack(rel.heads), delta=delta, logits=fwd.logits,
-                                ledger=rel.ledger, method=method)
+                                ledger=rel.ledger, method=method, experts=experts)
 
 
 def _ids(input_ids) -> torch.Tensor:

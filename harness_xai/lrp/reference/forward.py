@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from harness_xai.lrp.reference.rules import rope_matrices
-from harness_xai.lrp.reference.spec import MLP, Attention, Block, Linear, ModelSpec, Norm
+from harness_xai.lrp.reference.spec import MLP, Attention, Block, Linear, ModelSpec, MoE, Norm
 
 Tensor = torch.Tensor
 
@@ -58,10 +58,20 @@ class AttnTape:
 class MLPTape:
     x: Tensor  # (n, d)
     up: Tensor  # (n, ff) up projection (plain MLP: the activation's input)
+    up_in: Tensor | None  # gpt-oss: clamp(up), before the + 1 (the product's factor is up_in + 1)
     gate: Tensor | None  # (n, ff) gate projection (gated MLP)
     act: Tensor  # (n, ff) activation output
     hidden: Tensor  # (n, ff) input of the down projection
     out: Tensor  # (n, d)
+
+
+@dataclass
+class MoETape:
+    x: Tensor  # (n, d)
+    weights: Tensor  # (n, E) router weights of the selected experts, 0 elsewhere
+    experts: list[MLPTape]  # every expert run on every position (its output unweighted)
+    contributions: list[Tensor]  # (n, d) per expert: w_e · E_e(x)
+    out: Tensor  # (n, d) Σ_e contributions
 
 
 @dataclass
@@ -73,7 +83,7 @@ class BlockTape:
     a: Tensor  # (n, d) attention branch as added to the residual
     mid: Tensor | None  # (n, d) h + a (sequential blocks)
     mlp_in: NormTape | None
-    mlp: MLPTape
+    mlp: MLPTape | MoETape
     mlp_post: NormTape | None
     m: Tensor  # (n, d) MLP branch as added to the residual
     out: Tensor  # (n, d)
@@ -144,7 +154,12 @@ def attention(x: Tensor, spec: Attention) -> AttnTape:
     scores = spec.scaling * dots
     if spec.softcap is not None:
         scores = spec.softcap * torch.tanh(scores / spec.softcap)
-    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1)
+    logits = scores.masked_fill(~allowed, float("-inf"))
+    if spec.sinks is not None:  # gpt-oss: one more logit per row, dropped after the softmax
+        sink = spec.sinks[:, None, None].expand(n_heads, n, 1)
+        probs = torch.softmax(torch.cat([logits, sink], -1), -1)[..., :-1]
+    else:
+        probs = torch.softmax(logits, -1)
     heads = probs @ vh  # (H, n, hd)
     out = linear(heads.transpose(0, 1).reshape(n, n_heads * hd), spec.o)
     return AttnTape(x, q_lin, k_lin, v_lin, q_pre, k_pre, q, k, rope, dots, scores, allowed, probs,
@@ -155,11 +170,31 @@ def mlp(x: Tensor, spec: MLP) -> MLPTape:
     up = linear(x, spec.up)
     if spec.gate is None:
         act = spec.act(up)
-        return MLPTape(x, up, None, act, act, linear(act, spec.down))
+        return MLPTape(x, up, None, None, act, act, linear(act, spec.down))
     gate = linear(x, spec.gate)
-    act = spec.act(gate)
-    hidden = act * up
-    return MLPTape(x, up, gate, act, hidden, linear(hidden, spec.down))
+    if spec.limit is None:
+        act = spec.act(gate)
+        return MLPTape(x, up, None, gate, act, act * up, linear(act * up, spec.down))
+    up_in = up.clamp(-spec.limit, spec.limit)
+    act = spec.act(gate.clamp(max=spec.limit))
+    hidden = act * (up_in + 1.0)
+    return MLPTape(x, up, up_in, gate, act, hidden, linear(hidden, spec.down))
+
+
+def moe(x: Tensor, spec: MoE) -> MoETape:
+    """Route every position: ``w`` = softmax(router logits), keep the top-k (renormalised)."""
+    logits = linear(x, spec.router)  # (n, E)
+    if spec.softmax_of_top:  # gpt-oss: top-k logits, softmax over them
+        top, index = torch.topk(logits, spec.top_k, -1)
+        top = torch.softmax(top, -1)
+    else:
+        top, index = torch.topk(torch.softmax(logits, -1), spec.top_k, -1)
+        if spec.normalize:
+            top = top / top.sum(-1, keepdim=True)
+    weights = torch.zeros_like(logits).scatter(-1, index, top)
+    tapes = [mlp(x, expert) for expert in spec.experts]
+    contributions = [weights[:, e, None] * t.out for e, t in enumerate(tapes)]
+    return MoETape(x, weights, tapes, contributions, sum(contributions))
 
 
 def block(h: Tensor, spec: Block) -> BlockTape:
@@ -168,7 +203,7 @@ def block(h: Tensor, spec: Block) -> BlockTape:
     a, attn_post = _maybe_norm(att.out, spec.post_attn)
     mid = None if spec.parallel else h + a
     x, mlp_in = _maybe_norm(h if spec.parallel else mid, spec.pre_mlp)
-    feed = mlp(x, spec.mlp)
+    feed = moe(x, spec.mlp) if isinstance(spec.mlp, MoE) else mlp(x, spec.mlp)
     m, mlp_post = _maybe_norm(feed.out, spec.post_mlp)
     out = h + a + m if spec.parallel else mid + m
     return BlockTape(h, attn_in, att, attn_post, a, mid, mlp_in, feed, mlp_post, m, out)

@@ -9,8 +9,11 @@ Algorithm:
    a. Residual sums by the ε-rule: ``R_h = h ⊙ R / h'``, ``R_a = a ⊙ R / h'``, ``R_m = m ⊙ R / h'``
       (sequential: first ``h' = mid + m``, later ``mid = h + a``; the MLP branch's relevance
       reaching ``mid`` is added to ``mid``'s skip share before the split).
-   b. MLP: post-norm → down projection (ε) → product ``act ⊙ up`` (uniform, ½ each) or nothing
-      (plain MLP) → activation (identity) → up/gate projections (ε) → pre-norm.
+   b. MLP: post-norm → down projection (ε) → product ``act ⊙ up`` (uniform, ½ each; CP-LRP:
+      gate constant, all to ``up``) or nothing (plain MLP) → activation (identity) → up/gate
+      projections (ε) → pre-norm. Routed experts (MoE): ε-rule on ``y = Σ_e w_e E_e`` with the
+      router weights constant, then each expert's MLP as above (gpt-oss: the ``+ 1`` of its
+      ``clamp(up) + 1`` factor absorbs by the ε-rule, the clamps get the identity rule).
    c. Attention: post-norm → output projection (ε) → per head ``O = A V`` (uniform rule on the
       bilinear sum: ½ to ``A``, ½ to ``V``; CP-LRP: all to ``V``, ``A`` constant) → GQA copies of
       ``V`` summed → v projection (ε). AttnLRP only, the score path: softmax rule →
@@ -28,15 +31,19 @@ from dataclasses import dataclass, field
 import torch
 
 from harness_xai.lrp.reference import rules
-from harness_xai.lrp.reference.forward import AttnTape, BlockTape, ForwardPass, MLPTape, NormTape
-from harness_xai.lrp.reference.spec import MLP, Attention, Block, Linear, Norm
+from harness_xai.lrp.reference.forward import (AttnTape, BlockTape, ForwardPass, MLPTape, MoETape,
+                                               NormTape)
+from harness_xai.lrp.reference.spec import MLP, Attention, Block, Linear, MoE, Norm
 
 Tensor = torch.Tensor
 
 #: fraction of a bilinear product's relevance going to the attention weights, to the values and
-#: to q (k gets the rest); CP-LRP's weights are constant, so its score path never runs
-SHARES = {"attnlrp": dict(probs=0.5, values=0.5, qk=0.5),
-          "cp-lrp": dict(probs=0.0, values=1.0, qk=0.5)}
+#: to q (k gets the rest), and of a gated MLP's ``act(gate) ⊙ up`` going to the gate factor (``up``
+#: gets the rest); CP-LRP's attention weights are constant, so its score path never runs, and
+#: its gate is constant too (signal-take-all), so the gate projection gets nothing
+SHARES = {"attnlrp": dict(probs=0.5, values=0.5, qk=0.5, gate=0.5),
+          "cp-lrp": dict(probs=0.0, values=1.0, qk=0.5, gate=0.0),
+          "cp-lrp-uniform": dict(probs=0.0, values=1.0, qk=0.5, gate=0.5)}
 
 
 @dataclass
@@ -62,6 +69,7 @@ class Relevances:
     mlp: list[Tensor]  # per block (n,): MLP branch as added to the residual
     heads: list[Tensor]  # per block (H, n): each head's output (input of the output projection)
     ledger: Ledger
+    experts: list[Tensor | None] = field(default_factory=list)  # per block (E, n); None: dense
 
 
 def _linear(x: Tensor, lin: Linear, z: Tensor, r: Tensor, ledger: Ledger) -> Tensor:
@@ -82,15 +90,32 @@ def _norm(tape: NormTape | None, spec: Norm | None, r: Tensor, ledger: Ledger) -
     return r_in
 
 
-def _mlp(tape: MLPTape, spec: MLP, r_out: Tensor, ledger: Ledger) -> Tensor:
+def _mlp(tape: MLPTape, spec: MLP, r_out: Tensor, method: str, ledger: Ledger) -> Tensor:
     r_hidden = _linear(tape.hidden, spec.down, tape.out, r_out, ledger)
     if spec.gate is None:  # plain: hidden = act(up)
         r_up = rules.identity(r_hidden)
         return _linear(tape.x, spec.up, tape.up, r_up, ledger)
-    r_act, r_up = rules.product_uniform(r_hidden, 0.5)  # hidden = act(gate) ⊙ up
-    r_gate = rules.identity(r_act)
+    # hidden = act(gate) ⊙ up: uniform (½, ½) or, gate constant, (0, 1)
+    r_act, r_up = rules.product_uniform(r_hidden, SHARES[method]["gate"])
+    if tape.up_in is not None:  # gpt-oss: factor clamp(up) + 1 — the 1 absorbs (ε-rule)
+        r_up, r_one = rules.sum_split([tape.up_in, torch.ones_like(tape.up_in)],
+                                      tape.up_in + 1.0, r_up)
+        ledger.add("bias", r_one)
+        r_up = rules.identity(r_up)  # the clamp: identity rule
+    r_gate = rules.identity(r_act)  # activation (and gpt-oss's clamp): identity rule
     return (_linear(tape.x, spec.gate, tape.gate, r_gate, ledger)
             + _linear(tape.x, spec.up, tape.up, r_up, ledger))
+
+
+def _moe(tape: MoETape, spec: MoE, r_out: Tensor, method: str,
+         ledger: Ledger) -> tuple[Tensor, Tensor]:
+    """Routed experts, selection and router weights constant: ε-rule on ``y = Σ_e c_e``
+    (``R_{c_e} = c_e ⊙ R_y / y``), then ``c_e = w_e · E_e(x)`` with ``w_e`` a constant passes
+    ``R_{c_e}`` to the expert's output unchanged, and the expert's MLP rules follow.
+    Returns the input's relevance (n, d) and each expert's (E, n)."""
+    r_c = rules.sum_split(tape.contributions, tape.out, r_out)
+    r_x = sum(_mlp(t, s, r, method, ledger) for t, s, r in zip(tape.experts, spec.experts, r_c))
+    return r_x, torch.stack([r.sum(-1) for r in r_c])
 
 
 def _fold_groups(r: Tensor, n_kv: int) -> Tensor:
@@ -140,7 +165,12 @@ def _block(tape: BlockTape, spec: Block, r_out: Tensor, method: str, ledger: Led
     else:
         r_mid_skip, r_m = rules.sum_split([tape.mid, tape.m], tape.out, r_out)
     r_mlp_out = _norm(tape.mlp_post, spec.post_mlp, r_m, ledger)
-    r_mlp_in = _norm(tape.mlp_in, spec.pre_mlp, _mlp(tape.mlp, spec.mlp, r_mlp_out, ledger), ledger)
+    r_experts = None
+    if isinstance(spec.mlp, MoE):
+        r_mlp, r_experts = _moe(tape.mlp, spec.mlp, r_mlp_out, method, ledger)
+    else:
+        r_mlp = _mlp(tape.mlp, spec.mlp, r_mlp_out, method, ledger)
+    r_mlp_in = _norm(tape.mlp_in, spec.pre_mlp, r_mlp, ledger)
     r_mid = None
     if not spec.parallel:
         r_mid = r_mid_skip + r_mlp_in
@@ -150,7 +180,7 @@ def _block(tape: BlockTape, spec: Block, r_out: Tensor, method: str, ledger: Led
     r_h = r_skip + _norm(tape.attn_in, spec.pre_attn, r_x, ledger)
     if spec.parallel:
         r_h = r_h + r_mlp_in
-    states = (None if r_mid is None else r_mid.sum(-1), r_a.sum(-1), r_m.sum(-1), heads)
+    states = (None if r_mid is None else r_mid.sum(-1), r_a.sum(-1), r_m.sum(-1), heads, r_experts)
     return r_h, states
 
 
@@ -170,9 +200,10 @@ def propagate(fwd: ForwardPass, target: int, foil: int, method: str) -> tuple[Re
     r_final[-1:] = _linear(final.y[-1:], spec.head, fwd.raw_logits[-1:], r_raw[None], ledger)
     r = _norm(final, spec.final_norm, r_final, ledger)
 
-    layers, mid, attn, mlp, heads = [r.sum(-1)], [], [], [], []
+    layers, mid, attn, mlp, heads, experts = [r.sum(-1)], [], [], [], [], []
     for tape, block_spec in zip(reversed(fwd.blocks), reversed(spec.blocks)):
-        r, (r_mid, r_a, r_m, r_heads) = _block(tape, block_spec, r, method, ledger)
+        r, (r_mid, r_a, r_m, r_heads, r_experts) = _block(tape, block_spec, r, method, ledger)
+        experts.append(r_experts)
         layers.append(r.sum(-1))
         mid.append(r_mid)
         attn.append(r_a)
@@ -183,5 +214,5 @@ def propagate(fwd: ForwardPass, target: int, foil: int, method: str) -> tuple[Re
         ledger.add("positions", r_pos)
         layers[-1] = r.sum(-1)
     rel = Relevances(layers=layers[::-1], mid=mid[::-1], attn=attn[::-1], mlp=mlp[::-1],
-                     heads=heads[::-1], ledger=ledger)
+                     heads=heads[::-1], ledger=ledger, experts=experts[::-1])
     return rel, delta, r

@@ -83,7 +83,8 @@ def layer_norm_identity(x: Tensor, centred: Tensor, scaled: Tensor, y: Tensor,
 
 
 def product_uniform(r_out: Tensor, share: float = 0.5) -> tuple[Tensor, Tensor]:
-    """Uniform rule on ``y = a ⊙ b``: ``R_a = share · R_y``, ``R_b = (1 − share) · R_y``."""
+    """Uniform rule on ``y = a ⊙ b``: ``R_a = share · R_y``, ``R_b = (1 − share) · R_y``
+    (``share = 0``: ``a`` held constant, CP-LRP's gate — signal-take-all)."""
     return share * r_out, (1.0 - share) * r_out
 
 

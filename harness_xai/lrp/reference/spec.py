@@ -8,7 +8,11 @@ Algorithm:
 3. Record the structure: norm kinds and their placement (pre-norm, OLMo 2 post-norm, Gemma
    sandwich), residual kind (sequential / parallel), q/k norm scope (per head / whole projection),
    RoPE frequencies (from the model's own rotary module, so partial rotary and per-layer-type
-   tables come for free), sliding windows, soft-caps, Gemma's embedding scale and ``1 + w`` norms.
+   tables come for free; SmolLM3's NoPE layers have none), sliding windows, soft-caps, Gemma's
+   embedding scale and ``1 + w`` norms. Granite's constant multipliers are folded into weights:
+   ``m_emb`` into the embedding scale, ``m_res`` into the o/down projections, ``1/s_logit`` into
+   the head (a constant factor of a linear map leaves the ε-rule's relevance unchanged).
+   Gemma 3 multimodal: the text model inside the wrapper is read (text-only input).
 Elementwise activations are the model's own (parameter-free) modules, applied to float64 input.
 """
 
@@ -70,6 +74,7 @@ class Attention:
     rope_scale: float  # multiplies cos and sin
     window: int | None  # sliding window: key j visible from query i iff i − window < j ≤ i
     softcap: float | None  # scores → c · tanh(scores / c)
+    sinks: Tensor | None = None  # (H,) gpt-oss: a learned logit per head in each softmax row
 
 
 @dataclass
@@ -78,12 +83,26 @@ class MLP:
     down: Linear
     act: Callable[[Tensor], Tensor]
     gate: Linear | None  # gated: down(act(gate(x)) ⊙ up(x))
+    #: gpt-oss experts: gate → min(gate, limit), up → clamp(up, ±limit) + 1 (None: neither)
+    limit: float | None = None
+
+
+@dataclass
+class MoE:
+    """``y_t = Σ_{e ∈ top-k} w_e E_e(x_t)``, ``w`` = softmax of the router logits over all experts,
+    top-k, renormalised over the top-k if ``normalize``."""
+
+    router: Linear  # (E, d)
+    experts: list[MLP]
+    top_k: int
+    normalize: bool
+    softmax_of_top: bool = False  # gpt-oss: w = softmax over the top-k logits only
 
 
 @dataclass
 class Block:
     attn: Attention
-    mlp: MLP
+    mlp: MLP | MoE
     parallel: bool  # h + attn(pre_attn(h)) + mlp(pre_mlp(h))
     pre_attn: Norm | None
     post_attn: Norm | None
@@ -116,8 +135,9 @@ def read_model(model: nn.Module) -> ModelSpec:
                     f"supported: {', '.join(sorted(LLAMA_LIKE + ('gpt_neox', 'gpt2')))}.")
 
 
-LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text")
-_GEMMA = ("gemma2", "gemma3_text")
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text",
+              "olmo3", "smollm3", "granite", "gemma3", "mixtral", "qwen3_moe", "olmoe", "gpt_oss")
+_GEMMA = ("gemma2", "gemma3_text", "gemma3")
 
 
 def _norm(module: nn.Module | None, offset: float = 0.0) -> Norm | None:
@@ -137,8 +157,10 @@ def _rope(rotary: nn.Module, layer_type: str | None) -> tuple[Tensor, float]:
 
 
 def _read_llama_like(model: nn.Module) -> ModelSpec:
-    config, net = model.config, model.model
-    gemma = config.model_type in _GEMMA
+    # Gemma 3 multimodal: the text model inside the wrapper, its own (text) config
+    net = getattr(model.model, "language_model", model.model)
+    config = model.config.get_text_config()
+    gemma = model.config.model_type in _GEMMA
     offset = 1.0 if gemma else 0.0
     layer_types = getattr(config, "layer_types", None)
     blocks = []
@@ -153,12 +175,14 @@ def _read_llama_like(model: nn.Module) -> ModelSpec:
             q, k, v = Linear.of(att.q_proj), Linear.of(att.k_proj), Linear.of(att.v_proj)
         if hasattr(att, "sliding_window"):  # Qwen2/3, Gemma: per layer (None on full layers)
             window = att.sliding_window
-        elif config.model_type in ("mistral", "phi3"):
+        elif config.model_type in ("mistral", "phi3", "mixtral"):
             window = getattr(config, "sliding_window", None)
         else:
             window = None
         layer_type = layer_types[i] if layer_types else None
         inv_freq, rope_scale = _rope(net.rotary_emb, layer_type)
+        if not getattr(att, "use_rope", True):  # SmolLM3's NoPE layers
+            inv_freq, rope_scale = None, 1.0
         q_norm = _norm(getattr(att, "q_norm", None), offset)
         attn = Attention(
             q=q, k=k, v=v, o=Linear.of(att.o_proj), n_heads=n_heads, n_kv_heads=n_kv, head_dim=hd,
@@ -166,7 +190,12 @@ def _read_llama_like(model: nn.Module) -> ModelSpec:
             k_norm=_norm(getattr(att, "k_norm", None), offset),
             qk_norm_per_head=q_norm is not None and q_norm.weight.numel() == hd,
             inv_freq=inv_freq, rope_scale=rope_scale, window=window,
-            softcap=getattr(att, "attn_logit_softcapping", None))
+            softcap=getattr(att, "attn_logit_softcapping", None),
+            sinks=_f64(getattr(att, "sinks", None)))
+        if hasattr(mlp, "experts"):  # mixture of experts (Mixtral, Qwen3-MoE, OLMoE)
+            blocks.append(Block(attn, _read_moe(mlp), False, *(_norm(m, offset) for m in (
+                layer.input_layernorm, None, layer.post_attention_layernorm, None))))
+            continue
         if hasattr(mlp, "gate_up_proj"):  # Phi-3: gate, up = chunk(2)
             ff = mlp.gate_up_proj.weight.shape[0] // 2
             gate = Linear.of(mlp.gate_up_proj, slice(0, ff))
@@ -174,7 +203,11 @@ def _read_llama_like(model: nn.Module) -> ModelSpec:
             act = mlp.activation_fn
         else:
             gate, up, act = Linear.of(mlp.gate_proj), Linear.of(mlp.up_proj), mlp.act_fn
-        feed = MLP(up=up, down=Linear.of(mlp.down_proj), act=act, gate=gate)
+        down, o = Linear.of(mlp.down_proj), attn.o
+        residual = float(getattr(layer, "residual_multiplier", 1.0))  # Granite: h + m · branch
+        if residual != 1.0:  # a constant factor folded into the (bias-free) output projections
+            down, attn.o = _scaled(down, residual), _scaled(o, residual)
+        feed = MLP(up=up, down=down, act=act, gate=gate)
         if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma: sandwich norms
             norms = (layer.input_layernorm, layer.post_attention_layernorm,
                      layer.pre_feedforward_layernorm, layer.post_feedforward_layernorm)
@@ -185,10 +218,54 @@ def _read_llama_like(model: nn.Module) -> ModelSpec:
         blocks.append(Block(attn, feed, False, *(_norm(m, offset) for m in norms)))
     embed = net.embed_tokens
     scale = float(embed.embed_scale) if hasattr(embed, "embed_scale") else 1.0
-    return ModelSpec(family=config.model_type, embed=_f64(embed.weight), embed_scale=scale,
+    scale *= float(getattr(net, "embedding_multiplier", 1.0))  # Granite
+    head = Linear.of(model.get_output_embeddings())
+    logit_scale = float(getattr(config, "logits_scaling", 1.0))  # Granite: logits / s
+    if logit_scale != 1.0:
+        head = _scaled(head, 1.0 / logit_scale)
+    # the multimodal Gemma 3 wrapper applies no final soft-cap (Gemma3ForCausalLM does)
+    softcap = None if net is not model.model else getattr(config, "final_logit_softcapping", None)
+    return ModelSpec(family=model.config.model_type, embed=_f64(embed.weight), embed_scale=scale,
                      positions=None, blocks=blocks, final_norm=_norm(net.norm, offset),
-                     head=Linear.of(model.get_output_embeddings()),
-                     logit_softcap=getattr(config, "final_logit_softcapping", None))
+                     head=head, logit_softcap=softcap)
+
+
+def _read_moe(block: nn.Module) -> MoE:
+    """Routed SwiGLU experts stored as (E, 2·I, d) ``gate_up_proj`` and (E, d, I) ``down_proj``
+    (gpt-oss: transposed, gate/up interleaved, with biases and clamps)."""
+    experts = block.experts
+    if hasattr(experts, "gate_up_proj_bias"):
+        return _read_gpt_oss_moe(block)
+    router = block.gate
+    inner = experts.gate_up_proj.shape[1] // 2
+    mlps = []
+    for e in range(experts.num_experts):
+        gate_up = _f64(experts.gate_up_proj[e])
+        mlps.append(MLP(up=Linear(gate_up[inner:], None),
+                        down=Linear(_f64(experts.down_proj[e]), None),
+                        act=experts.act_fn, gate=Linear(gate_up[:inner], None)))
+    return MoE(router=Linear(_f64(router.weight), None), experts=mlps, top_k=int(router.top_k),
+               normalize=bool(getattr(router, "norm_topk_prob", True)))
+
+
+def _read_gpt_oss_moe(block: nn.Module) -> MoE:
+    experts, router = block.experts, block.router
+    alpha = float(experts.alpha)
+    mlps = []
+    for e in range(experts.num_experts):
+        w, b = _f64(experts.gate_up_proj[e]).T, _f64(experts.gate_up_proj_bias[e])  # (2I, d)
+        mlps.append(MLP(up=Linear(w[1::2].contiguous(), b[1::2]),
+                        down=Linear(_f64(experts.down_proj[e]).T.contiguous(),
+                                    _f64(experts.down_proj_bias[e])),
+                        act=lambda g: g * torch.sigmoid(g * alpha),
+                        gate=Linear(w[::2].contiguous(), b[::2]), limit=float(experts.limit)))
+    return MoE(router=Linear(_f64(router.weight), _f64(router.bias)), experts=mlps,
+               top_k=int(router.top_k), normalize=False, softmax_of_top=True)
+
+
+def _scaled(lin: Linear, factor: float) -> Linear:
+    """``factor · (W x + b)`` as one Linear (a constant multiplier after a projection)."""
+    return Linear(lin.weight * factor, None if lin.bias is None else lin.bias * factor)
 
 
 def _read_gpt_neox(model: nn.Module) -> ModelSpec:

@@ -8,6 +8,7 @@
   "use strict";
   var SVG = "http://www.w3.org/2000/svg";
   var RED = [200, 30, 30], BLUE = [25, 95, 200];
+  var MAX_SHOWN = 60;  // dense attribution graphs open with their 60 strongest edges shown
 
   function el(tag, attrs, parent) {
     var node = document.createElementNS(SVG, tag);
@@ -99,6 +100,15 @@
     showPage(table, 1);
   });
 
+  // a link to #run-N (or any collapsed section) opens it
+  function openTarget() {
+    var id = decodeURIComponent((location.hash || "").slice(1));
+    var node = id && document.getElementById(id);
+    if (node && node.tagName === "DETAILS") node.open = true;
+  }
+  window.addEventListener("hashchange", openTarget);
+  openTarget();
+
   // ---- 2. failure pages --------------------------------------------------------------------
   var dataNode = document.getElementById("case-data");
   if (dataNode) {
@@ -115,6 +125,15 @@
       }), labelsOf(data.positions), data.history.map(function (h) { return h.values; }), "position", false, 1.0);
     }
     if (data.graph) drawGraph(data);
+    Array.prototype.forEach.call(document.querySelectorAll("[data-goto]"), function (node) {
+      node.addEventListener("click", function () {
+        var target = document.getElementById(node.getAttribute("data-goto"));
+        if (!target) return;
+        target.scrollIntoView({ block: "center" });
+        target.classList.add("flash");
+        setTimeout(function () { target.classList.remove("flash"); }, 1500);
+      });
+    });
   }
 
   function labelsOf(positions) { return positions.map(String); }
@@ -125,19 +144,28 @@
   }
   function segmentLabel(seg, idx) { return seg ? (idx === null || idx === undefined ? seg : seg + " " + idx) : ""; }
 
+  // one span per token; the byte pieces of a split character (same data.tokens.group) share
+  // one span that shows the merged text and lists every exact piece on hover
   function drawTokens(data) {
     var box = document.getElementById("tokens");
     if (!box) return;
     var t = data.tokens, n = t.text.length, scale = 0;
+    var group = t.group || t.text.map(function (_, i) { return i; });
+    var shown = t.display || t.text.map(displayToken);
+    var sums = {};
     for (var i = 0; i < n; i++) {
       var r = t.relevance[i];
-      if (r !== null && isFinite(r) && !(t.first_special && i === 0)) scale = Math.max(scale, Math.abs(r));
+      if (r !== null && isFinite(r)) sums[group[i]] = (sums[group[i]] || 0) + r;
     }
+    for (var g in sums) if (!(t.first_special && +g === 0)) scale = Math.max(scale, Math.abs(sums[g]));
     var scaleNode = document.getElementById("token-scale");
     if (scaleNode) scaleNode.textContent = fmtG(scale, 4, false);
     while (box.firstChild) box.removeChild(box.firstChild);
     var previous = null;
     for (i = 0; i < n; i++) {
+      if (group[i] !== i) continue;
+      var members = [i];
+      for (var k = i + 1; k < n && group[k] === i; k++) members.push(k);
       var seg = t.segment[i], segi = t.segment_index[i], label = segmentLabel(seg, segi);
       var segKey = seg === null ? null : seg + "|" + segi;
       if (seg !== null && segKey !== previous) {
@@ -148,23 +176,30 @@
         box.appendChild(mark);
       }
       previous = segKey;
-      var rel = t.relevance[i], raw = t.text[i] === null ? "" : t.text[i];
+      var rel = members.length > 1 ? (i in sums ? sums[i] : null) : t.relevance[i];
+      var raw = t.text[i] === null ? "" : t.text[i];
       var span = document.createElement("span");
       var cls = "tok";
       if (t.first_special && i === 0) cls += " special";
       if (raw === "") cls += " empty";
+      if (members.length > 1) cls += " bytes";
       if (seg) cls += " in-" + seg.replace(/[^a-z]/g, "");
-      if (t.evidence[i] === 1) cls += " evidence";
+      if (members.some(function (m) { return t.evidence[m] === 1; })) cls += " evidence";
       span.className = cls;
+      span.id = "tok-" + data.positions[i];
       span.setAttribute("data-position", String(data.positions[i]));
+      if (members.length > 1) span.setAttribute("data-positions", members.map(function (m) { return data.positions[m]; }).join(" "));
       span.setAttribute("data-relevance", rel === null ? "nan" : String(rel));
       span.setAttribute("data-segment", label);
-      span.title = "pos " + data.positions[i] + " · token " + JSON.stringify(raw) + " · id " + t.id[i] +
-        " · relevance " + fmtG(rel, 6, true) + (label ? " · " + label : "") + (t.evidence[i] === 1 ? " · evidence" : "");
+      span.title = members.map(function (m) {
+        return "pos " + data.positions[m] + " · token " + JSON.stringify(t.text[m] === null ? "" : t.text[m]) + " · id " + t.id[m] +
+          " · relevance " + fmtG(t.relevance[m], 6, true);
+      }).join("\n") + (members.length > 1 ? "\n(byte pieces of one character; colour: their sum " + fmtG(rel, 6, true) + ")" : "") +
+        (label ? " · " + label : "") + (members.some(function (m) { return t.evidence[m] === 1; }) ? " · evidence" : "");
       var c = colour(rel, scale);
       span.style.backgroundColor = c.rgb;
       if (c.a > 0.55) span.style.color = "#fff";
-      span.textContent = displayToken(t.text[i]);
+      span.textContent = shown[i];
       box.appendChild(span);
     }
   }
@@ -217,63 +252,84 @@
   }
 
   // ---- the interactive attribution graph ---------------------------------------------------
+  // Zoom and pan re-lay the drawing out (coordinates, not a scale transform), so strokes, node
+  // sizes and labels keep their size; token labels are placed greedily in up to three rows
+  // without overlap (the others show on hover); above MAX_SHOWN edges the weakest are hidden
+  // by default (the slider starts at the share that keeps MAX_SHOWN).
   function drawGraph(data) {
     var box = document.getElementById("graph");
     if (!box) return;
     var g = data.graph, layers = g.layers.length || 1, positions = data.positions;
     var maxPos = positions.length ? positions[positions.length - 1] : 1;
-    var W = 900, rowH = 60, left = 70, top = 20, H = top * 2 + (layers - 1) * rowH + 40;
+    var W = 900, rowH = 60, left = 70, top = 20, labelRows = 3;
+    var H = top * 2 + (layers - 1) * rowH + 14 + 13 * labelRows;
     var svg = el("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img",
       "aria-label": "attribution graph", "class": "graph-svg" }, box);
     var view = el("g", { "class": "viewport" }, svg);
-    function x(p) { return left + (W - left - 20) * p / Math.max(maxPos, 1); }
-    function y(l) { return top + (layers - 1 - l) * rowH; }
-    var textOf = {};
-    positions.forEach(function (p, i) { textOf[p] = data.tokens.text[i]; });
+    var k = 1, tx = 0, ty = 0, drag = null;
+    function bx(p) { return left + (W - left - 20) * p / Math.max(maxPos, 1); }
+    function by(l) { return top + (layers - 1 - l) * rowH; }
+    function x(p) { return bx(p) * k + tx; }
+    function y(l) { return by(l) * k + ty; }
+    var shown = data.tokens.display || data.tokens.text, group = data.tokens.group;
+    var labelOf = {}, exactOf = {};
+    positions.forEach(function (p, i) {
+      var gi = group ? group[i] : i;
+      labelOf[p] = shown[gi] === null || shown[gi] === undefined ? "" : shown[gi];
+      exactOf[p] = data.tokens.text[i];
+    });
+    var layerText = [], gridLines = [];
     g.layers.forEach(function (name, l) {
-      var t = el("text", { x: 4, y: y(l) + 4, "class": "ylab" }, svg);
+      var t = el("text", { x: 4, "class": "ylab" }, svg);
       t.textContent = name;
-      el("line", { x1: left, x2: W - 20, y1: y(l), y2: y(l), "class": "gridline" }, view);
+      layerText.push(t);
+      gridLines.push(el("line", { "class": "gridline" }, view));
     });
     var wMax = 0;
     g.edges.forEach(function (e) { if (e[4] !== null) wMax = Math.max(wMax, Math.abs(e[4])); });
     wMax = wMax || 1;
     var info = document.getElementById("graph-info");
     function describe(node) {
-      return g.layers[node[0]] + " @ position " + node[1] + " " + JSON.stringify(textOf[node[1]] === undefined ? "" : textOf[node[1]]);
+      return g.layers[node[0]] + " @ position " + node[1] + " " + JSON.stringify(exactOf[node[1]] === undefined ? "" : exactOf[node[1]]);
     }
-    var edgeNodes = g.edges.map(function (e, i) {
+    var edgeNodes = [], hitNodes = [];
+    g.edges.forEach(function (e, i) {
       var w = e[4] === null ? 0 : e[4];
-      var line = el("line", { x1: x(e[1]), y1: y(e[0]), x2: x(e[3]), y2: y(e[2]),
-        stroke: w > 0 ? "rgb(200,30,30)" : "rgb(25,95,200)",
+      var line = el("line", { stroke: w > 0 ? "rgb(200,30,30)" : "rgb(25,95,200)",
         "stroke-opacity": (0.15 + 0.85 * Math.abs(w) / wMax).toFixed(3),
         "stroke-width": (0.6 + 3.4 * Math.abs(w) / wMax).toFixed(2), "class": "edge",
         "data-index": String(i), "data-weight": String(w) }, view);
-      var text = describe([e[0], e[1]]) + " → " + describe([e[2], e[3]]) + ": " + fmtG(w, 5, true);
+      var text = describe([e[0], e[1]]) + " → " + describe([e[2], e[3]]) + ": " + fmtG(w, 5, true) +
+        " (edge weight; " + Math.round(100 * Math.abs(w) / wMax) + "% of the strongest)";
       titled(line, text);
-      line.addEventListener("mouseenter", function () {
-        box.setAttribute("data-hover", "edge-" + i);
-        line.classList.add("hot");
-        info.textContent = "edge " + text;
+      var hit = el("line", { "class": "edge-hit", "data-index": String(i) }, view);
+      titled(hit, text);
+      [line, hit].forEach(function (node) {
+        node.addEventListener("mouseenter", function () {
+          box.setAttribute("data-hover", "edge-" + i);
+          line.classList.add("hot");
+          info.textContent = "edge " + text;
+        });
+        node.addEventListener("mouseleave", function () { line.classList.remove("hot"); });
       });
-      line.addEventListener("mouseleave", function () { line.classList.remove("hot"); });
-      return line;
+      edgeNodes.push(line);
+      hitNodes.push(hit);
     });
     var rMax = 0;
     g.nodes.forEach(function (n) { if (n[2] !== null) rMax = Math.max(rMax, Math.abs(n[2])); });
     rMax = rMax || 1;
-    g.nodes.forEach(function (n, i) {
+    var nodeEls = g.nodes.map(function (n, i) {
       var r = n[2] === null ? 0 : n[2];
-      var circle = el("circle", { cx: x(n[1]), cy: y(n[0]), r: (2.5 + 4.5 * Math.min(Math.abs(r) / rMax, 1)).toFixed(2),
+      var circle = el("circle", { r: (2.5 + 4.5 * Math.min(Math.abs(r) / rMax, 1)).toFixed(2),
         fill: colour(r, rMax).rgb, "class": "node", "data-index": String(i) }, view);
       var text = describe(n) + ": relevance " + fmtG(r, 5, true);
       titled(circle, text);
       circle.addEventListener("mouseenter", function () {
         box.setAttribute("data-hover", "node-" + i);
         var incident = 0;
-        g.edges.forEach(function (e, k) {
+        g.edges.forEach(function (e, j) {
           var on = (e[0] === n[0] && e[1] === n[1]) || (e[2] === n[0] && e[3] === n[1]);
-          edgeNodes[k].classList.toggle("hot", on);
+          edgeNodes[j].classList.toggle("hot", on);
           if (on) incident++;
         });
         info.textContent = "node " + text + " · " + incident + " incident edges";
@@ -281,36 +337,79 @@
       circle.addEventListener("mouseleave", function () {
         edgeNodes.forEach(function (line) { line.classList.remove("hot"); });
       });
+      return circle;
     });
     // token labels under the bottom row, for the positions the graph touches
     var used = {};
     g.nodes.forEach(function (n) { used[n[1]] = true; });
-    Object.keys(used).forEach(function (p) {
-      var t = el("text", { x: x(+p), y: y(0) + 18, "class": "xlab tokname", "text-anchor": "middle" }, view);
-      t.textContent = displayToken(textOf[p] === undefined ? "" : textOf[p]).trim() || "·";
+    var labels = Object.keys(used).map(Number).sort(function (a, b) { return a - b; }).map(function (p) {
+      var raw = labelOf[p] === undefined ? "" : labelOf[p];
+      var text = raw.replace(/\n/g, "").trim() || (raw.length ? "␣" : "·");
+      if (text.length > 14) text = text.slice(0, 13) + "…";
+      var t = el("text", { "class": "xlab tokname", "text-anchor": "middle", "data-position": String(p) }, svg);
+      t.textContent = text;
+      titled(t, "position " + p + " " + JSON.stringify(exactOf[p] === undefined ? "" : exactOf[p]));
+      return { p: p, node: t, half: 3.2 * text.length + 3 };
     });
+    function placeLabels() {
+      var ends = [], base = by(0) + 18, shownN = 0;
+      labels.forEach(function (lab) {
+        var cx = x(lab.p), row = -1;
+        for (var r = 0; r < labelRows; r++) {
+          if (ends[r] === undefined || cx - lab.half > ends[r]) { row = r; break; }
+        }
+        var inside = cx >= left - 4 && cx <= W;
+        if (row < 0 || !inside) { lab.node.style.display = "none"; return; }
+        ends[row] = cx + lab.half;
+        lab.node.style.display = "";
+        lab.node.setAttribute("x", cx.toFixed(2));
+        lab.node.setAttribute("y", (base + 13 * row).toFixed(2));
+        shownN++;
+      });
+      box.setAttribute("data-labels-shown", String(shownN));
+    }
 
-    // edge threshold slider
-    var slider = document.getElementById("graph-threshold"), shown = document.getElementById("graph-visible");
+    // edge threshold slider; dense graphs start thinned to the MAX_SHOWN strongest edges
+    var slider = document.getElementById("graph-threshold"), shownEdges = document.getElementById("graph-visible");
     var valueLabel = document.getElementById("graph-threshold-value");
-    function threshold() {
-      var t = slider ? parseInt(slider.value, 10) / 100 : 0, visible = 0;
+    var initial = null;  // exact share that keeps the MAX_SHOWN strongest, until the slider moves
+    if (slider && g.edges.length > MAX_SHOWN) {
+      var ws = g.edges.map(function (e) { return Math.abs(e[4] === null ? 0 : e[4]); }).sort(function (a, b) { return b - a; });
+      initial = ws[MAX_SHOWN - 1] / wMax;
+      slider.value = String(Math.floor(100 * initial));
+      box.setAttribute("data-thinned", "true");
+    }
+    function threshold(ev) {
+      if (ev) initial = null;
+      var t = initial !== null ? initial : slider ? parseInt(slider.value, 10) / 100 : 0, visible = 0;
       g.edges.forEach(function (e, i) {
         var on = Math.abs(e[4] === null ? 0 : e[4]) >= t * wMax;
         edgeNodes[i].style.display = on ? "" : "none";
+        hitNodes[i].style.display = on ? "" : "none";
         if (on) visible++;
       });
       box.setAttribute("data-visible-edges", String(visible));
-      if (shown) shown.textContent = visible + " of " + g.edges.length + " edges shown";
-      if (valueLabel) valueLabel.textContent = Math.round(t * 100) + "%";
+      if (shownEdges) shownEdges.textContent = visible + " of " + g.edges.length + " edges shown";
+      if (valueLabel) valueLabel.textContent = (initial !== null ? (100 * t).toFixed(1) : Math.round(t * 100)) + "%";
     }
     if (slider) slider.addEventListener("input", threshold);
-    threshold();
+    threshold(null);
 
-    // pan (drag) and zoom (wheel, around the pointer)
-    var k = 1, tx = 0, ty = 0, drag = null;
     function apply() {
-      view.setAttribute("transform", "translate(" + tx.toFixed(2) + "," + ty.toFixed(2) + ") scale(" + k.toFixed(4) + ")");
+      g.layers.forEach(function (_, l) {
+        layerText[l].setAttribute("y", (y(l) + 4).toFixed(2));
+        gridLines[l].setAttribute("x1", x(0).toFixed(2)); gridLines[l].setAttribute("x2", x(maxPos).toFixed(2));
+        gridLines[l].setAttribute("y1", y(l).toFixed(2)); gridLines[l].setAttribute("y2", y(l).toFixed(2));
+      });
+      g.edges.forEach(function (e, i) {
+        var c = { x1: x(e[1]).toFixed(2), y1: y(e[0]).toFixed(2), x2: x(e[3]).toFixed(2), y2: y(e[2]).toFixed(2) };
+        for (var a in c) { edgeNodes[i].setAttribute(a, c[a]); hitNodes[i].setAttribute(a, c[a]); }
+      });
+      g.nodes.forEach(function (n, i) {
+        nodeEls[i].setAttribute("cx", x(n[1]).toFixed(2));
+        nodeEls[i].setAttribute("cy", y(n[0]).toFixed(2));
+      });
+      placeLabels();
       box.setAttribute("data-zoom", k.toFixed(4));
       box.setAttribute("data-pan", tx.toFixed(1) + "," + ty.toFixed(1));
     }
