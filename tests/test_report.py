@@ -394,3 +394,31 @@ def test_summary_ranks_are_the_token_ranks_view() -> None:
     # relevance descending, NULL last, ties by position (the view's ORDER BY)
     brute = sorted(range(6), key=lambda i: (np.isnan(rel[i]), -np.nan_to_num(rel[i]), pos[i]))
     assert ranks(rel, pos).tolist() == [brute.index(i) + 1 for i in range(6)]
+
+
+def test_user_templates_in_reports_override_the_packaged_ones(store_db: tuple[str, dict],
+                                                              tmp_path: Path, monkeypatch) -> None:
+    """``reports/templates/<name>`` (of the working directory) wins over the packaged template
+    of that name, the others stay packaged; ``report`` writes into ``reports/out`` by default;
+    a ``--templates`` that is not a folder is one line."""
+    from harness_xai.errors import UserError
+    from harness_xai.report.cli import report_main
+    from harness_xai.report.render import render_report
+
+    db, _ = store_db
+    work = tmp_path / "work"
+    (work / "reports" / "templates").mkdir(parents=True)
+    packaged = Path(__file__).resolve().parents[1] / "harness_xai/report/templates/base.html"
+    marker = "<!-- our lab's footer -->"
+    (work / "reports" / "templates" / "base.html").write_text(
+        packaged.read_text("utf-8").replace("</body>", f"{marker}</body>"), "utf-8")
+    monkeypatch.chdir(work)
+    assert report_main(["--db", db]) == 0
+    out = work / "reports" / "out"
+    pages = [p for p in out.glob("**/*.html")]
+    assert pages and all(marker in p.read_text("utf-8") for p in pages)  # every page extends base
+    plain = render_report(db, tmp_path / "plain", templates=tmp_path / "empty-but-real"
+                          ) if (tmp_path / "empty-but-real").mkdir() is None else None
+    assert marker not in plain.read_text("utf-8")  # an empty override folder: all packaged
+    with pytest.raises(UserError, match="--templates .* is not a folder"):
+        render_report(db, tmp_path / "x", templates=tmp_path / "missing")

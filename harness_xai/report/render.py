@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, StrictUndefined
 from sqlalchemy import Connection
 
 from harness_xai import __version__
@@ -63,9 +63,21 @@ def task_slug(task: str) -> str:
     return slug
 
 
-def _env() -> Environment:
+#: where a user's templates override the packaged ones (relative to the working directory)
+TEMPLATE_OVERRIDES = Path("reports") / "templates"
+#: the default output folder of ``harness-xai report``
+DEFAULT_OUT = Path("reports") / "out"
+
+
+def _env(templates: Path | None = None) -> Environment:
+    """Jinja environment: a template in ``templates`` (default ``reports/templates`` of the
+    working directory, when it exists) wins over the packaged one of the same name."""
+    folder = TEMPLATE_OVERRIDES if templates is None else Path(templates)
+    packaged = PackageLoader("harness_xai.report", "templates")
+    loader = ChoiceLoader([FileSystemLoader(str(folder)), packaged]) if folder.is_dir() \
+        else packaged
     env = Environment(
-        loader=PackageLoader("harness_xai.report", "templates"),
+        loader=loader,
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -288,11 +300,17 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def render_report(db: str, out_dir: str | Path) -> Path:
-    """Render the store at ``db`` into ``out_dir``; return the path of ``index.html``."""
+def render_report(db: str, out_dir: str | Path = DEFAULT_OUT,
+                  templates: str | Path | None = None) -> Path:
+    """Render the store at ``db`` into ``out_dir``; return the path of ``index.html``.
+    ``templates``: a folder whose templates override the packaged ones (default
+    ``reports/templates`` when it exists)."""
     out = Path(out_dir).expanduser().absolute()
     _check_out_dir(out)
-    env = _env()
+    if templates is not None and not Path(templates).is_dir():
+        raise UserError(f"--templates {templates} is not a folder: give a folder of Jinja "
+                        "templates named like the packaged ones (harness_xai/report/templates)")
+    env = _env(None if templates is None else Path(templates))
     store = _open_store(str(db))
     try:
         with store.engine.connect() as conn:

@@ -60,7 +60,7 @@ RUNS_ID_SEQ = Sequence("runs_id_seq", metadata=Base.metadata)
 CASES_ID_SEQ = Sequence("cases_id_seq", metadata=Base.metadata)
 
 
-class Run(Base):
+class RunTable(Base):
     """One harness-xai invocation; ``run_key`` makes re-runs map onto the same row."""
 
     __tablename__ = "runs"
@@ -83,7 +83,7 @@ class Run(Base):
     model_name: Mapped[str | None] = mapped_column(Text)  # short name: hub id or dir name (0006)
 
 
-class TaskResult(Base):
+class TaskResultTable(Base):
     """Per-task aggregate of one run."""
 
     __tablename__ = "task_results"
@@ -97,7 +97,7 @@ class TaskResult(Base):
     output_type: Mapped[str | None] = mapped_column(Text)
 
 
-class DocOutcome(Base):
+class DocOutcomeTable(Base):
     """How one evaluated document fared under one filter in one run (0005)."""
 
     __tablename__ = "doc_outcomes"
@@ -112,7 +112,7 @@ class DocOutcome(Base):
     correct: Mapped[int | None] = mapped_column(Integer)  # 1 / 0 / NULL (no notion of correct)
 
 
-class Case(Base):
+class CaseTable(Base):
     """One incorrect response and its contrast (attributed or skipped with a reason)."""
 
     __tablename__ = "cases"
@@ -153,7 +153,7 @@ class Case(Base):
     aopc_random: Mapped[float | None] = mapped_column(Double)  # faithfulness, random orders
 
 
-class TokenRelevance(Base):
+class TokenRelevanceTable(Base):
     """Relevance of each input token of a case (one row per position)."""
 
     __tablename__ = "token_relevance"
@@ -168,7 +168,7 @@ class TokenRelevance(Base):
     evidence: Mapped[int | None] = mapped_column(Integer)  # 1 evidence, 0 not, NULL unknown (0004)
 
 
-class LayerRelevance(Base):
+class LayerRelevanceTable(Base):
     """Relevance of the residual stream per (layer, position) of a case."""
 
     __tablename__ = "layer_relevance"
@@ -179,7 +179,7 @@ class LayerRelevance(Base):
     relevance: Mapped[float | None] = mapped_column(Double)
 
 
-class StateRelevance(Base):
+class StateRelevanceTable(Base):
     """Relevance of internal states per (kind, block, position): kinds 'mid', 'attn', 'mlp'."""
 
     __tablename__ = "state_relevance"
@@ -191,7 +191,7 @@ class StateRelevance(Base):
     relevance: Mapped[float | None] = mapped_column(Double)
 
 
-class HeadRelevance(Base):
+class HeadRelevanceTable(Base):
     """Relevance of each attention head's output per (block, head, position)."""
 
     __tablename__ = "head_relevance"
@@ -203,7 +203,7 @@ class HeadRelevance(Base):
     relevance: Mapped[float | None] = mapped_column(Double)
 
 
-class ExpertRelevance(Base):
+class ExpertRelevanceTable(Base):
     """Mixture of experts: relevance of each routed expert's weighted output ``w_e · E_e(x)``
     per (block, expert, position); only the selected (non-zero) entries are stored, so a
     (layer, expert) total is a SUM over positions and Σ over experts = the block's 'mlp' state."""
@@ -217,7 +217,7 @@ class ExpertRelevance(Base):
     relevance: Mapped[float | None] = mapped_column(Double)
 
 
-class FaithfulnessStep(Base):
+class FaithfulnessStepTable(Base):
     """One step of a deletion curve (records.Faithfulness); AOPC values live on ``cases``."""
 
     __tablename__ = "faithfulness"
@@ -230,7 +230,7 @@ class FaithfulnessStep(Base):
     delta_random: Mapped[float | None] = mapped_column(Double)
 
 
-class Graph(Base):
+class GraphTable(Base):
     """Summary of a case's pruned attribution graph (records.GraphRecord)."""
 
     __tablename__ = "graphs"
@@ -245,7 +245,7 @@ class Graph(Base):
     metrics: Mapped[str | None] = mapped_column(Text)  # JSON object
 
 
-class GraphNode(Base):
+class GraphNodeTable(Base):
     """A node of the pruned graph: (index into node_layers, position) and its relevance."""
 
     __tablename__ = "graph_nodes"
@@ -256,7 +256,7 @@ class GraphNode(Base):
     relevance: Mapped[float | None] = mapped_column(Double)
 
 
-class GraphEdge(Base):
+class GraphEdgeTable(Base):
     """An edge of the pruned graph, source node → target node, with its relevance flow."""
 
     __tablename__ = "graph_edges"
@@ -269,7 +269,7 @@ class GraphEdge(Base):
     weight: Mapped[float | None] = mapped_column(Double)
 
 
-class CaseMetric(Base):
+class CaseMetricTable(Base):
     """One per-case analysis metric (``harness_xai.analysis``), e.g. ``evidence.rank_abs``."""
 
     __tablename__ = "case_metrics"
@@ -279,7 +279,7 @@ class CaseMetric(Base):
     value: Mapped[float | None] = mapped_column(Double)
 
 
-class CaseLabel(Base):
+class CaseLabelTable(Base):
     """Triage of a case: kind 'triage' = the primary label, kind 'flag' = each rule that fired."""
 
     __tablename__ = "case_labels"
@@ -289,21 +289,21 @@ class CaseLabel(Base):
     label: Mapped[str] = mapped_column(Text, primary_key=True)
 
 
-runs = Run.__table__
-task_results = TaskResult.__table__
-doc_outcomes = DocOutcome.__table__
-cases = Case.__table__
-token_relevance = TokenRelevance.__table__
-layer_relevance = LayerRelevance.__table__
-state_relevance = StateRelevance.__table__
-head_relevance = HeadRelevance.__table__
-expert_relevance = ExpertRelevance.__table__
-faithfulness = FaithfulnessStep.__table__
-graphs = Graph.__table__
-graph_nodes = GraphNode.__table__
-graph_edges = GraphEdge.__table__
-case_metrics = CaseMetric.__table__
-case_labels = CaseLabel.__table__
+runs = RunTable.__table__
+task_results = TaskResultTable.__table__
+doc_outcomes = DocOutcomeTable.__table__
+cases = CaseTable.__table__
+token_relevance = TokenRelevanceTable.__table__
+layer_relevance = LayerRelevanceTable.__table__
+state_relevance = StateRelevanceTable.__table__
+head_relevance = HeadRelevanceTable.__table__
+expert_relevance = ExpertRelevanceTable.__table__
+faithfulness = FaithfulnessStepTable.__table__
+graphs = GraphTable.__table__
+graph_nodes = GraphNodeTable.__table__
+graph_edges = GraphEdgeTable.__table__
+case_metrics = CaseMetricTable.__table__
+case_labels = CaseLabelTable.__table__
 
 #: every table, parents first (export order; reverse for deletes)
 ALL_TABLES = (runs, task_results, doc_outcomes, cases, token_relevance, layer_relevance,

@@ -61,7 +61,7 @@ def _utc_naive(ts: _dt.datetime | None) -> _dt.datetime | None:
     return ts.astimezone(_dt.timezone.utc).replace(tzinfo=None)
 
 
-def check_schema(conn: Connection, url: str, *, create: bool, upgrade: bool = False,
+def migrate_or_refuse(conn: Connection, url: str, *, create: bool, upgrade: bool = False,
                  init: bool = False) -> migrate.SchemaState:
     """Migrate in place (one transaction) if needed, or refuse; returns the state found before."""
     with conn.begin():
@@ -298,7 +298,7 @@ def _open_locked(url: str, path, *, create: bool, upgrade: bool, init: bool
             raise open_error(url, exc) from None
         with conn:
             try:
-                state = check_schema(conn, url, create=create, upgrade=upgrade, init=init)
+                state = migrate_or_refuse(conn, url, create=create, upgrade=upgrade, init=init)
             except sa.exc.DBAPIError as exc:  # e.g. "file is not a database"
                 raise open_error(url, exc) from None
     except BaseException:
