@@ -103,3 +103,20 @@ def test_graph_json_validates_and_links_the_stored_edges(store: dict, tmp_path: 
                      "--case", "999"]) == 2
     err = capsys.readouterr().err
     assert "--case 999" in err and len(err.strip().splitlines()) == 1
+
+
+def test_json_exports_refuse_a_folder_of_other_files(store: dict, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """Like the parquet export: a non-empty folder that is not a previous JSON export is refused
+    untouched (one line, exit 2); a previous export is written again."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    for fmt in ("eee", "graph-json"):
+        assert cli_main(["export", "--format", fmt, "--db", store["db"], "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "non-empty directory" in err and "\n" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    again = tmp_path / "eee"
+    for _ in range(2):
+        assert cli_main(["export", "--format", "eee", "--db", store["db"], "--out", str(again)]) == 0

@@ -90,9 +90,7 @@ def export_json(db: str, out_dir: str | Path, fmt: str, case_id: int | None = No
     from harness_xai.store.eee import export_eee
     from harness_xai.store.graphjson import export_graphs
 
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory: pass a directory path")
+    out = check_destination(Path(out_dir).expanduser(), "--out", allowed=_previous_json_export)
     with read_only_connection(db, user_sql=False) as (url, conn):
         _check_at_head(conn, url)
         if fmt == "eee":
@@ -100,7 +98,12 @@ def export_json(db: str, out_dir: str | Path, fmt: str, case_id: int | None = No
         return {"graphs": export_graphs(conn, out, case_id)}
 
 
-def _check_at_head(conn: sa.Connection, url: Any) -> None:
+def _previous_json_export(names: set[str]) -> bool:
+    """A folder holding only what ``export_json`` writes (it may be written again)."""
+    return all(n.endswith((".json", ".jsonl")) for n in names)
+
+
+def _check_at_head(conn: sa.Connection, url: Any) -> migrate.SchemaState:
     state = migrate.schema_state(conn)
     shown = display_url(url)
     if state.kind in (migrate.EMPTY, migrate.FOREIGN):
@@ -108,6 +111,7 @@ def _check_at_head(conn: sa.Connection, url: Any) -> None:
     if state.kind != migrate.AT_HEAD:
         raise UserError(f"database schema of {shown} is at revision {state.current}, not {state.head}: "
                         f"run `harness-xai db upgrade --db {shown}` first")
+    return state
 
 
 def export_parquet(db: str, out_dir: str | Path) -> dict[str, int]:
@@ -117,13 +121,7 @@ def export_parquet(db: str, out_dir: str | Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     written: list[Path] = []
     with read_only_connection(db, user_sql=False) as (url, conn):
-        state = migrate.schema_state(conn)
-        shown = display_url(url)
-        if state.kind in (migrate.EMPTY, migrate.FOREIGN):
-            raise UserError(f"{shown} is not a harness-xai store (no schema revision): nothing to export")
-        if state.kind != migrate.AT_HEAD:
-            raise UserError(f"database schema of {shown} is at revision {state.current}, not {state.head}: "
-                            f"run `harness-xai db upgrade --db {shown}` first")
+        state = _check_at_head(conn, url)
         if conn.dialect.name == "postgresql":
             conn = conn.execution_options(stream_results=True)  # server-side cursor
         out.mkdir(parents=True, exist_ok=True)
