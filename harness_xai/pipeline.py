@@ -208,12 +208,18 @@ def explain(results: dict, lm, tasks: dict, config: RunConfig, run_kwargs: dict,
     cases: list[Case] = []
     summaries: list[TaskSummary] = []
     by_task: dict[str, dict] = {}
+    bar = _phase_bar("building cases", sum(len(samples.get(n, [])) for n in tasks), "sample",
+                     config.progress)
     for name, task in tasks.items():  # a metric the samples lack fails here, before the store
+        bar.set_postfix_str(name, refresh=False)
         built = task_cases(name, task, samples.get(name, []), lm, config.metric_for(name),
-                           config.contrast, (prompts or {}).get(name), config.threshold_for(name))
+                           config.contrast, (prompts or {}).get(name), config.threshold_for(name),
+                           progress=bar.update)
         cases += built.cases
         by_task[name] = built.counts()
         summaries.append(_task_summary(name, task, results, samples.get(name, []), built))
+    bar.set_postfix_str(f"{len(cases)} cases", refresh=False)
+    bar.close()
     run = run_record(results, lm, sorted(tasks), config, run_kwargs)
     with nullcontext(store) if store is not None else Store.open(config.db) as store:
         run_id = store.ensure_run(run)
@@ -227,6 +233,17 @@ def explain(results: dict, lm, tasks: dict, config: RunConfig, run_kwargs: dict,
                          left=done.left, per_rank=done.per_rank, by_task=by_task)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _phase_bar(what: str, total: int, unit: str, enabled: bool):
+    """One progress bar per phase of a run (stderr; the attribution phase has its own per rank,
+    counted in tokens since cost grows with them)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=what, unit=unit, file=sys.stderr, disable=not enabled,
+                leave=True, dynamic_ncols=True)
 
 
 def make_worker(lm, config: RunConfig) -> CaseWorker:

@@ -219,3 +219,26 @@ def test_registries_refuse_taken_names_and_keep_builtins():
     assert CONTRAST_BUILDERS.get("multiple_choice") is builtin
     with pytest.raises(UserError, match="did you mean 'generate_until'"):
         CONTRAST_BUILDERS.get("generate_untill")
+
+
+def test_notebook_html_heatmap_is_escaped_and_scaled():
+    model = _model("llama")
+
+    class Tok:  # a tokenizer whose pieces are hostile text
+        def decode(self, ids):
+            return "<script>x</script>" if ids[0] == 3 else f" t{ids[0]}"
+
+    ids = [3, 4, 5, 6]
+    result = attribute(model, None, ids, 5, 7)
+    page = result.to_html(Tok())
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert page.count("<span") == len(ids) and result._repr_html_().count("<span") == len(ids)
+    top = int(result.tokens.abs().argmax())
+    assert page.count("rgba(") == len(ids) and ",1.000)" in page.split("<span")[top + 1]
+    with pytest.raises(UserError, match="SequenceTarget"):
+        from harness_xai.lrp.inputs import as_token
+
+        class Two:
+            def __call__(self, text, add_special_tokens=False):
+                return {"input_ids": [1, 2]}
+        as_token("Paris", Two())

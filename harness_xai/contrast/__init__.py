@@ -106,9 +106,11 @@ class TaskCases:
 
 def task_cases(task_name: str, task, samples: list[dict], lm, metric: str | None = None,
                contrast: str = "token", prompts: dict | None = None,
-               threshold: float | None = None) -> TaskCases:
+               threshold: float | None = None,
+               progress: Callable[[int], object] | None = None) -> TaskCases:
     """Verdicts and cases of one task (``prompts``: ``Captured.prompts[task]``). Raises
-    ``UserError`` for a ``metric`` the task's samples lack or a threshold on a binary metric."""
+    ``UserError`` for a ``metric`` the task's samples lack or a threshold on a binary metric.
+    ``progress(1)`` is called after each sample (a progress bar's ``update``)."""
     samples = list(samples)
     primary = primary_metric(task, task_name, samples, metric, threshold)
     options = Options(metric=primary.name, contrast=contrast, prompts=prompts or {},
@@ -117,6 +119,8 @@ def task_cases(task_name: str, task, samples: list[dict], lm, metric: str | None
     cache: dict = {}
     verdicts, cases = [], []
     for sample in samples:
+        if progress is not None:
+            progress(1)
         verdict = primary.verdict(sample)
         verdicts.append(verdict)
         if verdict.outcome != INCORRECT and kind not in EVERY_SAMPLE:

@@ -201,7 +201,9 @@ def work(cases: list[Case], worker: CaseWorker, budget: Budget,
     written = 0
     groups = passes([len(c.token_ids) for c in cases], budget.batch_size)
     total = sum(len(c.token_ids) for c in cases)
-    bar = tqdm(total=total, unit="tok", unit_scale=total >= 10_000,
+    # smoothing=0: the ETA uses the average rate since the start (converges; a moving average
+    # swings with every long or short case)
+    bar = tqdm(total=total, unit="tok", unit_scale=total >= 10_000, smoothing=0,
                position=rank, file=sys.stderr, desc=f"attributing (rank {rank})",
                disable=not progress, leave=True, dynamic_ncols=True)
     start = clock()
@@ -229,6 +231,7 @@ def work(cases: list[Case], worker: CaseWorker, budget: Budget,
                     flush()
                     bar.set_postfix_str(f"{result.attributed}/{len(cases)} cases", refresh=False)
         flush()
+        bar.set_postfix_str(f"{result.attributed}/{len(cases)} cases", refresh=False)
     except Exception as exc:  # noqa: BLE001 — reported to rank 0, which raises it
         result.error, result.exc = _describe(exc), exc
         try:  # cases explained before the error are kept

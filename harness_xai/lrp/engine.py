@@ -79,6 +79,31 @@ class Attribution:
         """(tokens (n,), layers (n_layers + 1, n)) as float32 numpy arrays."""
         return self.tokens.numpy().astype(np.float32), self.layers.numpy().astype(np.float32)
 
+    def to_html(self, tokenizer=None, max_tokens: int = 2000) -> str:
+        """A token heatmap (self-contained HTML, no script): red pushes toward ``target``, blue
+        toward ``foil``, each scaled by the largest |relevance|; hover shows position, exact
+        token and value. Token text comes from ``tokenizer`` (else the ids) and is escaped."""
+        import html
+
+        rel = self.tokens.float()
+        scale = float(rel.abs().max()) or 1.0
+        ids = self.input_ids.tolist()
+        spans = []
+        for i, (tok, r) in enumerate(zip(ids[-max_tokens:], rel[-max_tokens:].tolist())):
+            text = tokenizer.decode([tok]) if tokenizer is not None else f"[{tok}]"
+            a = min(abs(r) / scale, 1.0)
+            colour = f"rgba(220,40,40,{a:.3f})" if r > 0 else f"rgba(40,90,220,{a:.3f})"
+            shown = html.escape(text).replace(" ", "&nbsp;").replace("\n", "↵<br>") or "∅"
+            title = html.escape(f"{i}: {text!r} {r:+.4g}", quote=True)
+            spans.append(f'<span style="background:{colour}" title="{title}">{shown}</span>')
+        head = html.escape(f"{self.method}: Δ = {self.delta:.4g} (target {self.target_id} vs "
+                           f"foil {self.foil_id}), {len(ids)} tokens; red → target, blue → foil")
+        return (f'<div style="font-family:monospace;line-height:1.6"><div>{head}</div>'
+                f'<div>{"".join(spans)}</div></div>')
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
     def __repr__(self) -> str:
         top = self.tokens.abs().argsort(descending=True)[:3].tolist()
         parts = ", ".join(f"{i}: {self.tokens[i].item():+.3g}" for i in top)

@@ -77,7 +77,10 @@ def as_token(token, tokenizer) -> int:
             raise UserError(f"token {token!r} is a string but no tokenizer was given.")
         ids = tokenizer(token, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
-            raise UserError(f"token {token!r} is {len(ids)} tokens, not one; pass a token id.")
+            raise UserError(f"token {token!r} is {len(ids)} tokens, not one: pass the first token "
+                            "where the two answers differ (input = context + their shared "
+                            "tokens), or explain both whole answers with harness_xai.lrp.explain"
+                            "(model, [SequenceTarget(...)]) (README: Python API).")
         return int(ids[0])
     if isinstance(token, torch.Tensor):
         token = token.item()
