@@ -23,7 +23,8 @@ import pytest
 
 from harness_xai.cli import main
 from harness_xai.store import Store, bulk, run_sql
-from test_store_support import _progress, integrity_problems, run_command, run_env
+from test_store_support import (_progress, integrity_problems, run_command, run_env,
+                                slow_attribution_env)
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 ARITH = TASKS / "xai_arith" / "test.jsonl"
@@ -231,7 +232,8 @@ def test_ctrl_c_says_what_is_stored_exit_130(micro_model: Path, tmp_path: Path) 
     every stored case complete."""
     db = f"duckdb:///{tmp_path / 'int.duckdb'}"
     cmd = run_command(micro_model, tmp_path / "results", db, "xai_arith,xai_kv", 20)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=run_env())
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=slow_attribution_env(tmp_path / "site", 0.5))
     buf, done = b"", -1
     try:
         deadline = time.monotonic() + 400

@@ -99,6 +99,21 @@ def run_env() -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 
 
+def slow_attribution_env(folder: Path, seconds: float) -> dict[str, str]:
+    """``run_env()`` plus a ``sitecustomize`` that makes every engine pass of the child process
+    sleep ``seconds`` first: a signal sent once the first case is stored then lands during
+    attribution on any machine (on an idle one the whole attribution of a small run takes < 1 s)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import time\nimport harness_xai.pipeline as _pipeline\n"
+        "_real = _pipeline.explain_objectives\n\n\n"
+        f"def _slow(*args, **kwargs):\n    time.sleep({float(seconds)})\n"
+        "    return _real(*args, **kwargs)\n\n\n_pipeline.explain_objectives = _slow\n")
+    env = run_env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def _progress(buf: bytes, done: int, todo: int) -> tuple[int, int]:
     for pattern in _PROGRESS:
         found = pattern.findall(buf)
