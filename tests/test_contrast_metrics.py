@@ -118,3 +118,54 @@ def test_math_answer_comes_from_process_results(generative_run, built):
         if case.status == PENDING:
             assert case.built["contrast"]["rule"] in ("answer-span:process-results",
                                                       "invalid-extraction:full-target")
+
+
+def test_long_context_needles_are_stored_as_evidence(generative_run, built):
+    """RULER's needle and babilong's supporting fact (lm-eval's own configs, local docs) become
+    ``evidence_positions``: exactly the attributed tokens that overlap a non-space character of
+    the needle sentence (brute force over the tokenizer's offsets), none when left truncation
+    cut the sentence away, so evidence recovery is measured on the real benchmark formats."""
+    from harness_xai.contrast.answer import needle_spans
+
+    lm, tok = generative_run.lm, generative_run.lm.tokenizer
+    with_evidence = 0
+    for name in ("fx_babilong_qa1", "fx_niah_single_1"):
+        docs = list(generative_run.tasks[name].eval_docs)
+        samples = {(s["doc_id"], s["filter"]): s for s in generative_run.samples[name]}
+        for case in built[name].cases:
+            if case.status != PENDING:
+                continue
+            sample = samples[(case.doc_id, case.filter)]
+            context, doc = sample["arguments"][0][0], docs[case.doc_id]
+            (start, end), = needle_spans(doc, context)
+            fact = context[start:end]
+            gold = (doc.get("outputs") or [doc.get("target")])[0]
+            assert gold in fact and fact.endswith(".")
+            if name == "fx_babilong_qa1":  # the fact names the question's subject
+                assert doc["question"].split()[-1].rstrip("?") in fact
+            # brute force: decode the kept context tokens one by one and find the sentence
+            cut = case.built["contrast"]["truncation"]["tokens_cut"]
+            ids = lm.tok_encode(context)[cut:]
+            assert list(case.token_ids[:len(ids)]) == ids
+            kept_text = lm.tok_decode(ids)
+            base = len(context) - len(kept_text)
+            # clean[k]: characters decoded by ids[:k] when that decoding is a prefix of the text
+            # (a token holding part of a multi-byte character such as "ë" ends no character)
+            clean = [len(d) if kept_text.startswith(d) and "\ufffd" not in d else None
+                     for d in (lm.tok_decode(ids[:k]) for k in range(len(ids) + 1))]
+            expected = []
+            for k in range(len(ids)):
+                lo = next(clean[j] for j in range(k, -1, -1) if clean[j] is not None)
+                hi = next(clean[j] for j in range(k + 1, len(ids) + 1) if clean[j] is not None)
+                lo, hi = base + lo, base + hi
+                if any(not context[i].isspace() for i in range(max(lo, start), min(hi, end))):
+                    expected.append(k)
+            assert list(case.evidence_positions) == expected, (name, case.doc_id)
+            kept = case.built["contrast"]["truncation"]["evidence_kept"]
+            if kept:
+                span = tok.decode(list(case.token_ids[expected[0]:expected[-1] + 1]))
+                assert expected and fact.strip() in span and len(span) <= len(fact) + 2
+                with_evidence += 1
+            else:  # the sentence was cut (away, or its start): what remains opens the window
+                assert not expected or expected[0] == 0
+    assert with_evidence >= 1

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import re
+
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,9 +231,14 @@ def token_span(tokenizer, ids, span: AnswerSpan) -> tuple[int, int]:
 
 
 def needle_spans(doc: dict, context: str) -> tuple[tuple[int, int], ...]:
-    """Evidence in a long-context prompt (character spans of sentences): every sentence holding a
-    value of RULER's ``outputs``; else the last sentence stating the doc's ``target`` (babilong:
-    the fact, after any few-shot examples). Best effort: exact string search."""
+    """Evidence in a long-context prompt (character spans of whole sentences):
+
+    - RULER: every sentence holding a value of the doc's ``outputs`` (the needles);
+    - babilong (``target`` and ``question``): the supporting fact = the LAST sentence that states
+      the target and names the question's subject (its capitalised words: "Where is Mary?" →
+      "Mary"); when no sentence names the subject (multi-fact tasks), the last sentence stating
+      the target. Last, because few-shot examples come before the doc's own text.
+    Best effort: exact string search; nothing found → ()."""
     spans = []
     for value in [str(v) for v in doc.get("outputs") or () if str(v)]:
         at = context.find(value)
@@ -240,10 +247,23 @@ def needle_spans(doc: dict, context: str) -> tuple[tuple[int, int], ...]:
             at = context.find(value, at + 1)
     target = doc.get("target")
     if not spans and isinstance(target, str) and target.strip():
-        at = context.rfind(target.strip())
-        if at >= 0:
-            spans.append(_sentence(context, at, len(target.strip())))
+        value = target.strip()
+        found = [_sentence(context, m.start(), len(value))
+                 for m in re.finditer(re.escape(value), context)]
+        subjects = _subjects(doc.get("question"))
+        naming = [s for s in found if subjects and any(
+            re.search(rf"\b{re.escape(w)}\b", context[s[0]:s[1]]) for w in subjects)]
+        if naming or found:
+            spans.append((naming or found)[-1])
     return tuple(sorted(set(spans)))
+
+
+def _subjects(question) -> list[str]:
+    """Capitalised words of a question except its first word ("Where is Mary?" → ["Mary"])."""
+    if not isinstance(question, str):
+        return []
+    words = re.findall(r"\w+", question)
+    return [w for w in words[1:] if w[:1].isupper()]
 
 
 def _sentence(text: str, at: int, n: int) -> tuple[int, int]:

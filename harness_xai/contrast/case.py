@@ -139,13 +139,25 @@ def set_segments(case: CaseDraft, labels: list[seg.Label]) -> None:
 
 def set_evidence(case: CaseDraft, lm, task, doc: dict, context: str, ctx_ids: list[int],
                  offset: int = 0) -> None:
-    """``case.evidence_positions`` from the doc's ``evidence_span`` (``contrast.evidence``);
-    ``ctx_ids`` encode ``context``, the attributed input is ``ids[offset:]`` (``case.token_ids``
-    already set)."""
-    from harness_xai.contrast.evidence import evidence_positions
+    """``case.evidence_positions``: from the doc's ``evidence_span`` (``contrast.evidence``), else
+    from the long-context needles/facts lm-eval's RULER and babilong docs name
+    (``answer.needle_spans``: the needle sentences, babilong's supporting fact); ``ctx_ids``
+    encode ``context``, the attributed input is ``ids[offset:]`` (``case.token_ids`` set)."""
+    from harness_xai.contrast.answer import needle_spans
+    from harness_xai.contrast.evidence import FIELD, evidence_positions, sentence_positions
 
-    case.evidence_positions = evidence_positions(lm.tokenizer, task, doc, context, ctx_ids,
-                                                 offset, len(case.token_ids))
+    if isinstance(doc, dict) and FIELD in doc:
+        case.evidence_positions = evidence_positions(lm.tokenizer, task, doc, context, ctx_ids,
+                                                     offset, len(case.token_ids))
+        return
+    try:
+        spans = list(needle_spans(doc, context)) if isinstance(doc, dict) and context else []
+    except Exception:  # evidence must never lose a finished evaluation
+        spans = []
+    case.evidence_positions = sentence_positions(lm.tokenizer, context, ctx_ids, spans, offset,
+                                                 len(case.token_ids)) if spans else []
+    if spans:
+        note(case, evidence="needle-sentences")
 
 
 def truncation_note(lm, pair: tuple[str, str] | None, doc: dict, context: str | None = None,

@@ -19,6 +19,10 @@ Algorithm (``evidence_positions``):
    (" 73" overlaps the value "73"). Positions are shifted into the attributed input
    (``token_ids = ids[offset:…]``) and kept if they fall inside it.
 Errors never lose a finished evaluation: any failure gives ``[]``.
+
+Long-context benchmark docs carry no ``evidence_span``: RULER's needles and babilong's supporting
+fact are found as context sentences (``answer.needle_spans``) and mapped by steps 3–4
+(``sentence_positions``); the evidence there is the whole sentence.
 """
 
 from __future__ import annotations
@@ -89,6 +93,19 @@ def evidence_positions(tokenizer, task, doc: dict, context: str, ctx_ids: Sequen
         if at is None:
             return []
         found = span_positions(tokenizer, context, ctx_ids, [(at + s, at + e) for s, e in spans])
+        limit = len(ctx_ids) - offset if n_input is None else n_input
+        return [k - offset for k in found if 0 <= k - offset < limit]
+    except Exception:  # evidence must never lose a finished evaluation
+        return []
+
+
+def sentence_positions(tokenizer, context: str, ctx_ids: Sequence[int],
+                       spans: list[tuple[int, int]], offset: int = 0,
+                       n_input: int | None = None) -> list[int]:
+    """Steps 3–4 for evidence given as context character spans (RULER needles, babilong facts):
+    positions in the attributed input ``ids[offset:offset + n_input]``."""
+    try:
+        found = span_positions(tokenizer, context, ctx_ids, spans)
         limit = len(ctx_ids) - offset if n_input is None else n_input
         return [k - offset for k in found if 0 <= k - offset < limit]
     except Exception:  # evidence must never lose a finished evaluation
