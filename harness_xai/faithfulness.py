@@ -12,9 +12,12 @@ For one case (input ids, token relevance, wrong token, gold token):
 4. Step s replaces the first k_s tokens of an order by ``baseline_token_id`` (the tokenizer's
    pad, else unk, else eos token, unless given) and measures Δℓ_s = logit[wrong] − logit[gold]
    at the last position; Δℓ₀ is measured the same way on the unchanged input.
-5. ``aopc = mean_s (Δℓ₀ − Δℓ_s) / |Δℓ₀|`` for the relevance order, ``aopc_random`` the same
-   for the random curve (Δℓ averaged over the orders). A trustworthy explanation has aopc well
-   above aopc_random; NaN when Δℓ₀ = 0.
+5. ``aopc = mean_s clip((Δℓ₀ − Δℓ_s) / |Δℓ₀|, −1, 1)`` for the relevance order, ``aopc_random``
+   the same for the random curve (Δℓ averaged over the orders). Each step counts the share of the
+   explained Δ that deleting removed: 1 = all of it (or more: the decision flipped), −1 = deleting
+   added at least Δℓ₀. Bounded in [−1, 1], so cases are comparable whatever their Δ (unclipped,
+   a Δℓ₀ near 0 gave ±50 in the demo); the raw curves stay stored (``delta_relevance``). A
+   trustworthy explanation has aopc well above aopc_random; NaN when Δℓ₀ = 0.
 Batching: cases go in groups of ``batch_size``; one forward covers step s of every case of the
 group (1 relevance row + ``n_random`` random rows per case), plus one forward for Δℓ₀. Rows are
 left-padded to the longest with an attention mask and position ids counted from each row's
@@ -151,7 +154,7 @@ def _group_curves(model, cases, baseline_id, bos_id, fractions, n_random, seed):
 def _aopc(d0: float, curve: list[float]) -> float:
     if d0 == 0:
         return float("nan")
-    return float(np.mean([(d0 - d) / abs(d0) for d in curve]))
+    return float(np.mean([np.clip((d0 - d) / abs(d0), -1.0, 1.0) for d in curve]))
 
 
 @torch.inference_mode()

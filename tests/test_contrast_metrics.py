@@ -111,7 +111,9 @@ def test_math_answer_comes_from_process_results(generative_run, built):
     sample = generative_run.samples[name][0]
     raw = "We add 2 and 3.\nFinal Answer: The final answer is $7$. I hope it is correct."
     start, end = _scored_span(task, sample, raw)
-    assert raw[start:end] == "$7$"  # get_unnormalized_answer's text (normalised later)
+    # get_unnormalized_answer reads "$7$"; its normaliser drops the "$" the gold never has, so
+    # the contrast starts at the answer itself, not at a "$" vs "7" formatting difference
+    assert raw[start:end] == "7"
     assert _scored_span(task, sample, "no marker, 7") is None
     assert _extraction_failed(task, sample, "no marker, 7")
     for case in built[name].cases:

@@ -151,7 +151,10 @@ def _scored_span(task, sample: dict, raw: str) -> tuple[int, int] | None:
         return None
     if "substring" in span.how or "whole_response" in span.how:
         return None
-    return span.start, span.end
+    start, end = span.start, span.end
+    if end - start > 2 and raw[start] == "$" and raw[end - 1] == "$":  # "$7$": MATH's
+        start, end = start + 1, end - 1  # normaliser drops the math delimiters; the gold has none
+    return start, end
 
 
 def _extraction_failed(task, sample: dict, raw: str) -> bool:

@@ -5,7 +5,10 @@ not the greedy continuation):
 1. Rebuild and re-score the scored sequence ``context + target`` through the HFLM instance
    (``scoring``); ``ll_error`` = |recomputed − logged log-likelihood|.
 2. j = first target position whose greedy (argmax) token differs from the target token
-   (none, e.g. a numerical tie flipped → skip ``greedy-matches-target``).
+   (none, e.g. a numerical tie flipped → skip ``greedy-matches-target``). Its Δ =
+   log p(greedy) − log p(target) ≥ 0 (the same as the logit difference); below ``NEAR_TIE``
+   (1e-4, as for multiple choice) the greedy choice is a near-tie, not a decision: skip
+   ``near-tie`` (a Δ near 0 is no explanation target).
 3. Token mode: input = lm-eval's window up to that position (context + target tokens before j);
    wrong = the argmax token, gold = the target token.
 4. Sequence mode: the model's own greedy continuation from there, as many tokens as the rest of
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 from harness_xai.contrast.case import (CaseDraft, Options, context_token_labels, new_case, note,
                                        set_segments, skip, truncation_note)
-from harness_xai.contrast.scoring import build, first_difference, score, window_start
+from harness_xai.contrast.scoring import NEAR_TIE, build, first_difference, score, window_start
 from harness_xai.records import SequenceTarget
 
 
@@ -33,6 +36,9 @@ def loglikelihood_case(sample: dict, task, task_name: str, lm, options: Options,
     j = first_difference(seq.greedy, seq.cont)
     if j is None:
         return skip(case, "greedy-matches-target")
+    note(case, greedy_gap=seq.greedy_gap[j])
+    if seq.greedy_gap[j] < NEAR_TIE:
+        return skip(case, "near-tie")
     t = seq.n_ctx + j
     labels = (context_token_labels(lm, task, options, context, seq.ids[: seq.n_ctx], sample["doc"])
               + [("continuation", None)] * len(seq.cont))

@@ -44,14 +44,13 @@ import numpy as np
 
 from harness_xai.contrast.case import (CaseDraft, Options, context_token_labels, new_case, note,
                                        set_evidence, set_segments, skip, truncation_note)
-from harness_xai.contrast.scoring import Scored, build, first_difference, logit_gap, score
+from harness_xai.contrast.scoring import (NEAR_TIE, Scored, build, first_difference, logit_gap,
+                                          score)
 from harness_xai.records import SequenceTarget
 
 CONT = ("continuation", None)
 
 
-#: |Δ| below this (log-prob units; per character for acc_norm) is a near-tie, not a decision
-NEAR_TIE = 1e-4
 
 
 def multiple_choice_case(sample: dict, task, task_name: str, lm, options: Options,

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: |Δ| below this (log-prob units; per character for acc_norm) is a near-tie, not a decision
+NEAR_TIE = 1e-4
+
 
 @dataclass
 class Scored:
@@ -28,6 +31,7 @@ class Scored:
     ll: float | None = None  # Σ log p(continuation) recomputed
     token_logprobs: list[float] | None = None  # (n_cont,)
     greedy: list[int] | None = None  # (n_cont,) argmax token at each continuation position
+    greedy_gap: list[float] | None = None  # (n_cont,) log p(greedy) − log p(continuation token)
 
     @property
     def cont(self) -> list[int]:
@@ -57,13 +61,14 @@ def build(lm, context: str, continuation: str) -> Scored:
 
 
 def score(lm, seq: Scored) -> Scored:
-    """Fill ``ll``, ``token_logprobs`` and ``greedy`` by one forward over lm-eval's window."""
+    """Fill ``ll``, ``token_logprobs``, ``greedy`` and ``greedy_gap`` by one forward over lm-eval's
+    window."""
     import torch
     import torch.nn.functional as F
 
     n_cont = len(seq.ids) - seq.n_ctx
     if n_cont <= 0:
-        seq.ll, seq.token_logprobs, seq.greedy = 0.0, [], []
+        seq.ll, seq.token_logprobs, seq.greedy, seq.greedy_gap = 0.0, [], [], []
         return seq
     window = seq.ids[seq.start:]  # (n_win,)
     inp = torch.tensor([window[:-1]], dtype=torch.long, device=lm.device)  # (1, n_win - 1)
@@ -74,7 +79,9 @@ def score(lm, seq: Scored) -> Scored:
     picked = logprobs.gather(1, target[:, None])[:, 0]  # (n_cont,)
     seq.token_logprobs = [float(x) for x in picked.float().cpu()]
     seq.ll = float(picked.sum())
-    seq.greedy = [int(x) for x in logprobs.argmax(-1).cpu()]
+    best = logprobs.max(-1)  # (n_cont,)
+    seq.greedy = [int(x) for x in best.indices.cpu()]
+    seq.greedy_gap = [float(x) for x in (best.values - picked).float().cpu()]
     return seq
 
 
