@@ -83,9 +83,19 @@ DOCS = [{"question": "What is 9 + 9?", "answer": "9 + 9 = 18\n#### 18"},
         {"question": "What is <b>5 + 7</b>?", "answer": "5 + 7 = 12\n#### 12"}]
 
 
-def write_thinking_task(dest: Path, name: str = "fx_think_gsm8k") -> Path:
-    """lm-eval's gsm8k.yaml (template, regex filters, exact_match) bound to ``DOCS``."""
+TASK, TASK_NO_MATCH = "fx_think_gsm8k", "fx_think_no_match"
+#: a filter that never matches the model's answer ("[invalid]": the invalid-extraction rule)
+NO_MATCH_FILTER = [{"name": "strict-match", "filter": [
+    {"function": "regex", "regex_pattern": "The answer is (\\-?[0-9]+)"},
+    {"function": "take_first"}]}]
+
+
+def write_thinking_tasks(dest: Path) -> Path:
+    """lm-eval's gsm8k.yaml (template, regex filters, exact_match) bound to ``DOCS``, and the
+    same task with a filter that finds no answer in the model's output."""
     from fixtures.lm_eval_tasks import builtin_tasks_dir, write_task
 
-    return write_task(dest, name, {"include": str(builtin_tasks_dir() / "gsm8k" / "gsm8k.yaml")},
+    include = {"include": str(builtin_tasks_dir() / "gsm8k" / "gsm8k.yaml")}
+    write_task(dest, TASK, include, {"train": DOCS, "test": DOCS})
+    return write_task(dest, TASK_NO_MATCH, {**include, "filter_list": NO_MATCH_FILTER},
                       {"train": DOCS, "test": DOCS})
