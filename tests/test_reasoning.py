@@ -326,3 +326,27 @@ def test_case_page_names_the_reasoning_step_escaped(thinking):
         share = case["metrics"]["reasoning.top_step.share"]
         assert f"{100 * share:.0f}% of Σ|R|" in text
         assert "<it>" not in page and "<17>" not in page
+
+
+def test_generated_labels_for_any_builder():
+    """The helper a builder (the rollout path too) calls on generated ids: ``generated`` without
+    a think_end_token, the reasoning segments with one."""
+    from harness_xai.contrast.reasoning import generated_labels
+
+    table = {1: "<think>", 2: " a", 3: ".", 9: "</think>", 7: " 18"}
+
+    class LM:
+        think_end_token = None
+
+        def tok_decode(self, ids):
+            return "".join(table[i] for i in ids)
+
+    lm = LM()
+    assert generated_labels(lm, [1, 2, 3, 9, 7]) == [("generated", None)] * 5
+    lm.think_end_token = "</think>"
+    assert generated_labels(lm, [1, 2, 3, 9, 7]) == [
+        ("think-marker", None), ("reasoning", 0), ("reasoning", 0), ("think-marker", None),
+        ("answer", None)]
+    lm.think_end_token = 9
+    assert generated_labels(lm, [1, 2, 3]) == [("think-marker", None), ("reasoning", 0),
+                                              ("reasoning", 0)]

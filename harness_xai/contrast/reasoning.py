@@ -189,6 +189,18 @@ def generated_segments(decode, ids: Sequence[int], think_end: str | int,
                              split.answer[0], split.closed)
 
 
+def generated_labels(lm, ids: Sequence[int],
+                     prefixes: Sequence[str] | None = None) -> list[tuple[str, int | None]]:
+    """Segment labels (``records.SEGMENTS``) of the generated ``ids`` that become part of a case
+    input: ``generated`` for every token when the HFLM has no ``think_end_token``, else
+    ``generated_segments`` (reasoning step / think-marker / answer). For any builder that puts
+    the model's own generated prefix into a case (the first-error rollouts as well)."""
+    think_end = getattr(lm, "think_end_token", None)
+    if think_end is None:
+        return [("generated", None)] * len(ids)
+    return list(generated_segments(lm.tok_decode, ids, think_end, prefixes=prefixes).labels)
+
+
 def _part(segment: str) -> str | None:
     return next((p for p, s in SEGMENT_OF.items() if s == segment), None)
 
