@@ -131,9 +131,9 @@ PIECES = [("<think>", "think-marker", None), (" Add 9 & 8. ", "reasoning", 0),
 
 @pytest.fixture(scope="module")
 def thinking(micro_model, tmp_path_factory):
-    """{mode: sqlite URL} of three attributed runs of the thinking model on the GSM8K-format
-    tasks: think_end_token as a string, as the token id, and (string) with a generation budget
-    that ends inside the reasoning; plus the model and report directories."""
+    """{mode: (sqlite URL, lm-eval results)} of attributed runs of the thinking model on the
+    GSM8K-format tasks: think_end_token as a string, as the token id, with sequence contrasts,
+    and (string) with a generation budget that ends inside the reasoning."""
     import harness_xai
     from lm_eval.tasks import TaskManager, get_task_dict
     from thinking_model import TASK, TASK_NO_MATCH, build_thinking_model, write_thinking_tasks
@@ -147,12 +147,13 @@ def thinking(micro_model, tmp_path_factory):
     marker_id = AutoTokenizer.from_pretrained(str(model)).convert_tokens_to_ids("</think>")
     runs = {}
     for mode, end, max_gen in (("string", "</think>", 64), ("id", marker_id, 64),
-                               ("unclosed", "</think>", 12)):
+                               ("sequence", "</think>", 64), ("unclosed", "</think>", 12)):
         url = f"sqlite:///{root / mode}.sqlite"
         results = harness_xai.evaluate(
             model="hf", model_args=f"pretrained={model},dtype=float32,think_end_token={end}",
             tasks=[TASK, TASK_NO_MATCH], task_manager=tm, device="cpu", num_fewshot=0,
-            gen_kwargs=f"max_gen_toks={max_gen}", attribute=True, db=url, progress=False)
+            gen_kwargs=f"max_gen_toks={max_gen}", attribute=True, db=url, progress=False,
+            contrast="sequence" if mode == "sequence" else "token")
         runs[mode] = (url, results)
     return {"runs": runs, "model": model, "root": root, "marker_id": marker_id}
 
@@ -163,7 +164,7 @@ def _cases(url: str):
     from harness_xai.store import run_sql
 
     cols, rows = run_sql(url, "SELECT id, task, doc_id, filter, status, skip_reason, position, "
-                              "wrong_token, gold_token, method_params FROM cases ORDER BY id")
+                              "wrong_token, gold_token, delta, method_params FROM cases ORDER BY id")
     out = []
     for row in rows:
         case = dict(zip(cols, row))
@@ -193,7 +194,7 @@ def _oracle_labels(tok, ids: list[int]) -> list[tuple[str, int | None]]:
     return out
 
 
-@pytest.mark.parametrize("mode", ["string", "id", "unclosed"])
+@pytest.mark.parametrize("mode", ["string", "id", "sequence", "unclosed"])
 def test_thinking_cases_are_built_and_labelled(thinking, mode):
     from thinking_model import TASK, THOUGHT
     from transformers import AutoTokenizer
@@ -208,6 +209,7 @@ def test_thinking_cases_are_built_and_labelled(thinking, mode):
     by_task = results["xai"]["by_task"]
     assert sum(c["cases"] for c in by_task.values()) == len(cases) == 9  # 3 docs × (2 + 1 filters)
     assert all(c["status"] == "attributed" for c in cases), [c["skip_reason"] for c in cases]
+    assert all(c["delta"] > 0 for c in cases)  # the explained Δ favours what the model wrote
     think_start = tok.convert_tokens_to_ids("<think>")
     for case in cases:
         notes, tokens = case["notes"], case["tokens"]

@@ -26,16 +26,16 @@ Algorithm, per logged sample (one per filter) whose ``exact_match`` (or ``acc``)
 6. Other degenerate outcomes are skips: ``answer-not-located``, ``gold-answer-is-prefix`` (the
    model's tokens agree with the whole gold answer and go on), ``generation-ended`` (the model
    stopped inside the gold answer without a differing token), ``thinking-answer-not-located``.
+7. Sequence mode: Δ = log p(model's answer tokens from the divergence) − log p(gold tokens
+   from the divergence), same prefix (``SequenceTarget``). With the invalid-extraction rule both
+   sides are cut to the same number of tokens (at most what the model generated), so the two
+   sums are comparable.
 Thinking models (the HFLM's ``think_end_token``, string or id): the logged response is only the
 answer lm-eval scored; the raw generation is the decode of the regenerated ids. Its tokens are
 labelled reasoning (per step) / think-marker / answer (``reasoning.generated_segments``), the
 answer spans of steps 2–5 are found in the scored answer and shifted past the reasoning, so the
 reasoning is context of the contrast; the invalid-extraction rule compares from the answer's
 start. Unclosed thinking: lm-eval scores the whole text, and so does the contrast.
-7. Sequence mode: Δ = log p(model's answer tokens from the divergence) − log p(gold tokens
-   from the divergence), same prefix (``SequenceTarget``). With the invalid-extraction rule both
-   sides are cut to the same number of tokens (at most what the model generated), so the two
-   sums are comparable.
 """
 
 from __future__ import annotations
