@@ -83,7 +83,7 @@ class TaskSummary:
 
 #: token segment labels (``Case.segments``)
 SEGMENTS = ("special", "instruction", "fewshot", "question", "option", "continuation",
-            "generated")
+            "generated", "reasoning", "think-marker", "answer")
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ class Case:
     token_ids: tuple[int, ...] = ()  # (n_tokens,)
     tokens: tuple[str, ...] = ()  # (n_tokens,) each token decoded alone
     segments: tuple[str, ...] = ()  # (n_tokens,) label from SEGMENTS
-    segment_index: tuple[int | None, ...] = ()  # (n_tokens,) which demo/option
+    segment_index: tuple[int | None, ...] = ()  # (n_tokens,) which demo/option/reasoning step
     #: input positions holding the evidence the answer needs, when the task's docs record it
     evidence_positions: tuple[int, ...] = ()
     built: dict[str, Any] = field(default_factory=dict)  # how the contrast was built

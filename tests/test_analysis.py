@@ -267,6 +267,23 @@ def test_analyse_leaves_other_cases_alone_and_gives_plain_floats():
             "layer.formation", "evidence.rank_abs", "relevance.conservation"} <= set(numbers)
 
 
+def test_reasoning_top_step_by_hand():
+    """Steps 0 and 2 of a thinking model's reasoning in the input: the top step has the largest
+    Σ r (not Σ|r|), its share is over every token's |r|; no reasoning token → no metric."""
+    from harness_xai.analysis.reasoning import reasoning_metrics
+
+    rel = np.array([1.0, -3.0, 1.0, 0.5, 0.5, 2.0, 1.0])
+    seg = ["question", "reasoning", "reasoning", "think-marker", "reasoning", "reasoning", "answer"]
+    idx = [None, 0, 0, None, 2, 2, None]
+    got = reasoning_metrics(rel, seg, idx)
+    assert got == pytest.approx({"reasoning.n_steps": 2.0, "reasoning.top_step": 2.0,
+                                 "reasoning.top_step.total": 2.5,
+                                 "reasoning.top_step.share": 2.5 / 9.0})
+    assert reasoning_metrics(rel, ["question"] * 7, [None] * 7) == {}
+    case, ex = explained(rel, segments=seg, segment_index=idx)
+    assert {k: v for k, v in case_metrics(case, ex).items() if k.startswith("reasoning.")} == got
+
+
 # -- 5. storage -------------------------------------------------------------------------------
 def test_metrics_labels_and_evidence_are_stored(db: str):
     case, ex = make_case(n_tokens=12, evidence_positions=[3, 4])

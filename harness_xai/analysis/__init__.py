@@ -6,7 +6,8 @@ when it has token relevance; otherwise it is returned unchanged. Steps:
    profile, sink share, conservation.
 2. ``layers``: the layer profile (last-position share per layer, formation layer).
 3. ``evidence``: rank of the evidence among the tokens, with the random baseline (only for
-   cases with ``evidence_positions``).
+   cases with ``evidence_positions``); ``reasoning``: the reasoning step of a thinking model's
+   output with the most relevance toward the wrong token (only for cases with reasoning tokens).
 4. ``triage``: the rule flags and the primary label.
 Result: ``{metric name: float, …, "triage": label, "flags": [flag, …]}``; the store writes the
 numbers to ``case_metrics`` and the labels to ``case_labels``. Every function is pure (arrays in,
@@ -22,6 +23,7 @@ import numpy as np
 
 from harness_xai.analysis.evidence import evidence_recovery
 from harness_xai.analysis.layers import layer_profile
+from harness_xai.analysis.reasoning import reasoning_metrics
 from harness_xai.analysis.relevance import (concentration, conservation, position_profile,
                                             segment_relevance)
 from harness_xai.analysis.triage import FLAGS, LABELS, classify
@@ -43,6 +45,7 @@ def case_metrics(case: Case, ex: Explanation) -> dict[str, float]:
     out.update(layer_profile(ex.layer_relevance, graph.metrics if graph else None,
                              len(graph.node_layers) if graph else None))
     out.update(evidence_recovery(rel, list(case.evidence_positions or []), segments))
+    out.update(reasoning_metrics(rel, segments, list(case.segment_index or [])))
     return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
 
 

@@ -25,11 +25,17 @@ Algorithm, per logged sample (one per filter) whose ``exact_match`` (or ``acc``)
    reference solution.
 6. Other degenerate outcomes are skips: ``answer-not-located``, ``gold-answer-is-prefix`` (the
    model's tokens agree with the whole gold answer and go on), ``generation-ended`` (the model
-   stopped inside the gold answer without a differing token), ``thinking-output-unsupported``.
+   stopped inside the gold answer without a differing token), ``thinking-answer-not-located``.
 7. Sequence mode: Δ = log p(model's answer tokens from the divergence) − log p(gold tokens
    from the divergence), same prefix (``SequenceTarget``). With the invalid-extraction rule both
    sides are cut to the same number of tokens (at most what the model generated), so the two
    sums are comparable.
+Thinking models (the HFLM's ``think_end_token``, string or id): the logged response is only the
+answer lm-eval scored; the raw generation is the decode of the regenerated ids. Its tokens are
+labelled reasoning (per step) / think-marker / answer (``reasoning.generated_segments``), the
+answer spans of steps 2–5 are found in the scored answer and shifted past the reasoning, so the
+reasoning is context of the contrast; the invalid-extraction rule compares from the answer's
+start. Unclosed thinking: lm-eval scores the whole text, and so does the contrast.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from dataclasses import dataclass
 
 from harness_xai.contrast.case import (CaseDraft, Options, context_token_labels, new_case, note,
                                        set_evidence, set_segments, skip, truncation_note)
+from harness_xai.contrast.reasoning import generated_segments, scored_text_view
 from harness_xai.contrast.scoring import first_difference, window_start
 from harness_xai.records import SequenceTarget
 
@@ -67,15 +74,23 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     note(case, truncation=truncation_note(lm, None, sample["doc"], context, int(max_gen)))
     if NO_REFERENCE.match(metric):  # scored by running code / checking instructions
         return skip(case, f"no-reference-answer:{metric}")
-    if getattr(lm, "think_end_token", None) is not None:
-        return skip(case, "thinking-output-unsupported")
     doc_id = int(sample["doc_id"])
     if doc_id not in cache:
         cache[doc_id] = regenerate(lm, context, gen_kwargs)
     gen = cache[doc_id]
     if gen is None or gen.text != raw:
         return skip(case, "regeneration-mismatch")
-    note(case, generation=raw)  # the report shows the model's whole generation
+    dec = [lm.tok_decode(gen.ids[:i]) for i in range(len(gen.ids) + 1)]  # prefix decodings
+    text, shift, gen_labels = raw, 0, [GEN] * len(gen.ids)
+    think_end = getattr(lm, "think_end_token", None)
+    if think_end is not None:  # raw = the scored answer; text = reasoning + answer
+        parts = generated_segments(lm.tok_decode, gen.ids, think_end, prefixes=dec)
+        text = scored_text_view(parts, raw)
+        if text is None:
+            return skip(case, "thinking-answer-not-located")
+        shift, gen_labels = parts.answer_start, list(parts.labels)
+        note(case, thinking=parts.notes(think_end))
+    note(case, generation=text)  # the report shows the model's whole generation
     ensemble = next((f for f in getattr(task, "_filters", []) if f.name == sample["filter"]), None)
     targets = _targets(task, sample)
     scored = _scored_span(task, sample, raw)
@@ -92,10 +107,10 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
         rule, golds = "answer-span", [_filter_text(ensemble, t, sample["doc"]) for t in targets]
     else:
         return skip(case, "answer-not-located")
-    dec = [lm.tok_decode(gen.ids[:i]) for i in range(len(gen.ids) + 1)]  # prefix decodings
+    span = (span[0] + shift, span[1] + shift)  # in the raw generation (past the reasoning)
     full = dec[-1]
     k = max(i for i in range(len(dec)) if len(dec[i]) <= span[0] and full.startswith(dec[i]))
-    bridge = raw[len(dec[k]): span[0]]
+    bridge = text[len(dec[k]): span[0]]
     model = gen.ids[k:]
     options_found, reasons = [], []
     for gold in golds:
@@ -113,7 +128,7 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     t = len(gen.context_ids) + k + j
     case.gold_text = gold
     labels = context_token_labels(lm, task, options, context, gen.context_ids, sample["doc"])
-    labels += [GEN] * len(gen.ids)
+    labels += gen_labels
     case.wrong_token_id, case.gold_token_id = model[j], gold_ids[j]
     if options.contrast == "token":
         case.token_ids = prefix_all[:t]

@@ -5,7 +5,9 @@ Labels (``records.SEGMENTS``): ``instruction`` (system instruction, task descrip
 text, generation prefix), ``option`` (answer option i written inside the question, or the option
 filled into a multiple-input context), ``continuation`` (tokens of the scored continuation before
 the contrast position), ``generated`` (the model's own generated prefix), ``special`` (BOS /
-prefix token, tokenizer special tokens, chat-template markup).
+prefix token, tokenizer special tokens, chat-template markup). A thinking model's generated
+prefix (HFLM ``think_end_token``) is ``reasoning`` (index: the reasoning step), ``think-marker``
+(``<think>`` / ``</think>``) and ``answer`` instead of ``generated`` (``contrast.reasoning``).
 
 Algorithm for a context string (multiple-input tasks: the option is the part of the choice's
 context that differs from the other choices, widened to whole words):

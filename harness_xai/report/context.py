@@ -25,6 +25,8 @@ from typing import Any
 from harness_xai.report.tokens import BYTE_MARK, FFFD
 
 CONTEXT_SEGMENTS = {"special", "instruction", "fewshot", "question", "option", None}
+#: the model's own generated tokens (a thinking model's: reasoning, markers, answer)
+GENERATED_SEGMENTS = {"generated", "reasoning", "think-marker", "answer"}
 
 
 def contrast_notes(method_params: str | None) -> dict[str, Any]:
@@ -90,7 +92,7 @@ def generation(notes: dict[str, Any], labels: list[str], segments: list[str | No
     """Step 4: {"prefix": generated text before the explained token, "wrong": that token,
     "raw": the full generation or None}; None when the input has no generated tokens and no
     generation was recorded."""
-    prefix = "".join(label for label, s in zip(labels, segments) if s == "generated")
+    prefix = "".join(label for label, s in zip(labels, segments) if s in GENERATED_SEGMENTS)
     raw = notes.get("generation") if isinstance(notes.get("generation"), str) else None
     if raw is not None:  # bytes the model emitted that are not valid UTF-8 on their own
         raw = raw.replace(FFFD, BYTE_MARK)

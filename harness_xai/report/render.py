@@ -175,6 +175,7 @@ def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_hr
         first_special=first_special,
         top=summary.top_tokens(a, labels, group, first_special),
         segment_line=summary.segment_line(a), layer_line=summary.layer_line(a.layer_ids, a.layers),
+        reasoning_line=summary.reasoning_line(a, notes),
         truncation=context.truncation(case["prompt"], notes, real, a.segments, start),
         options=context.choice_options(case["prompt"], notes),
         generation=context.generation(notes, labels, a.segments, case["wrong_token"])

@@ -45,7 +45,7 @@ PANELS = (
     ("sink.share", "attention-sink / BOS share of |R|", (0.0, 1.0)),
     ("layer.formation_rel", "where Δℓ forms (relative depth)", (0.0, 1.0)),
 )
-_SEGMENT = re.compile(r"^segment\.([a-z]+)\.share$")
+_SEGMENT = re.compile(r"^segment\.([a-z\-]+)\.share$")
 
 
 def cohort_key(run: dict[str, Any]) -> str:

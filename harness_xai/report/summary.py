@@ -11,6 +11,9 @@
 3. ``segment_line`` — Σ relevance and share of Σ|R| per segment label, largest |Σ| first.
 4. ``layer_line`` — Σ relevance of the residual stream per layer (row 0 the embeddings) and the
    block where it changes most (where Δℓ forms, in relevance terms).
+5. ``reasoning_line`` — a thinking model's case: the reasoning step with the largest Σ relevance
+   toward the wrong token (``analysis.reasoning.top_step``), its text (from the case's
+   ``thinking`` notes), its share of Σ|R|, and whether the model closed its reasoning.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from harness_xai.analysis.reasoning import top_step
 from harness_xai.report.text import segment_label
+
+#: characters of a reasoning step's text shown in the one-liner
+STEP_CHARS = 160
 
 
 def ranks(relevance: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -96,3 +103,22 @@ def layer_line(layer_ids: list[int], layers: np.ndarray | None) -> dict[str, Any
         forms_at = names[int(np.argmax(jumps)) + 1]
     return {"layers": [{"name": n, "total": float(t)} for n, t in zip(names, totals)],
             "forms_at": forms_at}
+
+
+def reasoning_line(a: Any, notes: dict[str, Any]) -> dict[str, Any] | None:
+    """Step 5: {"step" (1-based, None when the input holds no reasoning token), "of", "text",
+    "share", "total", "closed"}; None for a case without thinking notes."""
+    thinking = notes.get("thinking")
+    if not isinstance(thinking, dict):
+        return None
+    steps = thinking.get("steps") if isinstance(thinking.get("steps"), list) else []
+    out: dict[str, Any] = {"step": None, "of": len(steps), "closed": bool(thinking.get("closed")),
+                           "text": "", "share": None, "total": None}
+    top = top_step(np.asarray(a.relevance), list(a.segments), list(a.segment_index))
+    if top is not None:
+        step, total, share = top
+        text = str(steps[step]) if step < len(steps) else ""
+        if len(text) > STEP_CHARS:
+            text = text[: STEP_CHARS - 1] + "…"
+        out.update(step=step + 1, text=text, share=share, total=total)
+    return out
