@@ -1,7 +1,7 @@
 """First-error localiser on planted errors (issue #14, item 6): hit rate, baselines, cost per case.
 
 Usage:
-    python bench/bench_localiser.py                      # builds zoo/llama-steps if needed, 60 cases
+    python bench/bench_localiser.py                      # builds zoo/llama-steps if needed, 100 cases
     python bench/bench_localiser.py --cases 100 --budgets 4,8,full --top-k 3 --out loc.json
 
 1. The steps model (``zoo/llama-steps``, ``zoo.build.build_steps_model``; cached by spec hash) and
@@ -96,11 +96,12 @@ def run_case(model, tokenizer, counter, case, score, budget, top_k, until) -> di
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--zoo", default=str(ROOT / "zoo"))
-    ap.add_argument("--cases", type=int, default=60)
+    ap.add_argument("--cases", type=int, default=100)
     ap.add_argument("--top-k", type=int, default=3)
-    ap.add_argument("--budgets", default="8,full", help="max_rollouts per case; 'full' = all")
+    ap.add_argument("--budgets", default="4,8,16,full", help="max_rollouts per case; 'full' = all")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: a tiny model; 2 threads under a loaded machine ran >20× slower)")
     ap.add_argument("--out", default=None, help="JSON with every case")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -136,6 +137,9 @@ def main(argv=None) -> int:
             row["budgets"][budget] = run_case(model, tokenizer, counter, case, score, budget,
                                               args.top_k, until)
         rows.append(row)
+        if len(rows) % 10 == 0:
+            print(f"… {len(rows)}/{len(cases)} cases ({time.perf_counter() - started:.0f}s)",
+                  file=sys.stderr, flush=True)
     summary = summarise(rows, budgets)
     meta = {"model": str(path), "heldout_accuracy": build["stats"]["heldout_accuracy"],
             "train_seconds": build["stats"]["train_seconds"], "n_params": build["stats"]["n_params"],

@@ -120,7 +120,15 @@ def accuracy(model, tokenizer, docs: list[dict]) -> float:
 
 def train_steps(spec: StepsSpec, progress: bool = True):
     """``(model, tokenizer, stats)``: the steps model trained for ``spec.steps`` steps."""
+    threads = torch.get_num_threads()  # the caller's, restored at the end
     torch.set_num_threads(spec.threads)
+    try:
+        return _train(spec, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(spec: StepsSpec, progress: bool):
     started = time.perf_counter()
     tokenizer = steps_tokenizer(spec)
     torch.manual_seed(spec.seed)
