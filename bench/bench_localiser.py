@@ -140,6 +140,8 @@ def main(argv=None) -> int:
         if len(rows) % 10 == 0:
             print(f"… {len(rows)}/{len(cases)} cases ({time.perf_counter() - started:.0f}s)",
                   file=sys.stderr, flush=True)
+    natural = natural_errors(model, tokenizer, counter, docs, gens, correct, scorers, budgets,
+                             args.top_k, until)
     summary = summarise(rows, budgets)
     meta = {"model": str(path), "heldout_accuracy": build["stats"]["heldout_accuracy"],
             "train_seconds": build["stats"]["train_seconds"], "n_params": build["stats"]["n_params"],
@@ -149,10 +151,49 @@ def main(argv=None) -> int:
             "load_average_at_start": load_avg, "load_average_at_end": os.getloadavg()[0],
             "total_seconds": round(time.perf_counter() - started, 1)}
     print_tables(meta, summary, budgets)
+    print_natural(natural, budgets)
     if args.out:
-        Path(args.out).write_text(json.dumps({"meta": meta, "summary": summary, "cases": rows},
-                                             indent=1))
+        Path(args.out).write_text(json.dumps({"meta": meta, "summary": summary, "cases": rows,
+                                              "natural": natural}, indent=1))
     return 0
+
+
+def natural_errors(model, tokenizer, counter, docs, gens, correct, scorers, budgets, top_k,
+                   until) -> list[dict]:
+    """The model's own wrong answers: t_dev = the first generated token that differs from the
+    doc's written-out solution (the first wrong step); the localiser is run as on planted cases."""
+    rows = []
+    for index, (doc, gen, ok) in enumerate(zip(docs, gens, correct)):
+        if ok:
+            continue
+        gold = tokenizer(doc["solution"], add_special_tokens=False)["input_ids"]
+        t_dev = next((i for i, (a, b) in enumerate(zip(gen, gold)) if a != b),
+                     min(len(gen), len(gold)))
+        prompt = tuple(tokenizer(doc["prompt"], add_special_tokens=False)["input_ids"])
+        case = planting.Planted(index, "natural", -1, t_dev, -1, -1, prompt, tuple(gen), "")
+        flip = planting.earliest_flip(model, tokenizer, prompt, gen, scorers[index], top_k,
+                                      MAX_TOKENS, until)
+        rows.append({"doc": index, "t_dev": t_dev, "length": len(gen), "t_min": flip.position,
+                     "budgets": {b: run_case(model, tokenizer, counter, case, scorers[index], b,
+                                             top_k, until) for b in budgets}})
+    return rows
+
+
+def print_natural(rows: list[dict], budgets: list[str]) -> None:
+    if not rows:
+        return
+    n = len(rows)
+    print(f"\nthe model's own errors: {n} docs; brute-force t_min == t_dev in "
+          f"{sum(r['t_min'] == r['t_dev'] for r in rows)}/{n}; no flip at all in "
+          f"{sum(r['t_min'] is None for r in rows)}/{n}")
+    for budget in budgets:
+        found = [r["budgets"][budget]["position"] for r in rows]
+        print(f"  budget {budget}: = t_dev {sum(f == r['t_dev'] for f, r in zip(found, rows))}/{n}, "
+              f"found {sum(f is not None for f in found)}/{n}, rollouts/case "
+              f"{sum(r['budgets'][budget]['rollouts'] for r in rows) / n:.1f}")
+    print(f"  lowest margin = t_dev "
+          f"{sum(r['budgets'][budgets[0]]['lowest_margin'] == r['t_dev'] for r in rows)}/{n}; "
+          f"random expected {sum(1 / r['length'] for r in rows) / n:.3f}")
 
 
 def summarise(rows: list[dict], budgets: list[str]) -> dict:
