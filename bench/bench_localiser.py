@@ -1,7 +1,7 @@
 """First-error localiser on planted errors (issue #14, item 6): hit rate, baselines, cost per case.
 
 Usage:
-    python bench/bench_localiser.py                      # builds zoo/llama-steps if needed, 100 cases
+    python bench/bench_localiser.py          # builds zoo/llama-steps if needed; 100 cases
     python bench/bench_localiser.py --cases 100 --budgets 4,8,full --top-k 3 --out loc.json
 
 1. The steps model (``zoo/llama-steps``, ``zoo.build.build_steps_model``; cached by spec hash) and
@@ -21,6 +21,8 @@ Usage:
    the lowest top-1/top-2 margin position. Cost per case: rollouts, model forward calls (counted
    by a forward pre-hook: the one full-sequence forward plus every decoding step of every batched
    ``generate``), generated rollout tokens, and seconds (wall; the machine load is printed).
+5. The model's own wrong answers: t_dev = the first generated token that differs from the doc's
+   written-out solution; the same localiser runs, brute force and baselines are reported for them.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets", default="4,8,16,full", help="max_rollouts per case; 'full' = all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1: a tiny model; 2 threads under a loaded machine ran >20× slower)")
+                    help="torch threads (1: a tiny model; 2 ran >20× slower on a loaded machine)")
     ap.add_argument("--out", default=None, help="JSON with every case")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -144,7 +146,8 @@ def main(argv=None) -> int:
                              args.top_k, until)
     summary = summarise(rows, budgets)
     meta = {"model": str(path), "heldout_accuracy": build["stats"]["heldout_accuracy"],
-            "train_seconds": build["stats"]["train_seconds"], "n_params": build["stats"]["n_params"],
+            "train_seconds": build["stats"]["train_seconds"],
+            "n_params": build["stats"]["n_params"],
             "test_accuracy": sum(correct) / len(docs), "docs": len(docs),
             "generation_seconds_all_docs": round(gen_seconds, 2), "cases": len(rows),
             "skipped": skipped, "top_k": args.top_k, "threads": args.threads,
@@ -188,7 +191,8 @@ def print_natural(rows: list[dict], budgets: list[str]) -> None:
           f"{sum(r['t_min'] is None for r in rows)}/{n}")
     for budget in budgets:
         found = [r["budgets"][budget]["position"] for r in rows]
-        print(f"  budget {budget}: = t_dev {sum(f == r['t_dev'] for f, r in zip(found, rows))}/{n}, "
+        hits = sum(f == r["t_dev"] for f, r in zip(found, rows))
+        print(f"  budget {budget}: = t_dev {hits}/{n}, "
               f"found {sum(f is not None for f in found)}/{n}, rollouts/case "
               f"{sum(r['budgets'][budget]['rollouts'] for r in rows) / n:.1f}")
     print(f"  lowest margin = t_dev "

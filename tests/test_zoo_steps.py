@@ -1,4 +1,4 @@
-"""``xai_steps`` (multi-step arithmetic written out) and planted first errors on a trained zoo model.
+"""``xai_steps`` (multi-step arithmetic written out) and planted first errors on a zoo model.
 
 Oracles: every doc's solution is recomputed from its prompt; lm-eval's own task object (YAML +
 regex filter + exact_match, through ``task_scorer``) accepts the written-out solution and rejects
@@ -141,3 +141,26 @@ def test_planted_error_is_localised_where_brute_force_puts_the_first_flip(tmp_pa
         assert (result.position, result.alternative) == (case.position, case.model_token)
         checked += 1
     assert checked >= 1
+
+
+def test_step_positions_point_at_each_steps_operand_and_result():
+    import random
+
+    from harness_xai.zoo import plant
+    from harness_xai.zoo.steps_train import StepsSpec, steps_tokenizer
+
+    tokenizer = steps_tokenizer(StepsSpec())
+    rng = random.Random(0)
+    for doc in steps.test_docs():
+        ids = tokenizer(doc["solution"], add_special_tokens=False)["input_ids"]
+        positions = plant.step_positions(tokenizer, ids, doc)
+        assert len(positions) == doc["n_steps"]
+        for k, where in enumerate(positions):
+            start, end = doc["result_spans"][k]
+            assert tokenizer.decode([ids[where["result"]]]) == " " + doc["solution"][start:end]
+            assert tokenizer.decode([ids[where["operand"]]]) == f" {doc['operands'][k + 1]}"
+            wrong = plant.wrong_number(tokenizer, doc["solution"][start:end], rng)
+            assert wrong != ids[where["result"]]
+            assert 1 <= abs(int(tokenizer.decode([wrong])) - int(doc["solution"][start:end])) <= 3
+    with pytest.raises(ValueError, match="not the doc's solution"):
+        plant.step_positions(tokenizer, ids[:-1], doc)

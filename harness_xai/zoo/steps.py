@@ -1,4 +1,4 @@
-"""``xai_steps``: multi-step arithmetic written out step by step (a generative task that reasons a little).
+"""``xai_steps``: multi-step arithmetic written out step by step (a task that reasons a little).
 
 A doc chains 3–5 distinct digits with ``+`` and ``-`` left to right; the solution writes one step
 per operation, each starting from the previous step's result, then the answer after ``####`` as
