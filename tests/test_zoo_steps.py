@@ -102,18 +102,30 @@ def test_yaml_loads_and_scores_written_out_solutions_like_gsm8k(task):
 @pytest.mark.slow
 def test_planted_error_is_localised_where_brute_force_puts_the_first_flip(tmp_path, task):
     """A trained steps model (short schedule): planted cases on docs it solves as written. For
-    each: t* flips (restoring the model's token gives its correct generation back); where brute
-    force says t* is the earliest flipping position, first_error with a budget that covers every
-    position returns exactly t* and the model's own token as the alternative."""
+    each: t* flips (restoring the model's token gives its correct generation back); first_error
+    with a budget that covers every position returns the brute-force earliest flip; where that is
+    t* (at least one case), it returns exactly t* and the model's own token as the alternative."""
+    import torch
+
+    from harness_xai.zoo.steps_train import StepsSpec
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: more threads only wait on each other under load
+    try:
+        _planted_cases_are_localised(tmp_path, task, StepsSpec(steps=400))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _planted_cases_are_localised(tmp_path, task, spec) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness_xai.contrast.rollouts import first_error, greedy_continue, task_scorer
     from harness_xai.zoo import plant
     from harness_xai.zoo.build import build_steps_model
-    from harness_xai.zoo.steps_train import StepsSpec
 
-    path = build_steps_model(tmp_path, StepsSpec(steps=400), progress=False)
+    path = build_steps_model(tmp_path, spec, progress=False)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     until = task.config.generation_kwargs["until"]
@@ -133,14 +145,14 @@ def test_planted_error_is_localised_where_brute_force_puts_the_first_flip(tmp_pa
                                    until)
         assert case.position in flip.flipping_positions
         assert flip.position is not None and flip.position <= case.position
-        if flip.position != case.position:
-            continue
         result = first_error(model, tokenizer, case.prompt_ids, case.ids, score, top_k=3,
                              max_rollouts=2 * len(case.ids), max_rollout_tokens=40,
                              until=until, eos_token_id=eos)
-        assert (result.position, result.alternative) == (case.position, case.model_token)
-        checked += 1
-    assert checked >= 1
+        assert result.position == flip.position and result.alternative in flip.alternatives
+        if flip.position == case.position:  # the planted step is the earliest flip: found there,
+            assert result.alternative == case.model_token  # with the model's own token back
+            checked += 1
+    assert checked >= 1, f"no case among {len(cases)} where t* is the earliest flip"
 
 
 def test_step_positions_point_at_each_steps_operand_and_result():
