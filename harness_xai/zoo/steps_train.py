@@ -10,7 +10,10 @@
    prompt is given). AdamW, warm-up then constant rate with a linear decay to 10 % over the last
    fifth (``train._lr_factor``); gradient clipping at 1.0.
 5. No early stop: a fixed step count, so the model is "mostly right, not always" by design of the
-   budget (``StepsSpec.steps``); the held-out greedy accuracy is recorded in the build's stats.
+   budget (``StepsSpec.steps``). The build's stats record ``heldout_accuracy``: greedy accuracy
+   on ``val_docs`` fresh draws that are never test prompts (short chains may also have been
+   drawn for training; the test split never is, so lm-eval's exact_match on it is the held-out
+   number: 0.95 for the default spec).
 """
 
 from __future__ import annotations
