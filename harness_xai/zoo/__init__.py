@@ -4,6 +4,8 @@
 ``s``/``m``/``l``, each a Hugging Face directory (the final model) with one ``step<N>/``
 subdirectory per checkpoint;
 ``build_model(zoo_dir)`` → ``zoo_dir/llama-tiny`` (the single model of the first demo);
+``build.build_steps_model(zoo_dir)`` → ``zoo_dir/llama-steps``, the model of ``xai_steps``
+(multi-step arithmetic written out; not in the demo zoo: the localiser bench and tests build it);
 ``tasks_dir()`` → the bundled lm-eval task directory (``--include_path``).
 """
 

@@ -60,6 +60,29 @@ def build_model(zoo_dir: str | Path = "zoo", name: str = DEMO_MODEL, spec: Train
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     model, tokenizer, stats = train(spec, progress=progress)
+    return _save_build(target, spec, model, tokenizer, stats, started, progress)
+
+
+def build_steps_model(zoo_dir: str | Path = "zoo", spec=None, force: bool = False,
+                      progress: bool = True) -> Path:
+    """The steps model ``zoo_dir/llama-steps`` (``xai_steps``; cached by spec hash). Not part of
+    the demo zoo: bench/bench_localiser.py and the tests build it."""
+    from harness_xai.zoo.steps_train import StepsSpec, train_steps
+
+    spec = spec or StepsSpec()
+    target = Path(zoo_dir) / spec.name
+    if not force and _built_hash(target) == spec_hash(spec):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    model, tokenizer, stats = train_steps(spec, progress=progress)
+    return _save_build(target, spec, model, tokenizer, stats, started, progress)
+
+
+def _save_build(target: Path, spec, model, tokenizer, stats: dict[str, Any], started: float,
+                progress: bool) -> Path:
+    """Save a trained model into ``target`` atomically (``zoo_build.json`` written last)."""
+    name, wanted = target.name, spec_hash(spec)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         model.save_pretrained(tmp)

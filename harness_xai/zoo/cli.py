@@ -1,7 +1,8 @@
 """``harness-xai zoo build|list|tasks``: train the zoo (cached), show it, regenerate the task data.
 
 ``zoo build`` trains the zoo family (``llama``/``neox`` × ``s``/``m``/``l``, checkpoints saved
-while training) or, with ``--models llama-tiny``, the single model of the first demo.
+while training) or, with ``--models llama-tiny``, the single model of the first demo, or with
+``--models llama-steps`` the model of ``xai_steps`` (multi-step arithmetic written out).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ def zoo_main(argv: list[str]) -> int:
     b.add_argument("--out", default="zoo", help="zoo directory (default: zoo)")
     b.add_argument("--models", default="all",
                    help="comma-separated: llama-s,llama-m,llama-l,neox-s,neox-m,neox-l (default: "
-                        "all of them), or llama-tiny (the single model of the first demo)")
+                        "all of them), llama-tiny (the single model of the first demo), or "
+                        "llama-steps (xai_steps, written-out multi-step arithmetic)")
     b.add_argument("--jobs", type=int, default=default_jobs(),
                    help=f"models trained in parallel, one core each (default: {default_jobs()})")
     b.add_argument("--force", action="store_true", help="retrain even if cached")
@@ -49,7 +51,9 @@ def default_jobs() -> int:
 
 def _build(args) -> int:
     from harness_xai.zoo import DEMO_MODEL, build_model, build_zoo
+    from harness_xai.zoo.build import build_steps_model
     from harness_xai.zoo.family import ZOO_MODELS
+    from harness_xai.zoo.steps_train import STEPS_MODEL
 
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be ≥ 1, got {args.steps}.")
@@ -57,10 +61,13 @@ def _build(args) -> int:
         raise UserError(f"--jobs must be ≥ 1, got {args.jobs}.")
     names = list(ZOO_MODELS) if args.models == "all" else [
         n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ZOO_MODELS and n != DEMO_MODEL]
+    unknown = [n for n in names if n not in (*ZOO_MODELS, DEMO_MODEL, STEPS_MODEL)]
     if unknown or not names:
         raise UserError(f"unknown zoo model(s) in --models: {', '.join(unknown) or '(none)'}; "
-                        f"choose from {', '.join(ZOO_MODELS)}, {DEMO_MODEL}.")
+                        f"choose from {', '.join(ZOO_MODELS)}, {DEMO_MODEL}, {STEPS_MODEL}.")
+    if STEPS_MODEL in names:
+        print(build_steps_model(args.out, force=args.force))
+        names.remove(STEPS_MODEL)
     if DEMO_MODEL in names:
         print(build_model(args.out, steps=args.steps, force=args.force))
         names.remove(DEMO_MODEL)

@@ -17,6 +17,8 @@ Tasks
               as ``["16", "15", "17", "6"]`` (gold ±1, ±2, ±10); ``operand_spans`` locate the
               digits; prompts are distinct. Every operand is evidence for the sum, so
               ``evidence_span`` lists all of them (the same pairs as ``operand_spans``).
+  xai_steps   multi-step arithmetic written out step by step, generate_until, GSM8K-style
+              ``#### N`` answer (``steps.py``; its own model, ``steps_train.py``).
 
 Format notes (measured while building the zoo model): records are exactly two tokens
 (key, value) with no separators and no header; a constant header token (``"kv:"``) or separators
@@ -49,7 +51,7 @@ N_TEST = {"xai_kv": 160, "xai_arith": 160}
 KV_TEST_RECORDS = (4, 75)
 KV_TRAIN_RECORDS = (4, 12)
 ARITH_OPERANDS = (2, 5)
-TASK_NAMES = ("xai_kv", "xai_kv_gen", "xai_arith")
+TASK_NAMES = ("xai_kv", "xai_kv_gen", "xai_arith", "xai_steps")
 #: keys: consonant+vowel syllables (each one BPE token); values: two-digit numbers
 KEYS = [c + v for c in "bdfghklmnprstvz" for v in "aeiou"]
 QUERY_SEP = "."
@@ -122,6 +124,9 @@ def test_docs(task: str) -> list[Doc]:
         return list(kv_docs(TEST_SEED, N_TEST["xai_kv"], KV_TEST_RECORDS))
     if task == "xai_arith":
         return list(arith_docs(TEST_SEED + 1, N_TEST["xai_arith"]))
+    if task == "xai_steps":
+        from harness_xai.zoo.steps import test_docs as steps_test_docs
+        return steps_test_docs()
     raise KeyError(task)
 
 

@@ -21,8 +21,10 @@ from harness_xai.zoo.taskgen import TRAIN_SEED, train_texts
 EOT = "<|endoftext|>"
 
 
-def train_tokenizer(vocab_size: int = 512, n_texts: int = 4000, seed: int = TRAIN_SEED):
-    """A ``PreTrainedTokenizerFast`` trained deterministically on the training corpus."""
+def train_tokenizer(vocab_size: int = 512, n_texts: int = 4000, seed: int = TRAIN_SEED,
+                    texts: list[str] | None = None):
+    """A ``PreTrainedTokenizerFast`` trained deterministically on the training corpus (or on
+    ``texts``: the steps model's own corpus)."""
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -32,7 +34,8 @@ def train_tokenizer(vocab_size: int = 512, n_texts: int = 4000, seed: int = TRAI
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT], show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    texts = [text for _, text, _ in itertools.islice(train_texts(seed + 1), n_texts)]
+    if texts is None:
+        texts = [text for _, text, _ in itertools.islice(train_texts(seed + 1), n_texts)]
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=EOT, unk_token=None,
