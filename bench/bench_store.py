@@ -21,8 +21,10 @@ harness_xai.store.pgtemp with PostgreSQL's durable defaults, fsync on) and each 
    SQLite / PostgreSQL the tables' own keys.
 5. ``unsorted``: ``bulk`` with the rows in shuffled key order (DuckDB: the uniqueness check
    cannot use the sorted fast path and runs its GROUP BY).
-6. ``nokeys``: the same as ``bulk`` into a scratch copy of graph_edges without primary or foreign
-   key and without checks: the share of the time that the duplicate protection takes.
+6. ``keyed``: ``bulk`` into a scratch copy of graph_edges with the database's own PRIMARY and
+   FOREIGN KEY and no checks — what every backend did before revision 0008 (DuckDB's ART indexes).
+7. ``nokeys``: the same into a scratch copy without primary or foreign key and without checks:
+   the floor; ``bulk`` / ``nokeys`` is the share of the time the duplicate protection takes.
 rows/s = rows / wall seconds of the writes (case construction excluded, commit included); CPU s
 = this process's CPU seconds over the same span (DuckDB's threads included; on a loaded machine
 rows per CPU second is the steadier figure). The database starts empty; the schema is the real
@@ -100,7 +102,7 @@ def _timed_cases(db: str, make, n_cases: int) -> tuple[float, float]:
         return time.perf_counter() - start, time.process_time() - cpu
 
 
-def _timed_bulk(db: str, n_rows: int, keys: bool = True, shuffle: bool = False) -> tuple[float, float]:
+def _timed_bulk(db: str, n_rows: int, keys: str = "checked", shuffle: bool = False) -> tuple[float, float]:
     rng = np.random.default_rng(0)
     width = 1024
     idx = rng.permutation(n_rows) if shuffle else np.arange(n_rows)
@@ -114,12 +116,15 @@ def _timed_bulk(db: str, n_rows: int, keys: bool = True, shuffle: bool = False) 
             conn.execute(sa.insert(cases).values(id=1, run_id=run_id, task="bulk", doc_id=0, doc_hash="h",
                                                  filter="none", status=ATTRIBUTED))
         table = graph_edges
-        if not keys:
-            table = sa.Table("bench_edges_nokeys", sa.MetaData(), *[sa.Column(c.name, c.type) for c in graph_edges.columns])
+        if keys != "checked":  # a scratch copy: with the database's own keys (as before 0008) or none
+            extra = [sa.PrimaryKeyConstraint(*[c.name for c in graph_edges.primary_key.columns]),
+                     sa.ForeignKeyConstraint(["case_id"], [cases.c.id])] if keys == "keyed" else []
+            table = sa.Table(f"bench_edges_{keys}", sa.MetaData(),
+                             *[sa.Column(c.name, c.type) for c in graph_edges.columns], *extra)
             table.create(store.engine)
         start, cpu = time.perf_counter(), time.process_time()
         with store.engine.begin() as conn:
-            if keys:
+            if keys == "checked":
                 bulk.insert_columns(conn, table, columns)
             else:  # the plain insert, no checks: the floor
                 with _unchecked():
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=8, help="relevance workload: blocks")
     parser.add_argument("--heads", type=int, default=8, help="relevance workload: heads")
     parser.add_argument("--backends", default="duckdb,sqlite,postgresql")
-    parser.add_argument("--workloads", default="tokens,edges,relevance,bulk,unsorted,nokeys")
+    parser.add_argument("--workloads", default="tokens,edges,relevance,bulk,unsorted,keyed,nokeys")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-store-"))
     server = None
@@ -177,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                         i, rng, args.tokens_per_case, args.layers, args.heads), n_cases)
                 else:
                     n_cases, rows = 1, args.rows
-                    seconds = _timed_bulk(db, rows, keys=workload != "nokeys", shuffle=workload == "unsorted")
+                    keys = {"nokeys": "none", "keyed": "keyed"}.get(workload, "checked")
+                    seconds = _timed_bulk(db, rows, keys=keys, shuffle=workload == "unsorted")
                 wall, cpu = seconds
                 print(f"{backend:<11} {workload:<9} {rows:>9} {n_cases:>6} {wall:>8.2f} {rows / wall:>11,.0f} "
                       f"{cpu:>7.2f} {rows / max(cpu, 1e-9):>11,.0f}", flush=True)
