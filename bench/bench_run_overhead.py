@@ -4,6 +4,7 @@ Usage:
     python bench/bench_run_overhead.py                       # micro model built here, 80 docs/task
     python bench/bench_run_overhead.py --model PATH --limit 80 --repeats 3
     python bench/bench_run_overhead.py --tasks xai_kv,xai_arith,xai_kv_gen --repeats 1   # quick
+    python bench/bench_run_overhead.py --repeats 0 --count attribute --code OLD_CHECKOUT  # before
 
 Both commands run as subprocesses with the same model, tasks, --limit, batch size and device:
 1. ``plain``: ``python -m lm_eval run …`` (lm-eval's own command);
@@ -110,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=80, help="docs per task (default 80)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-count", action="store_true", help="skip the forward-count runs")
+    parser.add_argument("--count", default="plain,attribute", type=lambda v: [k for k in v.split(",") if k],
+                        help="commands whose model forwards are counted (default both; '' for none)")
+    parser.add_argument("--code", default=str(ROOT),
+                        help="checkout whose harness_xai the commands import (default: this one; "
+                             "e.g. an older checkout to compare before/after)")
     args = parser.parse_args(argv)
     from fixtures.lm_eval_tasks import write_tasks
 
@@ -122,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(bundled, include / bundled.name)  # lm-eval's index skips symlinks
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([args.code, os.environ.get("PYTHONPATH", "")])}
     print(f"model {model}; tasks {args.tasks}; limit {args.limit}; batch {args.batch_size}; "
-          f"load before {_load()}", flush=True)
+          f"code {args.code}; load before {_load()}", flush=True)
     times: dict[str, list[float]] = {"plain": [], "attribute": []}
     i = 0
     for r in range(args.repeats):
@@ -135,14 +140,15 @@ def main(argv: list[str] | None = None) -> int:
             times[kind].append(seconds)
             print(f"  repeat {r + 1} {kind:<9} {seconds:7.1f} s  load {_load()}"
                   + (f"\n    {summary}" if summary else ""), flush=True)
-    plain, attr = statistics.median(times["plain"]), statistics.median(times["attribute"])
-    print(f"median wall: plain {plain:.1f} s, attribute {attr:.1f} s, ratio {attr / plain:.2f} "
-          f"(load after {_load()})")
-    if not args.no_count:
+    if args.repeats:
+        plain, attr = statistics.median(times["plain"]), statistics.median(times["attribute"])
+        print(f"median wall: plain {plain:.1f} s, attribute {attr:.1f} s, ratio {attr / plain:.2f} "
+              f"(load after {_load()})")
+    if args.count:
         (tmp / "counter").mkdir()
         (tmp / "counter" / "sitecustomize.py").write_text(COUNTER)
         counts = {}
-        for kind in ("plain", "attribute"):
+        for kind in args.count:
             i += 1
             path = tmp / f"counts_{kind}.json"
             env_c = {**env, "BENCH_FORWARD_COUNTS": str(path),
@@ -153,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             counts[kind] = table[max(table, key=int)] if table else [0, 0]  # the token embedding
         for kind, (calls, tokens) in counts.items():
             print(f"model forwards {kind:<9} {calls:>7} calls {tokens:>10} tokens")
-        p, a = counts["plain"], counts["attribute"]
-        if p[0]:
+        p, a = counts.get("plain", [0, 0]), counts.get("attribute", [0, 0])
+        if p[0] and a[0]:
             print(f"forward calls attribute / plain {a[0] / p[0]:.2f}; tokens {a[1] / max(p[1], 1):.2f}")
     return 0
 
