@@ -82,9 +82,9 @@ def _command(kind: str, common: list[str], tmp: Path, i: int) -> list[str]:
             "--xai-db", f"duckdb:///{db}", "--xai-no-progress"]
 
 
-def _run(cmd: list[str], env: dict) -> tuple[float, str]:
-    start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+def _run(cmd: list[str], env: dict, cwd: Path) -> tuple[float, str]:
+    start = time.perf_counter()  # cwd: a neutral folder, so `-m` imports from PYTHONPATH (--code)
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("plain", "attribute"):
             i += 1
             common = _common(model, args.tasks, include, args.limit, args.batch_size, tmp / f"out{i}")
-            seconds, summary = _run(_command(kind, common, tmp, i), env)
+            seconds, summary = _run(_command(kind, common, tmp, i), env, tmp)
             times[kind].append(seconds)
             print(f"  repeat {r + 1} {kind:<9} {seconds:7.1f} s  load {_load()}"
                   + (f"\n    {summary}" if summary else ""), flush=True)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             env_c = {**env, "BENCH_FORWARD_COUNTS": str(path),
                      "PYTHONPATH": os.pathsep.join([str(tmp / "counter"), env["PYTHONPATH"]])}
             common = _common(model, args.tasks, include, args.limit, args.batch_size, tmp / f"out{i}")
-            _run(_command(kind, common, tmp, i), env_c)
+            _run(_command(kind, common, tmp, i), env_c, tmp)
             table = json.loads(path.read_text())
             counts[kind] = table[max(table, key=int)] if table else [0, 0]  # the token embedding
         for kind, (calls, tokens) in counts.items():
