@@ -418,3 +418,113 @@ def test_summary_line_names_tasks_metrics_and_counts():
     line = summary.line()
     assert "\n" not in line and "t1 acc: 3 incorrect = 2 cases + 1 skipped, 1 unscored" in line
     assert json.loads(json.dumps(dataclasses.asdict(summary))) == dataclasses.asdict(summary)
+
+
+# -- lm-eval's own generations instead of regenerations (issue #15) -----------------------------
+GEN_TASKS = ("fx_gsm8k", "xai_kv_gen", "xai_kv_gen_stop")
+
+
+@pytest.fixture(scope="module")
+def generation_capture(micro_model, tmp_path_factory):
+    """A GSM8K-like fixture (lm-eval's gsm8k.yaml, 5-shot, "Question:" stop sequences, regex
+    filters), the bundled generative task and a variant of it that stops at the first "3" (rows
+    of one batch stop at different steps), batched, under ``capture_evaluate``."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from fixtures.lm_eval_tasks import write_tasks
+    from harness_xai.lmeval_hook.evaluate import capture_evaluate
+
+    root = write_tasks(tmp_path_factory.mktemp("gen_capture"))
+    (root / "xai_kv_gen_stop.yaml").write_text(
+        f"include: {TASKS / 'xai_kv_gen' / 'xai_kv_gen.yaml'}\ntask: xai_kv_gen_stop\n"
+        "generation_kwargs: {until: ['3'], do_sample: false}\n")
+    tm = TaskManager(include_path=[str(root), str(TASKS)], include_defaults=False)
+    with capture_evaluate() as captured:
+        results = lm_eval.simple_evaluate(
+            model="hf", model_args=f"pretrained={micro_model},dtype=float32",
+            tasks=list(GEN_TASKS), task_manager=tm, device="cpu", batch_size=4, limit=10,
+            log_samples=True, gen_kwargs="max_gen_toks=24")
+    return results, captured
+
+
+def test_recorded_generations_are_the_regenerated_ids(generation_capture):
+    """Oracle: for every logged generation, the recorded ids (cut where the row alone would have
+    stopped) equal a one-document regeneration's exact context ids, generated ids and text."""
+    from harness_xai.contrast.generation import regenerate
+    from harness_xai.lmeval_hook.generations import eos_ids, exact_generation
+
+    results, captured = generation_capture
+    lm = captured.lm
+    assert "_model_generate" not in vars(lm) and "add_partial" not in vars(lm.cache_hook)  # restored
+    compared = cut = 0
+    for task in GEN_TASKS:
+        for sample in results["samples"][task]:
+            context, gen_kwargs = sample["arguments"][0]
+            raw = sample["resps"][0][0]
+            records = captured.prompts[task][context].generations
+            assert records and all(r.context == context for r in records)
+            found = exact_generation(lm, records, context, raw)
+            assert found is not None, (task, sample["doc_id"])
+            cut += any(len(r.ids(lm.tokenizer, eos_ids(lm))) < len(r.generated) for r in records)
+            again = regenerate(lm, context, gen_kwargs)
+            if again.text != raw:  # a batch-dependent numerical flip: nothing to compare
+                continue
+            assert found == (again.context_ids, again.ids, again.text), (task, sample["doc_id"])
+            compared += 1
+    assert compared >= 20 and cut >= 3  # the cut after a stop sequence was exercised
+
+
+def test_recorded_generation_must_decode_to_the_logged_response(generation_capture):
+    """A record whose ids do not post-process to the logged response (or another context's) is
+    refused: the caller regenerates, and skips ``regeneration-mismatch`` if that differs too."""
+    import dataclasses as dc
+
+    import numpy as np
+
+    from harness_xai.lmeval_hook.generations import exact_generation
+
+    results, captured = generation_capture
+    sample = results["samples"]["xai_kv_gen"][0]
+    context, raw = sample["arguments"][0][0], sample["resps"][0][0]
+    (record, *_) = captured.generations[context]
+    lm = captured.lm
+    assert exact_generation(lm, [record], context, raw) is not None
+    assert exact_generation(lm, [record], context + " ", raw) is None  # another context
+    assert exact_generation(lm, [record], context, raw + "x") is None  # another response
+    other = lm.tok_encode(" zebra quokka" * 8, add_special_tokens=False)  # ids that say otherwise
+    tampered = dc.replace(record, generated=np.asarray(other, dtype=np.int64))
+    assert exact_generation(lm, [tampered], context, raw) is None
+
+
+def test_cases_from_recorded_generations_need_no_regeneration(generation_capture, monkeypatch):
+    """Cases built from the recorded ids are the cases a regeneration builds, without one model
+    call; without records (e.g. lm-eval's request cache) the regeneration fallback runs."""
+    import copy as cp
+
+    import harness_xai.contrast.generation as generation
+    from harness_xai.contrast import cases_for_task
+
+    results, captured = generation_capture
+    calls = []
+    real = generation.regenerate
+
+    def counted(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "regenerate", counted)
+    n_pending = 0
+    for task in GEN_TASKS:
+        samples, obj = results["samples"][task], captured.tasks[task]
+        calls.clear()
+        recorded = list(cases_for_task(task, obj, samples, captured.lm, prompts=captured.prompts[task]))
+        assert calls == []
+        bare = {ctx: cp.copy(rec) for ctx, rec in captured.prompts[task].items()}
+        for rec in bare.values():
+            rec.generations = []
+        regenerated = list(cases_for_task(task, obj, samples, captured.lm, prompts=bare))
+        assert calls and len(calls) == len(set(calls))  # one regeneration per failed document
+        assert [dataclasses.asdict(c) for c in recorded] == [dataclasses.asdict(c) for c in regenerated]
+        n_pending += sum(c.status == "pending" for c in recorded)
+    assert n_pending >= 1

@@ -17,7 +17,7 @@ import pytest
 from harness_xai.cli import main as cli_main
 from harness_xai.errors import UserError
 from harness_xai.records import DocOutcome, TaskSummary
-from harness_xai.store import Store, query, run_sql
+from harness_xai.store import Store, migrate, query, run_sql
 from harness_xai.store.cli import export_main, sql_main
 from harness_xai.store.examples import EXAMPLES, markdown, sql_block
 from harness_xai.store.models import ALL_TABLES
@@ -198,7 +198,7 @@ def test_export_parquet_every_table(filled_db: str, tmp_path: Path, capsys: pyte
     content = dump(filled_db)
     assert capsys.readouterr().out.startswith(f"exported {len(ALL_TABLES)} tables ({sum(map(len, content.values()))} rows)")
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["revision"] == "0007" and manifest["rows"] == {k: len(v) for k, v in content.items()}
+    assert manifest["revision"] == migrate.head_revision() and manifest["rows"] == {k: len(v) for k, v in content.items()}
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{t.name}.parquet" for t in ALL_TABLES] + ["manifest.json"])
     for table in ALL_TABLES:
         got = pq.read_table(out / f"{table.name}.parquet")

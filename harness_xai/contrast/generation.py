@@ -1,12 +1,15 @@
 """Contrast cases for ``generate_until`` samples (GSM8K-style, with regex answer filters).
 
 Algorithm, per logged sample (one per filter) whose ``exact_match`` (or ``acc``) is 0:
-1. Regenerate greedily through the HFLM instance: ``lm.generate_until`` on the same context and
-   generation kwargs, with ``lm._model_generate`` shadowed for the call to keep the exact token
-   ids (context after lm-eval's left truncation, generated ids). Re-tokenizing decoded text does
-   not reproduce them. The regenerated text must equal the logged response, else skip
+1. lm-eval's own generation, recorded during the run with its exact ids
+   (``lmeval_hook.generations``; kept only if the ids decode and post-process to the logged
+   response). Without one (e.g. lm-eval's request cache) regenerate greedily through the HFLM
+   instance: ``lm.generate_until`` on the same context and generation kwargs, with
+   ``lm._model_generate`` shadowed for the call to keep the exact token ids (context after
+   lm-eval's left truncation, generated ids). Re-tokenizing decoded text does not reproduce
+   them. The regenerated text must equal the logged response, else skip
    ``regeneration-mismatch`` (e.g. sampling, or a batch-dependent numerical flip). One
-   regeneration per document serves all its filters.
+   generation per document serves all its filters.
 2. Locate the answer span the filter extracted in the raw generation: a ``regex`` filter is
    re-run with match positions (same ``group_select``, same group choice, same strip); otherwise
    the first occurrence of the extracted text.
@@ -75,8 +78,8 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     if NO_REFERENCE.match(metric):  # scored by running code / checking instructions
         return skip(case, f"no-reference-answer:{metric}")
     doc_id = int(sample["doc_id"])
-    if doc_id not in cache:
-        cache[doc_id] = regenerate(lm, context, gen_kwargs)
+    if doc_id not in cache:  # lm-eval's own ids if recorded (step 1), else a regeneration
+        cache[doc_id] = recorded(lm, options, context, raw) or regenerate(lm, context, gen_kwargs)
     gen = cache[doc_id]
     if gen is None or gen.text != raw:
         return skip(case, "regeneration-mismatch")
@@ -185,6 +188,16 @@ def _extraction_failed(task, sample: dict, raw: str) -> bool:
 class _Request:
     def __init__(self, args: tuple) -> None:
         self.args = args
+
+
+def recorded(lm, options: Options, context: str, raw: str) -> Generation | None:
+    """Step 1 without a model call: lm-eval's own generation of ``context``, recorded during the
+    run, if its ids decode and post-process to the logged response ``raw``."""
+    from harness_xai.lmeval_hook.generations import exact_generation
+
+    record = options.prompts.get(context)
+    found = exact_generation(lm, getattr(record, "generations", ()), context, raw)
+    return None if found is None else Generation(*found)
 
 
 def regenerate(lm, context: str, gen_kwargs: dict) -> Generation | None:

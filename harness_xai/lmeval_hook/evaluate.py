@@ -8,6 +8,9 @@ lm-eval 0.4.x has no callbacks, so for the duration of one call we wrap
 Each task also gets a ``PromptRecorder`` (``harness.prompts``) for the call: which few-shot
 documents and chat settings built each context (``Captured.prompts[task][context]``), for the
 token segments of a case.
+The HFLM also gets a ``GenerationRecorder`` (``harness.generations``) for the call: lm-eval's own
+generated ids per context (``Captured.generations[context]``, also linked into that context's
+``PromptRecord.generations``), so ``generate_until`` failures need no regeneration.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from harness_xai.lmeval_hook.generations import GenerationRecorder, RecordedGeneration
 from harness_xai.lmeval_hook.prompts import PromptRecord, PromptRecorder
 
 
@@ -25,6 +29,8 @@ class Captured:
     tasks: dict[str, object] = field(default_factory=dict)  # task name → Task
     #: task name → context string → how lm-eval built it
     prompts: dict[str, dict[str, PromptRecord]] = field(default_factory=dict)
+    #: context string → lm-eval's generations of it, exact ids (``generate_until`` requests)
+    generations: dict[str, list[RecordedGeneration]] = field(default_factory=dict)
 
 
 @contextmanager
@@ -46,17 +52,30 @@ def capture_evaluate(before_run: Callable[[object], None] | None = None,
             check_tasks(captured.tasks)
         recorders = {name: PromptRecorder(task).install() for name, task in captured.tasks.items()}
         captured.prompts = {name: rec.records for name, rec in recorders.items()}
+        generations = GenerationRecorder(captured.lm).install()
+        captured.generations = generations.by_context
         try:
             return original(lm, task_dict, *args, **kwargs)
         finally:
+            generations.restore()
             for rec in recorders.values():
                 rec.restore()
+            _link_generations(captured)
 
     evaluator.evaluate = evaluate
     try:
         yield captured
     finally:
         evaluator.evaluate = original
+
+
+def _link_generations(captured: Captured) -> None:
+    """Each prompt record also holds the recorded generations of its context(s)."""
+    for records in captured.prompts.values():
+        for context, record in records.items():
+            known = {id(g) for g in record.generations}  # a record shared by several contexts
+            record.generations.extend(g for g in captured.generations.get(context, [])
+                                      if id(g) not in known)
 
 
 def unwrap_lm(lm):

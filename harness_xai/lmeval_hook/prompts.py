@@ -28,6 +28,9 @@ class PromptRecord:
     chat: bool = False  # a chat template rendered the messages
     fewshot_as_multiturn: bool = False
     gen_prefix: str | None = None
+    #: lm-eval's own generations of this record's context(s) with exact ids (``generations``;
+    #: filled by ``capture_evaluate`` after the run, empty for other output types)
+    generations: list = field(default_factory=list)
 
 
 class PromptRecorder:

@@ -9,7 +9,14 @@ transaction:
 2. DuckDB: build a typed Arrow table (zero-copy from numpy), register it on the raw DuckDB
    connection under a private name, ``INSERT INTO t (cols) SELECT cols FROM name``, unregister.
    The raw connection is the one SQLAlchemy's transaction runs on, so the rows commit or roll back
-   with it.
+   with it. The per-position relevance tables (``DUCKDB_CHECKED``) carry no PRIMARY / FOREIGN KEY
+   on DuckDB (revision 0008: ART index probes cost 5-15x the insert), so their insert is checked
+   first, on the staged rows, in the same transaction: (a) no key twice among them (GROUP BY key
+   HAVING count > 1); (b) no key already stored (join with the table restricted to the staged case
+   ids, literal so that DuckDB's zone maps skip other row groups); (c) every foreign key value
+   exists in the referenced table. A violation raises ``sqlalchemy.exc.IntegrityError`` before
+   anything is inserted, as the keys did; DuckDB's one writer per file keeps check + insert
+   race-free.
 3. PostgreSQL (psycopg 3): ``COPY t (cols) FROM STDIN (FORMAT BINARY)``. Numeric tables without
    NULLs are encoded in one vectorized step: a packed big-endian numpy record per row
    (int16 field count, then int32 length + value per field) between the COPY header and trailer.
@@ -32,6 +39,9 @@ from sqlalchemy.engine import Connection
 
 #: rows per statement / COPY chunk (bounds the memory of one encoded batch)
 CHUNK_ROWS = 1_000_000
+#: tables whose keys DuckDB stores do not index (migration 0008): the insert checks them itself
+DUCKDB_CHECKED = frozenset({"token_relevance", "layer_relevance", "state_relevance",
+                            "head_relevance", "expert_relevance", "graph_nodes", "graph_edges"})
 
 _PG_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _PG_TRAILER = struct.pack(">h", -1)
@@ -121,9 +131,84 @@ def _duckdb(conn: Connection, table: sa.Table, cols: dict[str, Any]) -> None:
     raw = conn.connection.dbapi_connection  # duckdb-engine wrapper of the DuckDB connection
     raw.register(view, batch)
     try:
+        if table.name in DUCKDB_CHECKED:
+            _duckdb_check(conn, table, view, cols)
         conn.exec_driver_sql(f"INSERT INTO {target} ({names}) SELECT {names} FROM {view}")
     finally:
         raw.unregister(view)
+
+
+class KeyViolation(Exception):
+    """A checked DuckDB insert found a duplicate key or a missing referenced row."""
+
+
+def _duckdb_check(conn: Connection, table: sa.Table, view: str, cols: dict[str, Any]) -> None:
+    """Checks (a)-(c) of the module docstring on the staged rows ``view``: one probe statement
+    (does the table hold rows of the staged case ids; how many referenced rows exist), the key
+    join only when the case already has rows, the GROUP BY only for rows not in key order."""
+    quote = conn.dialect.identifier_preparer.quote
+    keys = [c.name for c in table.primary_key.columns]
+    target, key_list = _quoted(conn, table, keys)
+    probes, expected = [], []
+    case_ids = _distinct_ints(cols.get("case_id")) if "case_id" in keys else []
+    where = f"WHERE t.case_id IN ({', '.join(map(str, case_ids))})"
+    if case_ids:
+        probes.append(f"EXISTS (SELECT 1 FROM {target} AS t {where})")
+    for fk in table.foreign_keys:
+        values = _distinct_ints(cols.get(fk.parent.name))
+        if values:
+            ref_table, ref = quote(fk.column.table.name), quote(fk.column.name)
+            probes.append(f"(SELECT count(DISTINCT {ref}) FROM {ref_table} "
+                          f"WHERE {ref} IN ({', '.join(map(str, values))}))")
+            expected.append((len(values), f"{fk.parent.name} not in {fk.column.table.name}"))
+    found = list(conn.exec_driver_sql(f"SELECT {', '.join(probes)}").one()) if probes else []
+    problem = None
+    if case_ids and found.pop(0) and conn.exec_driver_sql(
+            f"SELECT 1 FROM {target} AS t JOIN {view} AS s USING ({key_list}) {where} LIMIT 1"
+    ).first() is not None:  # the case has rows already: compare the keys
+        problem = "a key already stored"
+    for count, (want, message) in zip(found, expected):
+        if problem is None and count != want:
+            problem = message
+    if problem is None and not _strictly_increasing(cols, keys) and conn.exec_driver_sql(
+            f"SELECT 1 FROM {view} GROUP BY {key_list} HAVING count(*) > 1 LIMIT 1"
+    ).first() is not None:
+        problem = "a key given twice"
+    if problem is not None:
+        raise sa.exc.IntegrityError(f"INSERT INTO {target} (checked)", None, KeyViolation(
+            f"{table.name}: {problem} (primary key {', '.join(keys)})"))
+
+
+def _strictly_increasing(cols: dict[str, Any], keys: list[str]) -> bool:
+    """Whether the staged rows are in strictly increasing key order (then no key repeats): one
+    vectorized pass over consecutive rows; False (undecided: the caller checks in SQL) for
+    unsorted rows or a text key column that varies."""
+    n = len(next(iter(cols.values())))
+    if n < 2:
+        return True
+    tied = np.ones(n - 1, dtype=bool)  # (n - 1,) consecutive pairs equal on the keys so far
+    for key in keys:
+        values = cols[key]
+        if not isinstance(values, np.ndarray):
+            if values.count(values[0]) == n:  # one repeated value (e.g. state_relevance.kind)
+                continue
+            return False
+        before, after = values[:-1], values[1:]
+        if np.any(tied & (after < before)):
+            return False
+        tied &= after == before
+    return not tied.any()
+
+
+def _distinct_ints(values) -> list[int]:
+    """Distinct non-NULL integers of a staged column (an ndarray or a list)."""
+    if values is None:
+        return []
+    if isinstance(values, np.ndarray):
+        if values.size and values.min() == values.max():  # one case: no sort
+            return [int(values[0])]
+        return [int(v) for v in np.unique(values)]
+    return sorted({int(v) for v in values if v is not None})
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------
