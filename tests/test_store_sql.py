@@ -198,7 +198,7 @@ def test_export_parquet_every_table(filled_db: str, tmp_path: Path, capsys: pyte
     content = dump(filled_db)
     assert capsys.readouterr().out.startswith(f"exported {len(ALL_TABLES)} tables ({sum(map(len, content.values()))} rows)")
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["revision"] == "0007" and manifest["rows"] == {k: len(v) for k, v in content.items()}
+    assert manifest["revision"] == "0008" and manifest["rows"] == {k: len(v) for k, v in content.items()}
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{t.name}.parquet" for t in ALL_TABLES] + ["manifest.json"])
     for table in ALL_TABLES:
         got = pq.read_table(out / f"{table.name}.parquet")
