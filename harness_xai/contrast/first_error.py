@@ -68,8 +68,9 @@ def first_error_case(sample: dict, task, lm, options: Options, cache: dict,
     budget = {"max_rollouts": options.rollouts, "rollout_tokens": tokens, "top_k": TOP_K,
               "scored_tokens": len(generated)}
     try:
+        binary = options.primary is not None and options.primary.kind == "binary"
         score = task_scorer(task, sample["doc"], sample["filter"], options.metric_name,
-                            options.threshold)
+                            None if binary else options.threshold)
         if score(gen.text):
             return _fallback(case, "scorer-disagrees", **budget)
         result = first_error(lm.model, lm.tokenizer, gen.context_ids, generated, score,
@@ -79,7 +80,7 @@ def first_error_case(sample: dict, task, lm, options: Options, cache: dict,
                              pad_token_id=_pad(lm), max_generated=max_gen,
                              max_length=lm.max_length)
     except Exception as exc:  # a scorer that breaks must not lose a finished evaluation
-        return _fallback(case, "scoring-failed", error=type(exc).__name__, **budget)
+        return _fallback(case, "scoring-failed", error=f"{type(exc).__name__}: {exc}"[:300], **budget)
     case.rollouts = [Rollout(position=r.position, model_token_id=generated[r.position],
                              alternative_token_id=r.alternative,
                              alternative_token=lm.tokenizer.decode([r.alternative]),
