@@ -203,6 +203,7 @@ class Rollout:
 
     position: int  # index into the generated tokens (0 = first generated token)
     model_token_id: int
+    model_token: str  # decoded
     alternative_token_id: int
     alternative_token: str  # the alternative decoded
     rank: int  # 1 = the model's second choice

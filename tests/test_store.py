@@ -338,7 +338,8 @@ def test_rollouts_are_stored_in_order_for_attributed_and_skipped_cases(db: str) 
     from harness_xai.records import Rollout
     from harness_xai.store.models import rollouts
 
-    tried = tuple(Rollout(position=p, model_token_id=10 + p, alternative_token_id=50 + i,
+    tried = tuple(Rollout(position=p, model_token_id=10 + p, model_token=f"<b>{p}",
+                          alternative_token_id=50 + i,
                           alternative_token=f" a{i}", rank=1 + i % 4, margin=0.125 * i,
                           correct=i == 4, text=f"<script>alert('{i}')</script> é\u2028 '; --",
                           n_tokens=6 - p)
@@ -357,9 +358,9 @@ def test_rollouts_are_stored_in_order_for_attributed_and_skipped_cases(db: str) 
     assert [(r.case_id, r.rollout) for r in rows] == \
         [(first, i) for i in range(5)] + [(second, 0), (second, 1)]
     for row, want in zip(rows, tried + tried[:2]):
-        assert (row.position, row.model_token_id, row.alternative_token_id, row.alternative_token,
-                row.rank, row.n_tokens, row.text) == \
-            (want.position, want.model_token_id, want.alternative_token_id,
+        assert (row.position, row.model_token_id, row.model_token, row.alternative_token_id,
+                row.alternative_token, row.rank, row.n_tokens, row.text) == \
+            (want.position, want.model_token_id, want.model_token, want.alternative_token_id,
              want.alternative_token, want.rank, want.n_tokens, want.text)
         assert row.margin == pytest.approx(want.margin) and row.correct == int(want.correct)
     assert run_sql(db, "SELECT count(*) FROM rollouts WHERE correct = 1")[1] == [(1,)]

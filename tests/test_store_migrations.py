@@ -212,8 +212,8 @@ PER_CASE_TABLES = {
     "0007": ("expert_relevance", "INSERT INTO expert_relevance (case_id, layer, expert, position, "
              "relevance) VALUES (:c, 1, :k, 0, :v)", "expert", "relevance"),
     "0008": ("rollouts", "INSERT INTO rollouts (case_id, rollout, position, model_token_id, "
-             "alternative_token_id, alternative_token, rank, margin, correct, n_tokens, text) "
-             "VALUES (:c, :k, 3, 17, 42, ' x', 1, :v, 0, 4, '<script>é')", "rollout", "margin"),
+             "model_token, alternative_token_id, alternative_token, rank, margin, correct, "
+             "n_tokens, text) VALUES (:c, :k, 3, 17, ' y', 42, ' x', 1, :v, 0, 4, '<script>é')", "rollout", "margin"),
 }
 
 

@@ -82,6 +82,7 @@ def first_error_case(sample: dict, task, lm, options: Options, cache: dict,
     except Exception as exc:  # a scorer that breaks must not lose a finished evaluation
         return _fallback(case, "scoring-failed", error=f"{type(exc).__name__}: {exc}"[:300], **budget)
     case.rollouts = [Rollout(position=r.position, model_token_id=generated[r.position],
+                             model_token=lm.tokenizer.decode([generated[r.position]]),
                              alternative_token_id=r.alternative,
                              alternative_token=lm.tokenizer.decode([r.alternative]),
                              rank=r.rank, margin=result.margins[r.position], correct=r.correct,

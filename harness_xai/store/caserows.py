@@ -318,6 +318,7 @@ def child_rows(case_id: int, case: CaseRow) -> Rows:
             "rollout": np.arange(len(case.rollouts), dtype=np.int32),
             "position": np.array([r.position for r in case.rollouts], dtype=np.int32),
             "model_token_id": np.array([r.model_token_id for r in case.rollouts], dtype=np.int32),
+            "model_token": [str(r.model_token) for r in case.rollouts],
             "alternative_token_id": np.array([r.alternative_token_id for r in case.rollouts],
                                              dtype=np.int32),
             "alternative_token": [str(r.alternative_token) for r in case.rollouts],

@@ -301,6 +301,7 @@ class RolloutTable(Base):
     rollout: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0-based, order tried
     position: Mapped[int | None] = mapped_column(Integer)  # index into the generated tokens
     model_token_id: Mapped[int | None] = mapped_column(Integer)
+    model_token: Mapped[str | None] = mapped_column(Text)
     alternative_token_id: Mapped[int | None] = mapped_column(Integer)
     alternative_token: Mapped[str | None] = mapped_column(Text)
     rank: Mapped[int | None] = mapped_column(Integer)  # 1 = the model's second choice

@@ -5,7 +5,7 @@ Revises: 0007
 Create Date: 2026-12-04
 
 Hand-written and additive. ``rollouts(case_id, rollout, position, model_token_id,
-alternative_token_id, alternative_token, rank, margin, correct, n_tokens, text)``: every rollout
+model_token, alternative_token_id, alternative_token, rank, margin, correct, n_tokens, text)``: every rollout
 ``--xai-rollouts`` tried for a case (``contrast.first_error``), in the order tried; ``correct``
 is 1 for the rollout that made the sample correct (the located first error), 0 otherwise; a
 skipped case keeps its rollouts too. The foreign key to ``cases.id`` is declared at CREATE time
@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("rollout", sa.Integer, nullable=False),  # 0-based, in the order tried
         sa.Column("position", sa.Integer),  # index into the generated tokens
         sa.Column("model_token_id", sa.Integer),
+        sa.Column("model_token", sa.Text),
         sa.Column("alternative_token_id", sa.Integer),
         sa.Column("alternative_token", sa.Text),
         sa.Column("rank", sa.Integer),
