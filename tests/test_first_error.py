@@ -24,6 +24,7 @@ from harness_xai.errors import UserError
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 REASON = re.compile(r"^[a-z0-9_\-]+(:[A-Za-z0-9_@\-]+)?$")
 MAX_GEN = 6
+PROGRESS = re.compile(r"^(Loading weights|Generating \w+ split)|(it|examples)/s\]\s*$")
 
 
 def _sql(db: Path, query: str, params: dict | None = None):
@@ -34,8 +35,8 @@ def _sql(db: Path, query: str, params: dict | None = None):
 
 def _one_line_error(argv, capsys) -> str:
     assert main(argv) == 2
-    err = [e for e in capsys.readouterr().err.strip().splitlines()
-           if not e.startswith("Loading weights")]  # transformers' own bar, when a model loads
+    err = [e for e in capsys.readouterr().err.strip().splitlines()  # less others' progress bars
+           if e.strip() and not PROGRESS.search(e)]  # (transformers' weights, datasets' splits)
     assert len(err) == 1 and err[0].startswith("harness-xai: "), err
     return err[0]
 
