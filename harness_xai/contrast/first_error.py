@@ -107,6 +107,8 @@ def _flip(case: CaseDraft, sample: dict, task, lm, options: Options, gen: Genera
     set_evidence(case, lm, task, sample["doc"], context, gen.context_ids)
     case.position = len(case.token_ids)
     case.wrong_token_id, case.gold_token_id = result.model_token, result.alternative
+    if case.gold_text is None:  # reference-free metrics: the text that scored correct
+        case.gold_text = next(r.text for r in result.rollouts if r.correct)
     case.method_params["contrast"] = {
         **{k: before[k] for k in ("truncation", "generation") if k in before},
         "rule": ROLLOUT_RULE, "generated_prefix": t, "replaces": replaced,
