@@ -127,6 +127,24 @@ def test_rollouts_stay_within_the_generations_budget_and_the_window(setup):
     assert any(len(r.ids) > r.position + 1 for r in capped.rollouts)
 
 
+def test_a_shared_memo_reuses_continuations_across_scorers(setup, monkeypatch):
+    """Two filters of one document: the second scorer sees the same rollouts, generating none."""
+    import harness_xai.contrast.rollouts as rollouts
+
+    model, prompt, generated, ranked = setup
+    memo: dict = {}
+    first = _run(model, prompt, generated, lambda text: False, max_rollouts=12, memo=memo)
+    assert len(memo) == 12
+    calls = []
+    real = rollouts.greedy_continue
+    monkeypatch.setattr(rollouts, "greedy_continue", lambda *a, **k: calls.append(1) or real(*a, **k))
+    target = first.rollouts[5]
+    second = _run(model, prompt, generated, lambda text: text == target.text, max_rollouts=12,
+                  memo=memo)
+    assert calls == [] and [r.ids for r in second.rollouts] == [r.ids for r in first.rollouts[:8]]
+    assert (second.position, second.alternative) == (target.position, target.alternative)
+
+
 def test_greedy_continue_stops_at_eos_and_handles_one_row(setup):
     model, prompt, _, _ = setup
     for eos in ((), EOS):

@@ -16,7 +16,8 @@ The ``generate_until`` builder (``generative_case``, registered in ``contrast``)
    (later tokens are never scored): the model's top-``TOP_K`` alternatives at the lowest-margin
    positions, at most N rollouts, each continued greedily for ``--xai-rollout-tokens`` tokens and
    at most the generation's own remaining budget (max_gen_toks − t − 1), in batches of lm-eval's
-   batch size (``DEFAULT_BATCH`` when it is 1 or auto);
+   batch size (``DEFAULT_BATCH`` when it is 1 or auto); the filters of one document share the
+   continuations (``cache``), each scores them with its own extraction;
 6. a flip at generated position t with alternative a: the case is the token contrast
    ``Δ = logit[g_t] − logit[a]`` after ``context + g_<t`` (rule ``first-error:rollout``); g_t is
    the model's greedy token there, so Δ ≥ 0. No flip: the fallback, with
@@ -78,7 +79,8 @@ def first_error_case(sample: dict, task, lm, options: Options, cache: dict,
                              batch_size=_batch_size(lm, options.rollouts), until=until,
                              think_end=think_end, eos_token_id=lm.eot_token_id,
                              pad_token_id=_pad(lm), max_generated=max_gen,
-                             max_length=lm.max_length)
+                             max_length=lm.max_length,
+                             memo=cache.setdefault(("rollouts", int(sample["doc_id"])), {}))
     except Exception as exc:  # a scorer that breaks must not lose a finished evaluation
         return _fallback(case, "scoring-failed", error=f"{type(exc).__name__}: {exc}"[:300], **budget)
     case.rollouts = [Rollout(position=r.position, model_token_id=generated[r.position],
