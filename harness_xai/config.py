@@ -25,7 +25,8 @@ DEFAULT_DB = "duckdb:///xai.duckdb"
 #: the ``harness-xai run`` flags of this package (argparse dests); lm-eval never sees them
 XAI_ARGS = ("attribute", "xai_db", "xai_method", "xai_report", "xai_no_progress", "xai_metric",
             "xai_threshold", "xai_contrast", "xai_graph", "xai_graph_edges", "xai_graph_nodes",
-            "xai_graph_mass", "xai_faithfulness", "xai_db_init", *BUDGET_ARGS)
+            "xai_graph_mass", "xai_faithfulness", "xai_db_init", "xai_rollouts",
+            "xai_rollout_tokens", *BUDGET_ARGS)
 HF_MODELS = {"hf", "hf-auto", "huggingface"}
 
 
@@ -47,13 +48,18 @@ class RunConfig:
     db_init: bool = False  # add the schema to another program's (non-empty) database
     #: a non-binary metric's correct value: None, "X" (every task) or "TASK=X,…"
     threshold: str | None = None
+    #: first-error rollouts per incorrect generation (0: off) and their greedy length (None:
+    #: each task's max_gen_toks); ``contrast.first_error``
+    rollouts: int = 0
+    rollout_tokens: int | None = None
 
     @classmethod
     def create(cls, *, db: str = DEFAULT_DB, method: str | Method = "attnlrp",
                metric: str | None = None, contrast: str = "token", graph=None,
                faithfulness: bool = False, budget: Budget | None = None, progress: bool = True,
                report: str | None = None, db_init: bool = False,
-               threshold: float | str | None = None) -> RunConfig:
+               threshold: float | str | None = None, rollouts: int | None = 0,
+               rollout_tokens: int | None = None) -> RunConfig:
         """Validate and resolve (``graph``: None/False, True for the paper's pruning, a
         ``Prune`` or a dict of its fields)."""
         spec = get_method(method)
@@ -62,13 +68,15 @@ class RunConfig:
         threshold = None if threshold is None or threshold == "" else str(threshold)
         parse_per_task(metric, "--xai-metric")  # syntax now; per task in check_tasks
         parse_per_task(threshold, "--xai-threshold", float)
+        rollouts, rollout_tokens = check_rollouts(rollouts, rollout_tokens)
         pruning = as_prune(graph)
         if pruning is not None and spec.integrate:
             raise UserError(f"--xai-graph works with attnlrp, cp-lrp and grad-x-input, not "
                             f"{spec.name}. Drop --xai-graph or pick another --xai-method.")
         return cls(db=normalize_url(db), method=spec, metric=metric, contrast=contrast,
                    graph=pruning, faithfulness=bool(faithfulness), budget=budget or Budget(),
-                   progress=progress, report=report, db_init=bool(db_init), threshold=threshold)
+                   progress=progress, report=report, db_init=bool(db_init), threshold=threshold,
+                   rollouts=rollouts, rollout_tokens=rollout_tokens)
 
     @classmethod
     def from_cli(cls, xai: dict) -> RunConfig:
@@ -89,7 +97,8 @@ class RunConfig:
                           contrast=xai["xai_contrast"], graph=graph,
                           faithfulness=xai["xai_faithfulness"], budget=Budget.from_args(xai),
                           progress=not xai["xai_no_progress"], report=xai["xai_report"],
-                          db_init=xai["xai_db_init"])
+                          db_init=xai["xai_db_init"], rollouts=xai["xai_rollouts"],
+                          rollout_tokens=xai["xai_rollout_tokens"])
 
     def metric_for(self, task: str) -> str | None:
         """The ``--xai-metric`` choice for ``task`` (None: its primary metric)."""
@@ -101,6 +110,15 @@ class RunConfig:
     def check_tasks(self, tasks: dict) -> None:
         """Before lm-eval computes a request: the metric / threshold choices fit the tasks."""
         check_choices(tasks, self.metric, self.threshold)
+        if self.rollouts:
+            from harness_xai.contrast import output_type
+
+            kinds = {name: output_type(task) for name, task in tasks.items()}
+            if "generate_until" not in kinds.values():
+                listed = ", ".join(f"{name} ({kind})" for name, kind in sorted(kinds.items()))
+                raise UserError(f"--xai-rollouts localises the first error of a generation, but "
+                                f"no task of this run is generate_until: {listed}. Drop "
+                                f"--xai-rollouts or add a generative task.")
 
     def identity(self) -> dict:
         """The attribution settings that make a run (and its ``run_key``) what it is."""
@@ -108,7 +126,9 @@ class RunConfig:
                 **({"threshold": self.threshold} if self.threshold is not None else {}),
                 **({"contrast": self.contrast} if self.contrast != "token" else {}),
                 **({"graph": self.graph.as_dict()} if self.graph is not None else {}),
-                **({"faithfulness": True} if self.faithfulness else {})}
+                **({"faithfulness": True} if self.faithfulness else {}),
+                **({"rollouts": self.rollouts, "rollout_tokens": self.rollout_tokens}
+                   if self.rollouts else {})}
 
 
 def build_run_parser():
@@ -157,7 +177,39 @@ def add_run_arguments(parser) -> None:
     group.add_argument("--xai-db-init", action="store_true",
                        help="add the harness-xai tables to another program's non-empty database "
                             "(refused, and left untouched, without it)")
+    group.add_argument("--xai-rollouts", type=int, default=0, metavar="N",
+                       help="generations: find the first error by rollouts, at most N per "
+                            "incorrect sample (the model's top-5 alternatives at its least sure "
+                            "tokens, each continued greedily and scored by the task); 0: off")
+    group.add_argument("--xai-rollout-tokens", type=int, default=None, metavar="N",
+                       help="rollouts: greedy continuation length (default: the task's "
+                            "max_gen_toks; never beyond the generation's own budget)")
     add_budget_arguments(group)  # --xai-max-cases, --xai-max-tokens, --xai-time-budget, --xai-batch-size
+
+
+def check_rollouts(rollouts, rollout_tokens) -> tuple[int, int | None]:
+    """``--xai-rollouts N`` (N ≥ 0; 0 or None: off) and ``--xai-rollout-tokens N`` (N ≥ 1, only
+    with rollouts), as ints; UserError otherwise."""
+    def whole(value, flag: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or \
+                not str(value).strip().lstrip("-").isdigit():
+            raise UserError(f"{flag} {value!r}: give a whole number")
+        return int(value)
+
+    rollouts = 0 if rollouts is None else whole(rollouts, "--xai-rollouts")
+    if rollouts < 0:
+        raise UserError(f"--xai-rollouts {rollouts}: give the number of rollouts per incorrect "
+                        "generation (0 or more; 0 turns rollouts off)")
+    if rollout_tokens is None:
+        return rollouts, None
+    rollout_tokens = whole(rollout_tokens, "--xai-rollout-tokens")
+    if rollout_tokens < 1:
+        raise UserError(f"--xai-rollout-tokens {rollout_tokens}: give the greedy continuation "
+                        "length of a rollout (1 or more)")
+    if not rollouts:
+        raise UserError(f"--xai-rollout-tokens {rollout_tokens} sets the length of first-error "
+                        "rollouts, which are off: add --xai-rollouts N (N > 0) or drop it")
+    return rollouts, rollout_tokens
 
 
 def split_run_args(args) -> dict:

@@ -22,6 +22,7 @@ Algorithm of ``evaluate``:
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -93,8 +94,8 @@ def evaluate(*, attribute: bool = True, config: RunConfig | None = None, db: str
              method: str = "attnlrp", metric: str | None = None, contrast: str = "token",
              progress: bool = True, graph: dict | bool | None = None, faithfulness: bool = False,
              budget: Budget | None = None, report_dir: str | None = None, db_init: bool = False,
-             threshold: float | str | None = None,
-             **simple_evaluate_kwargs):
+             threshold: float | str | None = None, rollouts: int = 0,
+             rollout_tokens: int | None = None, **simple_evaluate_kwargs):
     """``lm_eval.simple_evaluate`` plus contrastive attribution of every incorrect response.
 
     ``config``: a resolved ``RunConfig``; without it one is built from the other arguments:
@@ -107,7 +108,8 @@ def evaluate(*, attribute: bool = True, config: RunConfig | None = None, db: str
     ``faithfulness``: also measure each explanation's deletion curve (``harness_xai.faithfulness``);
     ``budget``: max cases / max tokens / time / batch size of the attribution (``distributed``);
     ``report_dir``: checked now, rendered by the caller; ``db_init``: add the schema to another
-    program's database. The store is opened and locked before lm-eval runs (store.preflight)."""
+    program's database; ``rollouts`` / ``rollout_tokens``: first-error rollouts per incorrect
+    generation and their greedy length (``contrast.first_error``; 0: off). The store is opened and locked before lm-eval runs (store.preflight)."""
     import lm_eval.evaluator
 
     if not attribute:
@@ -116,7 +118,8 @@ def evaluate(*, attribute: bool = True, config: RunConfig | None = None, db: str
         config = RunConfig.create(db=db, method=method, metric=metric, contrast=contrast,
                                   graph=graph, faithfulness=faithfulness, budget=budget,
                                   progress=progress, report=report_dir, db_init=db_init,
-                                  threshold=threshold)
+                                  threshold=threshold, rollouts=rollouts,
+                                  rollout_tokens=rollout_tokens)
     keep_samples = simple_evaluate_kwargs.get("log_samples", True)
     simple_evaluate_kwargs["log_samples"] = True
     from harness_xai.store.preflight import preflight
@@ -210,11 +213,14 @@ def explain(results: dict, lm, tasks: dict, config: RunConfig, run_kwargs: dict,
     by_task: dict[str, dict] = {}
     bar = _phase_bar("building cases", sum(len(samples.get(n, [])) for n in tasks), "sample",
                      config.progress)
+    allow_code = bool(run_kwargs.get("confirm_run_unsafe_code")) and \
+        os.environ.get("HF_ALLOW_CODE_EVAL") == "1"  # rollouts of code tasks run model code
     for name, task in tasks.items():  # a metric the samples lack fails here, before the store
         bar.set_postfix_str(name, refresh=False)
         built = task_cases(name, task, samples.get(name, []), lm, config.metric_for(name),
                            config.contrast, (prompts or {}).get(name), config.threshold_for(name),
-                           progress=bar.update)
+                           progress=bar.update, rollouts=config.rollouts,
+                           rollout_tokens=config.rollout_tokens, allow_code=allow_code)
         cases += built.cases
         by_task[name] = built.counts()
         summaries.append(_task_summary(name, task, results, samples.get(name, []), built))

@@ -195,6 +195,25 @@ Objective = TokenTarget | SequenceTarget
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """One first-error rollout of a generation (``contrast.first_error``): at generated position
+    ``position`` the model's token ``model_token_id`` was replaced by its rank-``rank``
+    alternative, the model continued greedily (``n_tokens`` new tokens) and ``text`` (what the
+    task scored) came out ``correct`` or not. ``margin`` = logit[top-1] − logit[top-2] there."""
+
+    position: int  # index into the generated tokens (0 = first generated token)
+    model_token_id: int
+    model_token: str  # decoded
+    alternative_token_id: int
+    alternative_token: str  # the alternative decoded
+    rank: int  # 1 = the model's second choice
+    margin: float
+    correct: bool
+    text: str
+    n_tokens: int  # greedy continuation tokens after the alternative
+
+
+@dataclass(frozen=True)
 class Case:
     """One incorrect response as the contrast stage decided it: a contrast to explain (status
     ``PENDING``) or a skip with its reason (``SKIPPED``, no tokens).
@@ -237,6 +256,8 @@ class Case:
     #: input positions holding the evidence the answer needs, when the task's docs record it
     evidence_positions: tuple[int, ...] = ()
     built: dict[str, Any] = field(default_factory=dict)  # how the contrast was built
+    #: first-error rollouts tried for this generation, in the order tried (``--xai-rollouts``)
+    rollouts: tuple[Rollout, ...] = ()
 
     @property
     def unit_key(self) -> tuple[str, int, str, str]:

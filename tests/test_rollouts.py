@@ -104,6 +104,47 @@ def test_budget_and_margin_ranking(setup):
     assert all(m >= 0 for m in result.margins)
 
 
+def test_rollouts_stay_within_the_generations_budget_and_the_window(setup):
+    """``max_generated``: a rollout at t continues at most max_generated − t − 1 tokens (the
+    generation's own budget), batched or not, exactly the plain greedy loop's tokens;
+    ``max_length``: no row grows past the model's window."""
+    model, prompt, generated, _ = setup
+    never = lambda text: False  # noqa: E731
+    kw = {"max_rollouts": 24, "max_rollout_tokens": 5, "max_generated": 12}
+    batched = _run(model, prompt, generated, never, batch_size=8, **kw)
+    single = _run(model, prompt, generated, never, batch_size=1, **kw)
+    assert [r.ids for r in batched.rollouts] == [r.ids for r in single.rollouts]
+    assert max(r.position for r in batched.rollouts) >= 8  # some rows hit the budget, not 5
+    for r in batched.rollouts:
+        prefix = generated[:r.position] + [r.alternative]
+        n = min(5, 12 - r.position - 1)
+        assert list(r.ids) == prefix + _reference_greedy(model, prompt + prefix, n)
+    window = len(prompt) + 9
+    capped = _run(model, prompt, generated, never, max_rollouts=24, max_rollout_tokens=6,
+                  max_length=window)
+    for r in capped.rollouts:  # rows already past the window (t large) get no new tokens
+        assert len(prompt) + len(r.ids) <= window or len(r.ids) == r.position + 1
+    assert any(len(r.ids) > r.position + 1 for r in capped.rollouts)
+
+
+def test_a_shared_memo_reuses_continuations_across_scorers(setup, monkeypatch):
+    """Two filters of one document: the second scorer sees the same rollouts, generating none."""
+    import harness_xai.contrast.rollouts as rollouts
+
+    model, prompt, generated, ranked = setup
+    memo: dict = {}
+    first = _run(model, prompt, generated, lambda text: False, max_rollouts=12, memo=memo)
+    assert len(memo) == 12
+    calls = []
+    real = rollouts.greedy_continue
+    monkeypatch.setattr(rollouts, "greedy_continue", lambda *a, **k: calls.append(1) or real(*a, **k))
+    target = first.rollouts[5]
+    second = _run(model, prompt, generated, lambda text: text == target.text, max_rollouts=12,
+                  memo=memo)
+    assert calls == [] and [r.ids for r in second.rollouts] == [r.ids for r in first.rollouts[:8]]
+    assert (second.position, second.alternative) == (target.position, target.alternative)
+
+
 def test_greedy_continue_stops_at_eos_and_handles_one_row(setup):
     model, prompt, _, _ = setup
     for eos in ((), EOS):

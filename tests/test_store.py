@@ -332,6 +332,40 @@ def test_expert_relevance_stores_the_selected_experts(db: str) -> None:
         assert total == pytest.approx(float(ex.expert_relevance[layer - 1, expert].sum()), rel=1e-5)
 
 
+def test_rollouts_are_stored_in_order_for_attributed_and_skipped_cases(db: str) -> None:
+    """Every ``Case.rollouts`` entry becomes one ``rollouts`` row, in the order tried, text bound
+    (``<script>``, unicode, quotes); a skipped case keeps its rollouts; a case without writes none."""
+    from harness_xai.records import Rollout
+    from harness_xai.store.models import rollouts
+
+    tried = tuple(Rollout(position=p, model_token_id=10 + p, model_token=f"<b>{p}",
+                          alternative_token_id=50 + i,
+                          alternative_token=f" a{i}", rank=1 + i % 4, margin=0.125 * i,
+                          correct=i == 4, text=f"<script>alert('{i}')</script> é\u2028 '; --",
+                          n_tokens=6 - p)
+                  for i, p in enumerate((0, 0, 2, 2, 3)))
+    case, ex = make_case()
+    skipped, _ = make_case(doc_id=8)
+    skipped = skipped.skipped("no-flip-within-budget:pass@1")
+    with Store.open(db) as store:
+        run_id = store.ensure_run(make_run())
+        first = store.write_case(run_id, replace(case, rollouts=tried), ex)
+        second = store.write_case(run_id, replace(skipped, rollouts=tried[:2]))
+        store.write_case(run_id, *make_case(doc_id=9))  # no rollouts: no rows
+        with store.engine.connect() as conn:
+            rows = conn.execute(sa.select(rollouts).order_by(rollouts.c.case_id,
+                                                             rollouts.c.rollout)).all()
+    assert [(r.case_id, r.rollout) for r in rows] == \
+        [(first, i) for i in range(5)] + [(second, 0), (second, 1)]
+    for row, want in zip(rows, tried + tried[:2]):
+        assert (row.position, row.model_token_id, row.model_token, row.alternative_token_id,
+                row.alternative_token, row.rank, row.n_tokens, row.text) == \
+            (want.position, want.model_token_id, want.model_token, want.alternative_token_id,
+             want.alternative_token, want.rank, want.n_tokens, want.text)
+        assert row.margin == pytest.approx(want.margin) and row.correct == int(want.correct)
+    assert run_sql(db, "SELECT count(*) FROM rollouts WHERE correct = 1")[1] == [(1,)]
+
+
 def test_skipped_case_writes_only_case_row(db: str) -> None:
     skipped = make_skipped(doc_id=4, task="tiny_mc", reason="identical continuations")
     with Store.open(db) as store:

@@ -1,7 +1,7 @@
 """Duplicate protection of the bulk write path (issue #15) on DuckDB, SQLite and PostgreSQL.
 
 SQLite and PostgreSQL refuse duplicates through the tables' primary and foreign keys; DuckDB
-stores (revision 0008) have no keys on the per-position relevance tables and ``bulk`` checks
+stores (revision 0009) have no keys on the per-position relevance tables and ``bulk`` checks
 every insert instead. Either way the same writes must be refused: a key already stored, a key
 given twice (rows in key order and shuffled), a case id that does not exist — each an
 ``IntegrityError`` that leaves the table unchanged — while a new key of a stored case is accepted.
@@ -92,31 +92,31 @@ def test_duckdb_relevance_tables_carry_no_index_other_tables_keep_keys(tmp_path)
     assert {"cases", "runs", "faithfulness", "graphs", "doc_outcomes"} <= keyed
 
 
-def test_0008_rebuilds_duckdb_tables_with_data_and_back(tmp_path) -> None:
-    """0007 → 0008 on a DuckDB store holding a case: every row kept, the keys gone; the checked
-    insert refuses a duplicate; 0008 → 0007 restores the keys (the database refuses it again)."""
+def test_0009_rebuilds_duckdb_tables_with_data_and_back(tmp_path) -> None:
+    """0008 → 0009 on a DuckDB store holding a case: every row kept, the keys gone; the checked
+    insert refuses a duplicate; 0009 → 0008 restores the keys (the database refuses it again)."""
     db = str(tmp_path / "m.duckdb")
     engine = writer.make_engine(f"duckdb:///{db}")
     try:
         with engine.begin() as conn:
-            migrate.upgrade(conn, "0007")
+            migrate.upgrade(conn, "0008")
     finally:
         engine.dispose()
     case, ex = make_case(n_tokens=9)
-    with _at(db, "0007") as store:
+    with _at(db, "0008") as store:
         case_id = store.write_case(store.ensure_run(make_run()), case, ex)
         before = _dump(store)
     assert _n_keys(db) > 0
-    _migrate(db, "upgrade", "0008")
+    _migrate(db, "upgrade", "0009")
     assert _n_keys(db) == 0
-    with _at(db, "0008") as store:
+    with _at(db, "0009") as store:
         assert _dump(store) == before
     assert run_sql(db, "SELECT count(*) FROM token_ranks")[1] == [(9,)]  # views re-bind
     row = {"case_id": case_id, "position": 0, "token_id": 1, "token": "x", "relevance": 0.0}
     assert _refused(db, TABLES["token_relevance"], [row])
-    _migrate(db, "downgrade", "0007")
+    _migrate(db, "downgrade", "0008")
     assert _n_keys(db) > 0
-    with _at(db, "0007") as store:
+    with _at(db, "0008") as store:
         assert _dump(store) == before
         with pytest.raises(sa.exc.IntegrityError), bulk_unchecked(), store.engine.begin() as conn:
             bulk.insert_columns(conn, TABLES["token_relevance"], _columns([row]))

@@ -7,8 +7,8 @@ DuckDB limits (documented in the migrations): no reflection (alembic autogenerat
 models and schema there, so the comparison reads information_schema instead), no ADD FOREIGN KEY
 (new tables declare their keys at CREATE time), DROP COLUMN only for un-indexed columns (the
 columns 0002 adds are such, so its downgrade works on DuckDB too). Revision 0005 (doc_outcomes,
-keyed to runs) and 0007 (expert_relevance, keyed to cases) are covered by every round trip here
-plus their own data tests."""
+keyed to runs), 0007 (expert_relevance) and 0008 (rollouts), keyed to cases, are covered by every
+round trip here plus their own data tests."""
 
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ def _views(conn: sa.Connection) -> set[str]:
 
 def test_single_head_and_linear_history() -> None:
     scripts = migrate.script_directory()
-    assert scripts.get_heads() == [migrate.head_revision()] == ["0008"]
-    assert _revisions() == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
+    assert scripts.get_heads() == [migrate.head_revision()] == ["0009"]
+    assert _revisions() == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"]
     for rev in scripts.walk_revisions():
         assert rev.doc and rev.doc.strip()  # every revision says what it does (db history shows it)
 
@@ -70,7 +70,7 @@ def test_upgrade_base_to_head_then_downgrade_to_base_leaves_nothing(db: str) -> 
         with engine.begin() as conn:
             migrate.upgrade(conn, "head")
         with engine.connect() as conn:
-            assert migrate.current_revision(conn) == "0008"
+            assert migrate.current_revision(conn) == "0009"
             assert {t.name for t in ALL_TABLES} <= _tables(conn) and _views(conn) == VIEWS
             assert "doc_outcomes" in _tables(conn)
         with engine.begin() as conn:
@@ -114,7 +114,7 @@ def test_models_match_migrated_schema(db: str) -> None:
     """pytest-alembic's model_definitions_match_ddl: autogenerate finds no difference between the
     models and the migrated database (SQLite, PostgreSQL); on DuckDB, whose reflection is broken,
     columns, types, nullability and primary keys are compared through information_schema (the
-    per-position relevance tables have none there since 0008: bulk.py checks their keys)."""
+    per-position relevance tables have none there since 0009: bulk.py checks their keys)."""
     with Store.open(db) as store, store.engine.connect() as conn:
         if conn.dialect.name != "duckdb":
             diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
@@ -130,7 +130,7 @@ def test_models_match_migrated_schema(db: str) -> None:
     for table in Base.metadata.sorted_tables:
         for col in table.columns:
             want[(table.name, col.name)] = (_DUCKDB_TYPES[type(col.type)], "YES" if col.nullable else "NO")
-        if table.name in bulk.DUCKDB_CHECKED:  # 0008: the writer's checked insert keeps the key
+        if table.name in bulk.DUCKDB_CHECKED:  # 0009: the writer's checked insert keeps the key
             assert table.name not in pks, table.name
         else:
             assert pks[table.name] == [c.name for c in table.primary_key.columns], table.name
@@ -208,13 +208,26 @@ def test_0005_doc_outcomes_up_with_data_and_down(db: str) -> None:
     assert run_sql(db, "SELECT run_key, step FROM runs")[1] == [("r", 100)]
 
 
-HEAD = "0008"
+HEAD = "0009"
 NEXT = f"{int(HEAD) + 1:04d}"
 
+#: additive per-case tables: revision → (table, insert of one row, a key for it, the value column)
+PER_CASE_TABLES = {
+    "0007": ("expert_relevance", "INSERT INTO expert_relevance (case_id, layer, expert, position, "
+             "relevance) VALUES (:c, 1, :k, 0, :v)", "expert", "relevance"),
+    "0008": ("rollouts", "INSERT INTO rollouts (case_id, rollout, position, model_token_id, "
+             "model_token, alternative_token_id, alternative_token, rank, margin, correct, "
+             "n_tokens, text) VALUES (:c, :k, 3, 17, ' y', 42, ' x', 1, :v, 0, 4, '<script>é')", "rollout", "margin"),
+}
 
-def test_0007_expert_relevance_up_with_data_and_down(db: str) -> None:
-    """0005 → 0007 (through 0006) on a store holding a case: expert_relevance starts empty and takes rows (its key
-    and its foreign key to cases hold); 0007 → 0006 drops exactly expert_relevance; up again."""
+
+@pytest.mark.parametrize("revision", sorted(PER_CASE_TABLES))
+def test_per_case_table_up_with_data_and_down(db: str, revision: str) -> None:
+    """0005 → the revision's parent → the revision on a store holding a case: its table starts
+    empty and takes rows (its key and its foreign key to cases hold); down to the parent drops
+    exactly that table; up again (0007: expert_relevance, 0008: rollouts)."""
+    table, insert, key, value = PER_CASE_TABLES[revision]
+    parent = f"{int(revision) - 1:04d}"
     engine = _engine(db)
     try:
         with engine.begin() as conn:
@@ -225,33 +238,32 @@ def test_0007_expert_relevance_up_with_data_and_down(db: str) -> None:
                                  "VALUES (:r, 't', 1, 'h1', 'none', 'attributed')"), {"r": run_id})
             case_id = conn.execute(sa.text("SELECT id FROM cases")).scalar()
         with engine.begin() as conn:
-            migrate.upgrade(conn, "0007")
-        insert = sa.text("INSERT INTO expert_relevance (case_id, layer, expert, position, relevance) "
-                         "VALUES (:c, :l, :e, :p, :r)")
+            migrate.upgrade(conn, parent)
         with engine.begin() as conn:
-            assert conn.execute(sa.text("SELECT count(*) FROM expert_relevance")).scalar() == 0
-            conn.execute(insert, [{"c": case_id, "l": 1, "e": 3, "p": 0, "r": 0.5},
-                                  {"c": case_id, "l": 1, "e": 0, "p": 0, "r": -0.25}])
-        for bad in ({"c": case_id, "l": 1, "e": 3, "p": 0, "r": 1.0},  # same key again
-                    {"c": case_id + 999, "l": 1, "e": 3, "p": 1, "r": 1.0}):  # no such case
+            migrate.upgrade(conn, revision)
+        with engine.begin() as conn:
+            assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 0
+            conn.execute(sa.text(insert), [{"c": case_id, "k": 3, "v": 0.5},
+                                           {"c": case_id, "k": 0, "v": -0.25}])
+        for bad in ({"c": case_id, "k": 3, "v": 1.0},  # same key again
+                    {"c": case_id + 999, "k": 5, "v": 1.0}):  # no such case
             with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
-                conn.execute(insert, bad)
+                conn.execute(sa.text(insert), bad)
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT expert, relevance FROM expert_relevance "
-                                        "ORDER BY expert")).all()
+            rows = conn.execute(sa.text(f"SELECT {key}, {value} FROM {table} ORDER BY {key}")).all()
             assert [tuple(r) for r in rows] == [(0, -0.25), (3, 0.5)]
             before = _tables(conn)
         with engine.begin() as conn:
-            migrate.downgrade(conn, "0006")
+            migrate.downgrade(conn, parent)
         with engine.connect() as conn:
-            assert migrate.current_revision(conn) == "0006"
-            assert _tables(conn) == before - {"expert_relevance"} and _views(conn) == VIEWS
+            assert migrate.current_revision(conn) == parent
+            assert _tables(conn) == before - {table} and _views(conn) == VIEWS
             assert conn.execute(sa.text("SELECT count(*) FROM cases")).scalar() == 1
         with engine.begin() as conn:
             migrate.upgrade(conn, "head")
     finally:
         engine.dispose()
-    assert run_sql(db, "SELECT count(*) FROM expert_relevance")[1] == [(0,)]
+    assert run_sql(db, f"SELECT count(*) FROM {table}")[1] == [(0,)]
 
 
 @pytest.fixture

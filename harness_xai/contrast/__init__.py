@@ -12,7 +12,9 @@ Per output type (each builder documents its algorithm):
   decision itself (summed / length-normalised log-probs); ties and near-ties are skips.
 - ``loglikelihood`` (``loglikelihood``): first target token that is not the greedy token.
 - ``generate_until`` (``generation``): first token where the model's answer leaves the gold
-  answer, after greedy regeneration with exact ids.
+  answer, after greedy regeneration with exact ids; with ``--xai-rollouts`` (``first_error``)
+  the first generated token whose top-k alternative, continued greedily, makes the sample
+  correct (else that final-answer contrast, with the reason).
 - ``loglikelihood_rolling``: perplexity only, no notion of a wrong answer: every sample is
   recorded as skipped with reason ``no-contrast:loglikelihood_rolling``.
 Two contrast modes (``Options.contrast``): ``token`` (one logit difference at one position) and
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 
 from harness_xai.contrast.case import CONTRASTS, MC_METRICS, CaseDraft, Options, new_case, skip
 from harness_xai.contrast.decision import INCORRECT, PrimaryMetric, Verdict, primary_metric
-from harness_xai.contrast.generation import generation_case
+from harness_xai.contrast.first_error import generative_case
 from harness_xai.contrast.loglikelihood import loglikelihood_case
 from harness_xai.contrast.multiple_choice import multiple_choice_case
 from harness_xai.records import PENDING, Case
@@ -70,7 +72,7 @@ def perplexity_case(sample, task, task_name, lm, options, cache) -> CaseDraft:
 
 register_contrast("multiple_choice", multiple_choice_case)
 register_contrast("loglikelihood", loglikelihood_case)
-register_contrast("generate_until", generation_case)
+register_contrast("generate_until", generative_case)
 register_contrast("loglikelihood_rolling", perplexity_case)
 
 
@@ -107,14 +109,17 @@ class TaskCases:
 def task_cases(task_name: str, task, samples: list[dict], lm, metric: str | None = None,
                contrast: str = "token", prompts: dict | None = None,
                threshold: float | None = None,
-               progress: Callable[[int], object] | None = None) -> TaskCases:
+               progress: Callable[[int], object] | None = None, rollouts: int = 0,
+               rollout_tokens: int | None = None, allow_code: bool = False) -> TaskCases:
     """Verdicts and cases of one task (``prompts``: ``Captured.prompts[task]``). Raises
     ``UserError`` for a ``metric`` the task's samples lack or a threshold on a binary metric.
-    ``progress(1)`` is called after each sample (a progress bar's ``update``)."""
+    ``progress(1)`` is called after each sample (a progress bar's ``update``). ``rollouts``,
+    ``rollout_tokens``, ``allow_code``: first-error rollouts of generations (``Options``)."""
     samples = list(samples)
     primary = primary_metric(task, task_name, samples, metric, threshold)
     options = Options(metric=primary.name, contrast=contrast, prompts=prompts or {},
-                      threshold=primary.threshold, primary=primary)
+                      threshold=primary.threshold, primary=primary, rollouts=rollouts,
+                      rollout_tokens=rollout_tokens, allow_code=allow_code)
     kind = output_type(task)
     cache: dict = {}
     verdicts, cases = [], []

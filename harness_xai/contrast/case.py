@@ -31,6 +31,12 @@ class Options:
     threshold: float | None = None  # a non-binary metric's correct value (``--xai-threshold``)
     #: the resolved decision metric (set by ``cases_for_task``; builders read ``.name``)
     primary: PrimaryMetric | None = None
+    #: first-error rollouts per generation (``--xai-rollouts``; 0: off) and their greedy length
+    #: (``--xai-rollout-tokens``; None: the task's max_gen_toks); ``allow_code``: code tasks may
+    #: be scored (lm-eval's confirm_run_unsafe_code and HF_ALLOW_CODE_EVAL=1)
+    rollouts: int = 0
+    rollout_tokens: int | None = None
+    allow_code: bool = False
 
     def __post_init__(self) -> None:
         if self.contrast not in CONTRASTS:
@@ -73,13 +79,15 @@ class CaseDraft:
     segment_index: list[int | None] = field(default_factory=list)
     evidence_positions: list[int] = field(default_factory=list)
     method_params: dict[str, Any] = field(default_factory=dict)  # → Case.built
+    rollouts: list = field(default_factory=list)  # records.Rollout, in the order tried
 
     def freeze(self, tokenizer) -> Case:
         """The frozen case; a pending one gets its tokens (and contrast tokens) decoded."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "method_params"}
         values.update(token_ids=tuple(self.token_ids), segments=tuple(self.segments),
                       segment_index=tuple(self.segment_index),
-                      evidence_positions=tuple(self.evidence_positions), built=self.method_params)
+                      evidence_positions=tuple(self.evidence_positions), built=self.method_params,
+                      rollouts=tuple(self.rollouts))
         if self.status == PENDING:
             decode = (lambda t: tokenizer.decode([t]))
             values["tokens"] = tuple(decode(t) for t in self.token_ids)

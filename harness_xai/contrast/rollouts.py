@@ -55,11 +55,17 @@ def first_error(model, tokenizer, prompt_ids: Sequence[int], generated_ids: Sequ
                 score: Callable[[str], bool], *, top_k: int = 5, max_rollouts: int = 32,
                 max_rollout_tokens: int = 64, batch_size: int = 8, until: Sequence[str] = (),
                 think_end: str | None = None, eos_token_id: int | Sequence[int] | None = None,
-                pad_token_id: int | None = None) -> FirstError:
+                pad_token_id: int | None = None, max_generated: int | None = None,
+                max_length: int | None = None, memo: dict | None = None) -> FirstError:
     """Earliest position where one of the model's top-k alternatives leads to a correct sample.
 
     Each rollout is decoded and post-processed as HFLM does before scoring: the reasoning up to the
-    last ``think_end`` string dropped, then cut at the first ``until`` string."""
+    last ``think_end`` string dropped, then cut at the first ``until`` string. ``max_generated``
+    (lm-eval's max_gen_toks): a rollout at position t continues at most ``max_generated − t − 1``
+    tokens, the generation's own budget; ``max_length`` (the model's window): a batch generates
+    at most ``max_length − its longest row`` tokens. ``memo`` ((position, alternative, length) →
+    continuation ids) is read and filled: several scorers of one generation (one per lm-eval
+    filter) share their rollouts' continuations."""
     prompt, generated = [int(i) for i in prompt_ids], [int(i) for i in generated_ids]
     if not generated:
         return FirstError((), (), (), reason=EMPTY)
@@ -78,12 +84,21 @@ def first_error(model, tokenizer, prompt_ids: Sequence[int], generated_ids: Sequ
     eos = _eos_ids(model, eos_token_id)
     pad = pad_token_id if pad_token_id is not None else _pad_id(model, tokenizer, eos)
     rollouts: list[Rollout] = []
+    memo = {} if memo is None else memo
     for start in range(0, len(plan), max(batch_size, 1)):
         batch = plan[start:start + max(batch_size, 1)]
-        rows = [prompt + generated[:t] + [a] for t, a, _ in batch]
-        continuations = greedy_continue(model, rows, max_rollout_tokens, pad, eos)
-        for (t, a, r), cont in zip(batch, continuations):
-            ids = tuple(generated[:t] + [a] + cont)
+        allowed = [max_rollout_tokens if max_generated is None
+                   else max(0, min(max_rollout_tokens, max_generated - t - 1)) for t, _, _ in batch]
+        todo = [(t, a, n) for (t, a, _), n in zip(batch, allowed) if (t, a, n) not in memo]
+        if todo:
+            rows = [prompt + generated[:t] + [a] for t, a, _ in todo]
+            n_new = max(n for _, _, n in todo)
+            if max_length is not None:
+                n_new = max(0, min(n_new, max_length - max(len(row) for row in rows)))
+            for key, cont in zip(todo, greedy_continue(model, rows, n_new, pad, eos)):
+                memo[key] = cont[:key[2]]
+        for (t, a, r), n in zip(batch, allowed):
+            ids = tuple(generated[:t] + [a] + memo[(t, a, n)])
             text = postprocess_generated_text(tokenizer.decode(list(ids)), list(until), think_end)
             rollouts.append(Rollout(t, a, r, ids, text, bool(score(text))))
         hit = next((x for x in rollouts if x.correct), None)

@@ -39,7 +39,7 @@ from sqlalchemy import Connection
 from harness_xai import __version__
 from harness_xai.errors import UserError
 from harness_xai.report import (charts, context, experts, figures, history, payload, queries,
-                                study, summary, text)
+                                rollouts, study, summary, text)
 from harness_xai.report.arrays import CaseArrays, run_arrays, store_relevance
 from harness_xai.report.tokens import labels_of, resolve_tokens, visible
 
@@ -146,7 +146,7 @@ class _Study:
 
 
 def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_href: str,
-                 st: _Study, moe: dict | None = None) -> str:
+                 st: _Study, moe: dict | None = None, tried: list | None = None) -> str:
     key = (case["task"], int(case["doc_id"]), case["doc_hash"], case["filter"])
     notes = context.contrast_notes(case.get("method_params"))
     texts = [case["prompt"], notes.get("gold_context"), notes.get("generation"),
@@ -181,7 +181,8 @@ def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_hr
         generation=context.generation(notes, labels, a.segments, case["wrong_token"])
         if case.get("output_type") == "generate_until" else None,
         wrong_label=visible(case["wrong_token"]), gold_label=visible(case["gold_token"]),
-        experts=experts.with_tokens(moe, a.positions, a.tokens))
+        experts=experts.with_tokens(moe, a.positions, a.tokens),
+        rollouts=rollouts.case_rollouts(tried, notes, case["wrong_token"]))
 
 
 def _task_figures(cases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -256,6 +257,7 @@ def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:
         by_task = queries.run_cases(conn, int(run["id"]))
         arrays = run_arrays(conn, int(run["id"]))
         moe = experts.run_experts(conn, int(run["id"]))
+        tried = rollouts.run_rollouts(conn, int(run["id"]))
         for row in run["tasks_rows"]:
             task_file = f"task-{task_slug(row['task'])}.html"
             row["href"] = f"{run_dir}/{task_file}"
@@ -267,7 +269,7 @@ def _render_all(env: Environment, conn: Connection, tmp: Path) -> None:
                     case["href"] = f"case-{int(case['id'])}.html"
                     _write(tmp / run_dir / case["href"],
                            _render_case(env, run, case, a, task_file, st,
-                                        moe.get(int(case["id"]))))
+                                        moe.get(int(case["id"])), tried.get(int(case["id"]))))
             html = env.get_template("task.html").render(
                 run=run, row=row, cases=cases, root="../", page_size=PAGE_SIZE,
                 figs=_task_figures(cases), triage_colours=charts.TRIAGE_COLOURS)

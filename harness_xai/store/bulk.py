@@ -10,7 +10,7 @@ transaction:
    connection under a private name, ``INSERT INTO t (cols) SELECT cols FROM name``, unregister.
    The raw connection is the one SQLAlchemy's transaction runs on, so the rows commit or roll back
    with it. The per-position relevance tables (``DUCKDB_CHECKED``) carry no PRIMARY / FOREIGN KEY
-   on DuckDB (revision 0008: ART index probes cost 5-15x the insert), so their insert is checked
+   on DuckDB (revision 0009: ART index probes cost 5-15x the insert), so their insert is checked
    first, on the staged rows, in the same transaction: (a) no key twice among them (GROUP BY key
    HAVING count > 1); (b) no key already stored (join with the table restricted to the staged case
    ids, literal so that DuckDB's zone maps skip other row groups); (c) every foreign key value
@@ -39,7 +39,7 @@ from sqlalchemy.engine import Connection
 
 #: rows per statement / COPY chunk (bounds the memory of one encoded batch)
 CHUNK_ROWS = 1_000_000
-#: tables whose keys DuckDB stores do not index (migration 0008): the insert checks them itself
+#: tables whose keys DuckDB stores do not index (migration 0009): the insert checks them itself
 DUCKDB_CHECKED = frozenset({"token_relevance", "layer_relevance", "state_relevance",
                             "head_relevance", "expert_relevance", "graph_nodes", "graph_edges"})
 

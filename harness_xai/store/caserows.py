@@ -23,7 +23,8 @@
      (pruned nodes are zero); graph_edges: one row per COO edge;
    - token_relevance.evidence: 1 at ``evidence_positions``, 0 elsewhere, NULL without evidence;
    - case_metrics: one row per number in ``case.analysis`` (sorted by name); case_labels: the
-     primary label (kind 'triage') and each flag (kind 'flag') of ``case.analysis``.
+     primary label (kind 'triage') and each flag (kind 'flag') of ``case.analysis``;
+   - rollouts: one row per ``case.rollouts`` entry, in the order tried (skipped cases too).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from harness_xai.store.models import (
     graphs,
     head_relevance,
     layer_relevance,
+    rollouts,
     state_relevance,
     token_relevance,
 )
@@ -310,6 +312,22 @@ def child_rows(case_id: int, case: CaseRow) -> Rows:
     if case.graph is not None:
         out += _graph_rows(case_id, case)
     out += _analysis_rows(case_id, case)
+    if case.rollouts:
+        out.append((rollouts, {
+            "case_id": case_id,
+            "rollout": np.arange(len(case.rollouts), dtype=np.int32),
+            "position": np.array([r.position for r in case.rollouts], dtype=np.int32),
+            "model_token_id": np.array([r.model_token_id for r in case.rollouts], dtype=np.int32),
+            "model_token": [str(r.model_token) for r in case.rollouts],
+            "alternative_token_id": np.array([r.alternative_token_id for r in case.rollouts],
+                                             dtype=np.int32),
+            "alternative_token": [str(r.alternative_token) for r in case.rollouts],
+            "rank": np.array([r.rank for r in case.rollouts], dtype=np.int32),
+            "margin": np.array([r.margin for r in case.rollouts], dtype=np.float64),
+            "correct": np.array([int(bool(r.correct)) for r in case.rollouts], dtype=np.int32),
+            "n_tokens": np.array([r.n_tokens for r in case.rollouts], dtype=np.int32),
+            "text": [str(r.text) for r in case.rollouts],
+        }))
     return out
 
 

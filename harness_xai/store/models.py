@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 declarative models of the harness-xai result schema (fifteen tables).
+"""SQLAlchemy 2 declarative models of the harness-xai result schema (sixteen tables).
 
 The schema is fixed (the report reads it directly); the migrations in ``migrations/versions``
 create exactly these tables (0001: the first five; 0002: ``runs.step``, the case columns of the
@@ -7,7 +7,7 @@ curves and graphs; 0003: read-only views, see ``views.py``; 0004: ``case_metrics
 ``case_labels`` and ``token_relevance.evidence`` of the per-case analysis; 0005:
 ``doc_outcomes``, every evaluated document's outcome per run; 0006: ``runs.model_name``, the
 short model name, also in the ``case_overview`` view; 0007: ``expert_relevance``, relevance per routed expert
-of mixture-of-experts models). Notes:
+of mixture-of-experts models; 0008: ``rollouts``, every first-error rollout of a generation; 0009: DuckDB's per-position tables keyed by the writer's checked insert). Notes:
 
 1. Integer surrogate keys (``runs.id``, ``cases.id``) take their values from explicit sequences:
    DuckDB has no SERIAL, and the PostgreSQL dialect (which duckdb-engine builds on) would emit
@@ -289,6 +289,28 @@ class CaseLabelTable(Base):
     label: Mapped[str] = mapped_column(Text, primary_key=True)
 
 
+class RolloutTable(Base):
+    """One first-error rollout of a generation (``records.Rollout``, ``--xai-rollouts``): the
+    model's token at generated ``position`` replaced by its rank-``rank`` alternative, continued
+    greedily for ``n_tokens`` tokens; ``text`` is what the task scored, ``correct`` 1 when that
+    made the sample correct (the flip that located the first error), else 0."""
+
+    __tablename__ = "rollouts"
+
+    case_id: Mapped[int] = mapped_column(Integer, ForeignKey("cases.id"), primary_key=True)
+    rollout: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0-based, order tried
+    position: Mapped[int | None] = mapped_column(Integer)  # index into the generated tokens
+    model_token_id: Mapped[int | None] = mapped_column(Integer)
+    model_token: Mapped[str | None] = mapped_column(Text)
+    alternative_token_id: Mapped[int | None] = mapped_column(Integer)
+    alternative_token: Mapped[str | None] = mapped_column(Text)
+    rank: Mapped[int | None] = mapped_column(Integer)  # 1 = the model's second choice
+    margin: Mapped[float | None] = mapped_column(Double)  # logit top-1 − top-2 at position
+    correct: Mapped[int | None] = mapped_column(Integer)  # 1 / 0
+    n_tokens: Mapped[int | None] = mapped_column(Integer)  # greedy tokens after the alternative
+    text: Mapped[str | None] = mapped_column(Text)
+
+
 runs = RunTable.__table__
 task_results = TaskResultTable.__table__
 doc_outcomes = DocOutcomeTable.__table__
@@ -304,8 +326,9 @@ graph_nodes = GraphNodeTable.__table__
 graph_edges = GraphEdgeTable.__table__
 case_metrics = CaseMetricTable.__table__
 case_labels = CaseLabelTable.__table__
+rollouts = RolloutTable.__table__
 
 #: every table, parents first (export order; reverse for deletes)
 ALL_TABLES = (runs, task_results, doc_outcomes, cases, token_relevance, layer_relevance,
               state_relevance, head_relevance, expert_relevance, faithfulness, graphs, graph_nodes,
-              graph_edges, case_metrics, case_labels)
+              graph_edges, case_metrics, case_labels, rollouts)

@@ -22,7 +22,7 @@ correct in {0, 1, None}); an identical re-run writes identical rows.
    every array the record carries (tokens with segments and evidence marks, layers, states,
    heads, faithfulness curve, graph summary/nodes/edges, analysis metrics and triage labels)
    through each backend's bulk path (bulk.py: DuckDB from
-   Arrow with a checked insert in place of the relevance tables' keys, revision 0008; PostgreSQL
+   Arrow with a checked insert in place of the relevance tables' keys, revision 0009; PostgreSQL
    binary COPY; SQLite executemany);
 4. commit. Any failure rolls the whole case back, so a killed or failed run leaves either the
    complete case or nothing, and a re-run attributes exactly the missing cases.

@@ -1,7 +1,7 @@
 """DuckDB: relevance tables keyed by the writer's checked insert instead of ART indexes
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-04
 
 DuckDB maintains a PRIMARY KEY / FOREIGN KEY through ART indexes probed row by row: bulk
@@ -17,7 +17,7 @@ keys did. DuckDB has one writer per file (its file lock), so check and insert ca
 SQLite and PostgreSQL keep their keys (untouched by this revision).
 Rebuild: copy into a temporary table, drop, create, copy back (no ALTER TABLE RENAME, which
 DuckDB refuses for tables with foreign keys; views re-bind by name). Downgrade rebuilds them with
-their keys (fails, rolling back, if rows broke a key meanwhile). down_revision is 0007 on this
+their keys (fails, rolling back, if rows broke a key meanwhile). down_revision is 0008 on this
 branch; the lead re-chains it at merge.
 """
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
@@ -63,7 +63,7 @@ def _rebuild(table: str, keyed: bool) -> None:
         columns += [f"PRIMARY KEY ({', '.join(_q(n) for n, _ in keys)})",
                     "FOREIGN KEY (case_id) REFERENCES cases(id)"]
     names = ", ".join(_q(n) for n, _ in (*keys, *others))
-    copy = f"__hxai_0008_{table}"
+    copy = f"__hxai_0009_{table}"
     op.execute(f"CREATE TEMPORARY TABLE {copy} AS SELECT {names} FROM {table}")
     op.execute(f"DROP TABLE {table}")
     op.execute(f"CREATE TABLE {table} ({', '.join(columns)})")
