@@ -31,7 +31,9 @@ from __future__ import annotations
 
 from harness_xai.contrast.case import (CaseDraft, Options, context_token_labels, note,
                                        set_evidence, set_segments)
-from harness_xai.contrast.generation import GEN, Generation, generation_case, regenerate
+from harness_xai.contrast.generation import (Generation, generation_case, recorded,
+                                             regenerate)
+from harness_xai.contrast.reasoning import generated_labels
 from harness_xai.records import PENDING, SKIPPED, Rollout
 
 TOP_K = 5  # the model's top-5 tokens: up to 4 alternatives per position
@@ -54,7 +56,7 @@ def first_error_case(sample: dict, task, lm, options: Options, cache: dict,
     """Steps 2–6 on ``case`` (the fallback built by ``generation_case``)."""
     from harness_xai.contrast.rollouts import first_error, task_scorer
 
-    gen = _generation(sample, lm, cache)
+    gen = _generation(sample, lm, options, cache)
     if gen is None:
         return _fallback(case, "regeneration-mismatch")
     note(case, generation=gen.text)
@@ -105,7 +107,7 @@ def _flip(case: CaseDraft, sample: dict, task, lm, options: Options, gen: Genera
     case.status, case.skip_reason, case.contrast = PENDING, None, "token"
     case.token_ids = gen.context_ids + gen.ids[:t]
     labels = context_token_labels(lm, task, options, context, gen.context_ids, sample["doc"])
-    set_segments(case, labels + [GEN] * t)
+    set_segments(case, labels + generated_labels(lm, gen.ids)[:t])  # reasoning steps if any
     set_evidence(case, lm, task, sample["doc"], context, gen.context_ids)
     case.position = len(case.token_ids)
     case.wrong_token_id, case.gold_token_id = result.model_token, result.alternative
@@ -128,11 +130,14 @@ def _fallback(case: CaseDraft, reason: str, **info) -> CaseDraft:
     return case
 
 
-def _generation(sample: dict, lm, cache: dict) -> Generation | None:
-    """The exact greedy generation of the sample (shared with ``generation_case`` per doc)."""
+def _generation(sample: dict, lm, options: Options, cache: dict) -> Generation | None:
+    """The exact greedy generation of the sample (shared with ``generation_case`` per doc):
+    lm-eval's own recorded ids, else a regeneration."""
     doc_id = int(sample["doc_id"])
     if doc_id not in cache:
-        cache[doc_id] = regenerate(lm, sample["arguments"][0][0], sample["arguments"][0][1])
+        context, gen_kwargs = sample["arguments"][0][0], sample["arguments"][0][1]
+        cache[doc_id] = (recorded(lm, options, context, sample["resps"][0][0])
+                         or regenerate(lm, context, gen_kwargs))
     gen = cache[doc_id]
     return gen if isinstance(gen, Generation) and gen.text == sample["resps"][0][0] else None
 
