@@ -4,10 +4,13 @@ registries refuse taken names."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
-from tiny_models import random_ids, tiny_model
+from tiny_models import EAGER_ONLY, FAMILIES as BASE_FAMILIES, MORE_FAMILIES, random_ids, tiny_model
 
 from harness_xai import attribute
 from harness_xai.errors import UserError
@@ -50,6 +53,90 @@ def test_batched_pass_equals_one_pass_per_case(family):
             assert ref.states
             _close(g, ref)
             assert g.tokens.abs().sum() > 0
+
+
+ALL_FAMILIES = BASE_FAMILIES + tuple(MORE_FAMILIES)  # tests/test_families.py's list
+
+
+def _relative_close(got, want) -> None:
+    """Every output of two explanations equal within 1e-5 relative (atol 1e-6 of the largest)."""
+    scale = want.layers.abs().max().item()
+    tol = dict(rtol=1e-5, atol=1e-6 * scale)
+    assert got.delta == pytest.approx(want.delta, rel=1e-6, abs=1e-6)
+    torch.testing.assert_close(got.tokens, want.tokens, **tol)
+    torch.testing.assert_close(got.layers, want.layers, **tol)
+    assert got.states.keys() == want.states.keys() and want.states
+    for kind in want.states:
+        torch.testing.assert_close(got.states[kind], want.states[kind], **tol)
+    torch.testing.assert_close(got.heads, want.heads, **tol)
+    assert (got.experts is None) == (want.experts is None)
+    if want.experts is not None:
+        assert want.experts.abs().sum() > 0
+        torch.testing.assert_close(got.experts, want.experts, **tol)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_checkpointed_pass_keeps_states_and_equals_plain(family):
+    """``checkpoint=True`` (blocks re-run in the backward; states reach it through probes whose
+    saved inputs are recomputed) == the plain pass: tokens, layers, mid/attn/mlp, heads and
+    experts, for right-padded rows of different lengths and a sequence objective."""
+    model = tiny_model(family, "eager" if family in EAGER_ONLY else "sdpa")
+    items = [TokenTarget(random_ids(n, seed=i)[0].tolist(), 3 + i, 40 + i)
+             for i, n in enumerate((9, 21, 14))]
+    items.append(SequenceTarget([5, 6, 7, 8, 9, 10], 4, [5, 6, 7, 11, 12, 13, 14], 4))
+    plain = explain(model, items, "attnlrp")
+    ckpt = explain(model, items, "attnlrp", checkpoint=True)
+    for got, want in zip(ckpt, plain):
+        _relative_close(got, want)
+    assert [n for n, m in model.named_modules() if "forward" in vars(m)] == []
+
+
+def _live_states_at_backward(model, monkeypatch, **options) -> tuple[int, int]:
+    """(states still alive when the backward starts, states seen): weak references to every
+    block's attention/MLP outputs and output-projection inputs, counted at ``autograd.grad``."""
+    from harness_xai.lrp.adapters import adapter_for
+    from harness_xai.lrp.states import state_sites
+
+    refs, handles, counted = [], [], []
+    adapter = adapter_for(model)
+
+    def note(value):
+        x = value[0] if isinstance(value, (tuple, list)) else value
+        refs.append(weakref.ref(x))
+
+    for block in adapter.blocks(model):
+        sites = state_sites(adapter, block)
+        for kind in ("attn", "mlp"):
+            handles.append(sites[kind][0].register_forward_hook(lambda m, i, o: note(o)))
+        handles.append(sites["heads"][0].register_forward_pre_hook(lambda m, i: note(i)))
+    grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        gc.collect()
+        if not counted:  # the engine's backward (a checkpointed re-run adds refs later)
+            counted.append(sum(r() is not None for r in refs))
+            counted.append(len(refs))
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    try:
+        explain(model, [TokenTarget(random_ids(40)[0].tolist(), 3, 4)], "attnlrp", **options)
+    finally:
+        monkeypatch.setattr(torch.autograd, "grad", grad)
+        for h in handles:
+            h.remove()
+    return counted[0], counted[1]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen3_moe"])
+def test_checkpointed_forward_holds_no_states(family, monkeypatch):
+    """Checkpointed, the states are not kept from the forward to the backward (they are
+    recomputed with the block); the plain pass keeps every one (the control)."""
+    model = _model(family) if family != "qwen3_moe" else tiny_model(family)
+    live, seen = _live_states_at_backward(model, monkeypatch, checkpoint=True)
+    assert seen == 3 * model.config.num_hidden_layers and live == 0
+    live, seen = _live_states_at_backward(model, monkeypatch)
+    assert live == seen == 3 * model.config.num_hidden_layers
 
 
 def _sequence_by_definition(model, target: SequenceTarget, method: str):

@@ -18,6 +18,8 @@ Algorithm:
    (``states.StateCapture``) note the residual after every block and, with ``states``, the
    mid-block residual, the attention/MLP branch outputs and each head's output. With ``trace``
    (one token objective) the graph's ``BlockTrace`` also records each block's attention inputs.
+   With ``checkpoint`` each block re-runs whole in the backward; the states are saved through
+   probes the re-run recomputes (``states`` step 2), so they cost one block, not all blocks.
 3. Forward: only token objectives → logits only at the rows' last real positions (a 1-D
    ``logits_to_keep`` of the distinct ones, which every transformers version reads the same
    way); otherwise all positions. Objective values in fp32; Δ = their sum.
@@ -36,6 +38,7 @@ bf16/fp16 models run in their own dtype; Δ and every relevance sum are fp32.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -133,13 +136,14 @@ def explain(model: nn.Module, objectives: Sequence[Objective], method: str | Met
     _check(model, objectives, spec, trace, checkpoint)
     kinds = ALL_KINDS if states else ("out",)
     with torch.inference_mode(False), torch.enable_grad(), frozen_parameters(model), \
-            lrp(model, spec, checkpoint):
+            lrp(model, spec, checkpoint), _full_recompute(checkpoint):
         if spec.integrate:
-            return [_integrated(model, adapter, spec, params, o, kinds) for o in objectives]
+            return [_integrated(model, adapter, spec, params, o, kinds, checkpoint)
+                    for o in objectives]
         rows = [r for o in objectives for r in _rows(o)]  # (R,) input ids per row
         ids = _pad(rows, input_device(model))  # (R, n_max)
         embeddings = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-        with StateCapture(model, adapter, kinds, lrp_pair) as capture:
+        with StateCapture(model, adapter, kinds, lrp_pair, checkpointed=checkpoint) as capture:
             tracer = BlockTrace(model, adapter, spec) if trace else None
             deltas, grads = _pass(model, capture, tracer, embeddings, objectives, rows)
             relevance = _relevance(capture, embeddings, grads[0], len(rows), ids.shape[1], states)
@@ -160,6 +164,16 @@ def batchable(model: nn.Module, method: str | Method) -> bool:
     last hidden states of a multi-device ``device_map`` model live on its last device)."""
     devices = set((getattr(model, "hf_device_map", None) or {}).values())
     return not get_method(method).integrate and len(devices) <= 1
+
+
+def _full_recompute(checkpoint: bool):
+    """Checkpointed blocks re-run whole in the backward (no early stop), so every state hook and
+    expert note of the block sees its recomputed value (``states`` step 2)."""
+    if not checkpoint:
+        return contextlib.nullcontext()
+    from torch.utils.checkpoint import set_checkpoint_early_stop
+
+    return set_checkpoint_early_stop(False)
 
 
 def _check(model, objectives, spec: Method, trace: bool, checkpoint: bool) -> None:
@@ -295,13 +309,14 @@ def _result(objective: Objective, delta: float, relevance: dict, row: int, spec:
 
 
 def _integrated(model, adapter, spec: Method, params: dict, objective: TokenTarget,
-                kinds) -> Attribution:
+                kinds, checkpoint: bool) -> Attribution:
     """Step 6: steps 2–4 on chunks of path points (``integrated.path_chunks``)."""
     ids = _pad([tuple(objective.input_ids)], input_device(model))  # (1, n)
     embeddings = model.get_input_embeddings()(ids).detach()  # (1, n, d)
     n = ids.shape[1]
     rule = integrated.Path(model, embeddings, params)
-    with StateCapture(model, adapter, kinds, trapezoid_pair, sum_rows=True) as capture:
+    with StateCapture(model, adapter, kinds, trapezoid_pair, sum_rows=True,
+                      checkpointed=checkpoint) as capture:
         for path in rule.chunks():  # (b, n, d) leaves
             one = [objective] * path.shape[0]
             deltas, (grad,) = _pass(model, capture, None, path, one, [objective.input_ids] * len(one))
