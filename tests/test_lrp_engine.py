@@ -58,11 +58,12 @@ def test_batched_pass_equals_one_pass_per_case(family):
 ALL_FAMILIES = BASE_FAMILIES + tuple(MORE_FAMILIES)  # tests/test_families.py's list
 
 
-def _relative_close(got, want) -> None:
-    """Every output of two explanations equal within 1e-5 relative (atol 1e-6 of the largest)."""
+def _relative_close(got, want, floor: float = 1e-6) -> None:
+    """Every output of two explanations equal within 1e-5 relative, entries near 0 within
+    ``floor`` × the largest layer relevance (float reassociation of other matrix shapes)."""
     scale = want.layers.abs().max().item()
-    tol = dict(rtol=1e-5, atol=1e-6 * scale)
-    assert got.delta == pytest.approx(want.delta, rel=1e-6, abs=1e-6)
+    tol = dict(rtol=1e-5, atol=floor * scale)
+    assert got.delta == pytest.approx(want.delta, rel=1e-5, abs=floor)
     torch.testing.assert_close(got.tokens, want.tokens, **tol)
     torch.testing.assert_close(got.layers, want.layers, **tol)
     assert got.states.keys() == want.states.keys() and want.states
@@ -89,6 +90,60 @@ def test_checkpointed_pass_keeps_states_and_equals_plain(family):
     for got, want in zip(ckpt, plain):
         _relative_close(got, want)
     assert [n for n, m in model.named_modules() if "forward" in vars(m)] == []
+
+
+def _slicing_of_4_56(hidden_states, logits_to_keep):
+    """transformers 4.56's slicing (every family's forward, inline): the lower bound pyproject
+    allows; 5.x moved it into ``modeling_utils.slice_logits_to_keep`` (same for int and 1-D)."""
+    slice_indices = (slice(-logits_to_keep, None) if isinstance(logits_to_keep, int)
+                     else logits_to_keep)
+    return hidden_states[:, slice_indices, :]
+
+
+@pytest.mark.parametrize("slicing", ["installed", "4.56"])
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_batched_logits_to_keep_equals_one_pass_each(family, slicing, monkeypatch):
+    """Token rows of different lengths (right padding) with duplicate last positions in one
+    pass: the model gets a 1-D ``logits_to_keep`` of the distinct last positions, sorted and
+    inside the padded length, and every output equals that case explained alone (``keep=1``),
+    under the installed transformers' slicing and under 4.56's."""
+    import sys
+
+    model = tiny_model(family, "eager" if family in EAGER_ONLY else "sdpa")
+    if slicing == "4.56":
+        monkeypatch.setattr(sys.modules[type(model).__module__], "slice_logits_to_keep",
+                            _slicing_of_4_56)
+    lengths = (6, 19, 11, 19, 6, 25)  # duplicates at 5 and 18; the longest sets n_max
+    items = [TokenTarget(random_ids(n, seed=10 + i)[0].tolist(), (5 * i) % 97, (13 * i + 1) % 97)
+             for i, n in enumerate(lengths)]
+    seen = []
+    forward = type(model).forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("logits_to_keep"))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", spy)
+    got = explain(model, items, "attnlrp")
+    (keep,) = seen
+    assert keep.dtype == torch.long and keep.tolist() == [5, 10, 18, 24]
+    for item, g in zip(items, got):
+        (want,) = explain(model, [item], "attnlrp")
+        _relative_close(g, want, floor=1e-5)  # (R, n_max) vs (1, n) matrices: reassociation
+    assert seen[1:] == [1] * len(items)  # one row alone: the int path
+
+
+def test_logits_to_keep_read_otherwise_is_refused(monkeypatch):
+    """A transformers that does not return one logit row per kept position is caught before
+    any row's logits are read (no silent mis-indexing, no device-side assert)."""
+    import sys
+
+    model = _model("llama")
+    monkeypatch.setattr(sys.modules[type(model).__module__], "slice_logits_to_keep",
+                        lambda h, keep: h[:, -1:, :])
+    items = [TokenTarget([3, 4, 5], 1, 2), TokenTarget([3, 4, 5, 6, 7], 1, 2)]
+    with pytest.raises(RuntimeError, match="logits_to_keep"):
+        explain(model, items, "attnlrp")
 
 
 def _live_states_at_backward(model, monkeypatch, **options) -> tuple[int, int]:
@@ -249,6 +304,10 @@ def test_bad_objectives_fail_before_any_work():
     model = _model("llama")
     with pytest.raises(UserError, match="vocabulary"):
         explain(model, [TokenTarget([1, 2, 3], 5, 500)], "attnlrp")
+    with pytest.raises(UserError, match="token id 97 is outside the model's input embeddings"):
+        explain(model, [TokenTarget([1, 97, 3], 5, 6), TokenTarget([1], 5, 6)], "attnlrp")
+    with pytest.raises(UserError, match="token id -1 is outside"):
+        explain(model, [SequenceTarget([5, 6, 7], 2, [5, 8, -1], 2)], "attnlrp")
     with pytest.raises(UserError, match="at least one input token"):
         explain(model, [TokenTarget([], 5, 6)], "attnlrp")
     with pytest.raises(UserError, match="sequence contrasts"):

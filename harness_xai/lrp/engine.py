@@ -21,8 +21,15 @@ Algorithm:
    With ``checkpoint`` each block re-runs whole in the backward; the states are saved through
    probes the re-run recomputes (``states`` step 2), so they cost one block, not all blocks.
 3. Forward: only token objectives → logits only at the rows' last real positions (a 1-D
-   ``logits_to_keep`` of the distinct ones, which every transformers version reads the same
-   way); otherwise all positions. Objective values in fp32; Δ = their sum.
+   ``logits_to_keep`` of the distinct ones, sorted); otherwise all positions. Every supported
+   family of every transformers version pyproject allows reads a 1-D tensor as
+   ``hidden[:, keep, :]`` (4.56: ``slice_indices``; 5.x: ``slice_logits_to_keep``), giving
+   (R, k, vocab). A 2-D tensor is read differently across versions (5.x: per-row positions
+   with ``take_along_dim``; 4.56 … early 5.x: ``hidden[:, keep2d, :]``, (R, R, 1, d)), which
+   is how an older (R, 1) ``keep`` indexed past a size-1 dimension — a CUDA device-side assert
+   reported in the backward. Checked before the model runs: every input id and kept position is
+   in range (0 ≤ position < n_max); after it: the logits have shape (R, k, vocab), so the rows'
+   column indices are in range too. Objective values in fp32; Δ = their sum.
 4. One backward of Σ Δ (rows are independent, so row r's gradient is its own objective's). As
    the gradient passes each noted state its relevance Σ_hidden state ⊙ gradient is reduced per
    row and the gradient dropped. With ``trace`` the same backward also returns the gradients at
@@ -177,14 +184,23 @@ def _full_recompute(checkpoint: bool):
 
 
 def _check(model, objectives, spec: Method, trace: bool, checkpoint: bool) -> None:
+    n_embeddings = model.get_input_embeddings().weight.shape[0]
     for o in objectives:
         if o.n_tokens < 1:
             raise UserError("an objective needs at least one input token.")
+        ids = [t for row in _rows(o) for t in row] + (
+            [] if isinstance(o, TokenTarget) else [o.wrong_ids[-1], o.gold_ids[-1]])
+        if min(ids) < 0 or max(ids) >= n_embeddings:  # on CUDA: a device-side assert later
+            bad = min(ids) if min(ids) < 0 else max(ids)
+            raise UserError(f"token id {bad} is outside the model's input embeddings "
+                            f"(0..{n_embeddings - 1}); tokenizer and model do not match.")
         if isinstance(o, TokenTarget):
             check_vocabulary(model, {"target_id": o.target, "foil_id": o.foil})
         elif spec.integrate:
             raise UserError(f"sequence contrasts do not support method {spec.name!r}; use "
                             "attnlrp, cp-lrp or grad-x-input, or --xai-contrast token.")
+        else:
+            check_vocabulary(model, {"scored token id": max(ids)})
     if trace and (len(objectives) != 1 or not isinstance(objectives[0], TokenTarget)
                   or spec.integrate or checkpoint):
         raise UserError("the graph's capture needs one token contrast and a one-backward method "
@@ -215,7 +231,7 @@ def _pass(model, capture: StateCapture, tracer: BlockTrace | None, embeddings, o
         keep, column = 1, {r: 0 for r in range(len(rows))}
     elif tokens_only:  # a 1-D tensor keeps these positions in every row (every transformers)
         last = sorted({k - 1 for k in lengths})  # (k,) distinct last positions
-        keep = torch.tensor(last, device=embeddings.device)
+        keep = _kept_positions(last, embeddings.shape[1], embeddings.device)
         column = {r: last.index(k - 1) for r, k in enumerate(lengths)}
     capture.recording = True
     try:
@@ -227,6 +243,10 @@ def _pass(model, capture: StateCapture, tracer: BlockTrace | None, embeddings, o
                                logits_to_keep=keep).logits
     finally:
         capture.recording = False  # forwards re-run by checkpointing are not recorded
+    if isinstance(keep, torch.Tensor) and tuple(logits.shape[:2]) != (len(rows), keep.numel()):
+        raise RuntimeError(f"the model read logits_to_keep (1-D, {keep.numel()} positions) as "
+                           f"logits of shape {tuple(logits.shape)}, not ({len(rows)}, "
+                           f"{keep.numel()}, vocab): unsupported transformers slicing.")
     values, row = [], 0
     for o in objectives:
         if isinstance(o, TokenTarget):
@@ -247,6 +267,13 @@ def _pass(model, capture: StateCapture, tracer: BlockTrace | None, embeddings, o
     grads = torch.autograd.grad(total.sum(), [embeddings, *extra], allow_unused=bool(extra))
     capture.done()
     return [float(v) for v in total.detach().cpu()], grads
+
+
+def _kept_positions(last: list[int], n: int, device) -> torch.Tensor:
+    """Step 3's ``logits_to_keep``: (k,) long, strictly increasing, each in [0, n)."""
+    if not last or last[0] < 0 or last[-1] >= n or any(a >= b for a, b in zip(last, last[1:])):
+        raise RuntimeError(f"kept positions {last} are not increasing within [0, {n})")
+    return torch.tensor(last, dtype=torch.long, device=device)
 
 
 def _sequence_value(logits: torch.Tensor, row: int, o: SequenceTarget) -> torch.Tensor:
