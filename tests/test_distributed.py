@@ -362,7 +362,7 @@ def test_budget_options_then_resume_to_the_reference(micro_model, reference, tmp
             if v["skip_reason"] == "budget:max-tokens"} == too_long
     # the re-run (batched passes) attributes exactly the rest
     assert main(["run", *_run_args(micro_model, url), "--xai-max-tokens", str(limit),
-                 "--xai-batch-size", "8"]) == 0
+                 "--xai-batch-size", "auto"]) == 0
     assert "already stored" in capsys.readouterr().out
     final = _snapshot(url)
     assert final["cases"].keys() == want["cases"].keys()

@@ -54,8 +54,12 @@ ALL_KINDS = ("out", *STATE_KINDS, "heads", "experts")
 
 
 def lrp_pair(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Relevance = state ⊙ modified gradient (one forward, one backward)."""
-    return x.float() * g.float()
+    """Relevance = state ⊙ modified gradient (one forward, one backward), fp32.
+
+    ``x * g.float()`` promotes ``x`` inside the multiply: bit-identical to ``x.float() *
+    g.float()`` (both exact casts, then one fp32 product) with one cast kernel and one
+    (rows, n, d) fp32 temporary fewer for bf16/fp16 states."""
+    return x * g.float()
 
 
 def trapezoid_pair(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -221,19 +225,21 @@ class StateCapture:
         """(batch, n_layers, n_experts, n) fp32 on the CPU; None without experts."""
         if "experts" not in self.present:
             return None
-        rows = []
-        for layer in range(len(self.blocks)):
-            r = self.results.get(("experts", layer))
-            rows.append(torch.zeros(self.n_experts, batch, n) if r is None
-                        else r.view(self.n_experts, batch, n).cpu())
-        return torch.stack(rows).permute(2, 0, 1, 3)
+        found = [self.results.get(("experts", layer)) for layer in range(len(self.blocks))]
+        device = next((r.device for r in found if r is not None), torch.device("cpu"))
+        rows = [torch.zeros(self.n_experts, batch, n, device=device) if r is None
+                else r.view(self.n_experts, batch, n).to(device) for r in found]
+        return torch.stack(rows).permute(2, 0, 1, 3).cpu()
 
     def done(self) -> None:
         """End of one backward: drop states the gradient never reached."""
         self._saved.clear()
 
     def stacked(self, kind: str, rows: int, n: int) -> torch.Tensor:
-        """(rows, n_layers, n) — or (rows, n_layers, n_heads, n) for heads — fp32 on the CPU."""
+        """(rows, n_layers, n) — or (rows, n_layers, n_heads, n) for heads — fp32 on the CPU;
+        stacked where the relevance lives, then one copy (not one device sync per layer)."""
         shape = (rows, self.n_heads, n) if kind == "heads" else (rows, n)
         found = [self.results.get((kind, layer)) for layer in range(len(self.blocks))]
-        return torch.stack([torch.zeros(shape) if r is None else r.cpu() for r in found], dim=1)
+        device = next((r.device for r in found if r is not None), torch.device("cpu"))
+        return torch.stack([torch.zeros(shape, device=device) if r is None else r.to(device)
+                            for r in found], dim=1).cpu()
