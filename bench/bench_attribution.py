@@ -186,10 +186,12 @@ def states_overhead(args) -> None:
                 "ckpt states": lambda: attribute(model, None, ids, 1, 2, checkpoint=True)}
         seconds, mem = timed(runs, args.repeats)
         for name in runs:
-            print(f"{n:>8}  {name:<22} {seconds[name]:>8.3f}  {seconds[name] / seconds['plain']:>8.2f}"
+            ratio = seconds[name] / seconds["plain"]
+            print(f"{n:>8}  {name:<22} {seconds[name]:>8.3f}  {ratio:>8.2f}"
                   f"  {mem[name] / 2**20:>8.1f}", flush=True)
-        print(f"{n:>8}  states / no states: {seconds['attnlrp states'] / seconds['attnlrp no states']:.2f}"
-              f" (checkpointed {seconds['ckpt states'] / seconds['ckpt no states']:.2f})")
+        plain_states = seconds["attnlrp states"] / seconds["attnlrp no states"]
+        ckpt_states = seconds["ckpt states"] / seconds["ckpt no states"]
+        print(f"{n:>8}  states / no states: {plain_states:.2f} (checkpointed {ckpt_states:.2f})")
     print("\n## 6. --xai-batch-size auto: rows per pass, estimate vs measured peak")
     print("n_tokens  auto_rows  measured_rows  estimate_MiB  measured_MiB  ratio")
     for n in args.states_lengths:
