@@ -213,7 +213,11 @@ class StateCapture:
         def on_grad(g: torch.Tensor) -> None:
             if self.paused:
                 return
-            value, index = kept if kept is not None else self._saved.pop(stash)
+            found = kept if kept is not None else self._saved.pop(stash, None)
+            if found is None:  # never silently zero: the re-run did not note this expert
+                raise RuntimeError(f"checkpointed backward: expert {e} of block {layer} was "
+                                   "not recomputed before its gradient arrived")
+            value, index = found
             with torch.no_grad():
                 key = ("experts", layer)
                 if key not in self.results:
