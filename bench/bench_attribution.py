@@ -17,6 +17,13 @@ Usage:
    allocations are invisible to tracemalloc, hence RSS. Linux only.
 3. Linear memory: ``mem(8192) / mem(2048)`` ≈ 4 means O(n) (an n×n attention matrix per head
    would add 16× growth terms).
+5. States overhead (``--states``, issue #15): for the ~5M Llama at ``--states-lengths`` (default
+   512 and 2048), plain gradient vs attnlrp without states vs with states (mid/attn/mlp/heads),
+   both also checkpointed; ratios states/no-states and each vs plain, median of ``--repeats``
+   interleaved, plus the peak RSS delta. Goal on the GPU: states ≤ 1.15× plain at 4k.
+6. Batch size auto (``--states``): the rows ``--xai-batch-size auto`` picks per pass for that model
+   at each length (``distributed.memory.rows_that_fit`` with the free memory now) and the
+   estimate vs the measured peak of a pass of that many rows (capped at 8 here).
 4. Largest n: attnlrp peak RSS delta (without and with ``checkpoint=True``) measured at the two
    ``--project-at`` lengths for the zoo model's shape and a ~100M-parameter Llama config; a
    straight line through them gives bytes/token; n_max = (budget − intercept) / slope with
@@ -160,15 +167,59 @@ def projection(args) -> None:
         del model
 
 
+def states_overhead(args) -> None:
+    from harness_xai.distributed import memory
+    from harness_xai.lrp import explain
+    from harness_xai.records import TokenTarget
+
+    print(f"\n## 5. states overhead (load average {os.getloadavg()[0]:.1f}; median of "
+          f"{args.repeats}, interleaved)")
+    print("n_tokens  call                    seconds  vs_plain  peak_MiB")
+    model = make("llama", 256, 4, 1024, 2048, 8, 4, max(args.states_lengths) + 1)
+    for n in args.states_lengths:
+        ids = torch.randint(3, 2048, (1, n), generator=torch.Generator().manual_seed(n))
+        runs = {"plain": lambda: plain_gradient(model, ids),
+                "attnlrp no states": lambda: attribute(model, None, ids, 1, 2, states=False),
+                "attnlrp states": lambda: attribute(model, None, ids, 1, 2),
+                "ckpt no states": lambda: attribute(model, None, ids, 1, 2, states=False,
+                                                    checkpoint=True),
+                "ckpt states": lambda: attribute(model, None, ids, 1, 2, checkpoint=True)}
+        seconds, mem = timed(runs, args.repeats)
+        for name in runs:
+            ratio = seconds[name] / seconds["plain"]
+            print(f"{n:>8}  {name:<22} {seconds[name]:>8.3f}  {ratio:>8.2f}"
+                  f"  {mem[name] / 2**20:>8.1f}", flush=True)
+        plain_states = seconds["attnlrp states"] / seconds["attnlrp no states"]
+        ckpt_states = seconds["ckpt states"] / seconds["ckpt no states"]
+        print(f"{n:>8}  states / no states: {plain_states:.2f} (checkpointed {ckpt_states:.2f})")
+    print("\n## 6. --xai-batch-size auto: rows per pass, estimate vs measured peak")
+    print("n_tokens  auto_rows  measured_rows  estimate_MiB  measured_MiB  ratio")
+    for n in args.states_lengths:
+        rows = memory.rows_that_fit(model, n)
+        r = min(rows, 8)
+        items = [TokenTarget(torch.randint(3, 2048, (n - i,)).tolist(), 1, 2) for i in range(r)]
+        measured = peak_rss_delta(lambda: explain(model, items, "attnlrp"))
+        estimate = memory.pass_bytes(model, n, r)
+        print(f"{n:>8}  {rows:>9}  {r:>13}  {estimate / 2**20:>12.0f}  {measured / 2**20:>12.0f}"
+              f"  {estimate / measured:>5.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--project-at", type=int, nargs=2, default=[1024, 4096])
+    parser.add_argument("--states", action="store_true",
+                        help="only sections 5-6: states overhead and batch size auto")
+    parser.add_argument("--states-lengths", type=int, nargs="+", default=[512, 2048])
     args = parser.parse_args()
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cpus, {time.strftime('%Y-%m-%d')}")
     start = time.perf_counter()
+    if args.states:
+        states_overhead(args)
+        print(f"# total {time.perf_counter() - start:.0f} s")
+        return
     speed(args)
     projection(args)
     print(f"# total {time.perf_counter() - start:.0f} s")

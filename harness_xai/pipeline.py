@@ -280,8 +280,12 @@ def make_worker(lm, config: RunConfig) -> CaseWorker:
             done = with_faithfulness(done, model, tokenizer)
         return [(case, analyse(case, ex)) for case, ex in done]
 
+    from harness_xai.distributed.memory import fitter  # --xai-batch-size auto
+
     return CaseWorker(explain=explain_group, finish=finish,
-                      group=FAITHFULNESS_BATCH if config.faithfulness else 1)
+                      group=FAITHFULNESS_BATCH if config.faithfulness else 1,
+                      rows_for=fitter(model) if shared else None,
+                      on_cuda=next(model.parameters()).device.type == "cuda")
 
 
 def _explain_one(model, objective: TokenTarget | SequenceTarget, config: RunConfig) -> Explanation:

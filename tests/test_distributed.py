@@ -362,7 +362,7 @@ def test_budget_options_then_resume_to_the_reference(micro_model, reference, tmp
             if v["skip_reason"] == "budget:max-tokens"} == too_long
     # the re-run (batched passes) attributes exactly the rest
     assert main(["run", *_run_args(micro_model, url), "--xai-max-tokens", str(limit),
-                 "--xai-batch-size", "8"]) == 0
+                 "--xai-batch-size", "auto"]) == 0
     assert "already stored" in capsys.readouterr().out
     final = _snapshot(url)
     assert final["cases"].keys() == want["cases"].keys()
@@ -382,7 +382,8 @@ def test_time_budget_zero_writes_nothing_and_a_rerun_resumes(micro_model, tmp_pa
 
 
 def test_bad_budget_values_are_one_line_errors(micro_model, tmp_path, capsys):
-    for flag, value in (("--xai-batch-size", "0"), ("--xai-max-tokens", "-1"),
+    for flag, value in (("--xai-batch-size", "0"), ("--xai-batch-size", "lots"),
+                        ("--xai-max-tokens", "-1"),
                         ("--xai-time-budget", "nan"), ("--xai-max-cases", "-3")):
         argv = ["run", *_run_args(micro_model, str(tmp_path / "x.duckdb")), flag, value]
         assert main(argv) == 2
@@ -418,6 +419,104 @@ def test_passes_group_similar_lengths_within_limits():
     assert plan.passes(lengths, 3) == [[0, 6, 2], [3, 4, 1], [5]]
     assert plan.passes(lengths, 8, max_tokens=120) == [[0, 6, 2, 3], [4, 1], [5]]
     assert sorted(i for b in plan.passes(lengths, 4) for i in b) == list(range(7))
+
+
+def test_auto_passes_hold_the_rows_that_fit():
+    """``auto``: a pass grows while ``rows_for(n_max)`` allows (no fixed token cap); without an
+    estimator (a model that cannot share passes) one case each."""
+    lengths = [5, 40, 6, 7, 39, 100, 5, 41]
+    rows_for = lambda n: 500 // n  # noqa: E731 — 100 rows of 5 tokens, 12 of 41, 5 of 100
+    assert plan.passes(lengths, "auto", rows_for=rows_for) == [[0, 6, 2, 3, 4, 1, 7], [5]]
+    assert plan.passes(lengths, "auto", rows_for=lambda n: 2) == [[0, 6], [2, 3], [4, 1],
+                                                                   [7, 5]]
+    assert plan.passes(lengths, "auto") == [[i] for i in range(8)]
+    assert plan.resolve_batch_size(None, on_cuda=True) == "auto"
+    assert plan.resolve_batch_size(None, on_cuda=False) == 1
+    assert plan.resolve_batch_size(3, on_cuda=True) == 3
+
+
+def test_batch_size_option_values():
+    assert Budget.from_args({"xai_batch_size": "auto"}).batch_size == "auto"
+    assert Budget.from_args({"xai_batch_size": " AUTO"}).batch_size == "auto"
+    assert Budget.from_args({"xai_batch_size": "8"}).batch_size == 8
+    assert Budget.from_args({}).batch_size is None
+    for bad in ("lots", "0", "-2", "2.5", ""):
+        with pytest.raises(UserError, match=r"^--xai-batch-size must be a whole number >= 1 "
+                                            r"or auto, got "):
+            Budget.from_args({"xai_batch_size": bad})
+
+
+_PEAK = '''
+import ctypes, json, sys, torch
+sys.path.insert(0, "tests")
+from harness_xai.distributed.memory import pass_bytes
+from harness_xai.lrp import explain
+from harness_xai.records import TokenTarget
+from transformers import AutoConfig, AutoModelForCausalLM
+family, d, layers, inter, vocab, heads, kv, n, rows, states = json.loads(sys.argv[1])
+torch.manual_seed(0)
+extra = {{"num_key_value_heads": kv}} if family != "gpt_neox" else {{}}
+config = AutoConfig.for_model(family, vocab_size=vocab, hidden_size=d, num_hidden_layers=layers,
+                              intermediate_size=inter, num_attention_heads=heads,
+                              max_position_embeddings=n + 1, tie_word_embeddings=False, **extra)
+config._attn_implementation = "sdpa"
+model = AutoModelForCausalLM.from_config(config).eval()
+explain(model, [TokenTarget(list(range(3, 40)), 1, 2)], "attnlrp")  # warm-up
+items = [TokenTarget(torch.randint(3, vocab, (n - r,)).tolist(), 1, 2) for r in range(rows)]
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base = status("VmRSS")
+explain(model, items, "attnlrp", states=states)
+print(json.dumps([status("VmHWM") - base, pass_bytes(model, n, rows, states)]))
+'''
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak RSS")
+@pytest.mark.parametrize("shape", [
+    ("llama", 256, 8, 1024, 2048, 8, 4, 1024, 4, True),
+    ("llama", 512, 4, 1536, 8192, 8, 8, 512, 6, True),
+    ("gpt_neox", 256, 4, 1024, 2048, 8, 8, 2048, 2, False),
+], ids=["llama-8x256", "llama-4x512", "neox-nostates"])
+def test_auto_batch_estimate_bounds_the_measured_peak(shape):
+    """``memory.pass_bytes`` (the ``auto`` batch size's estimate) ≥ the measured peak resident
+    memory growth of that pass, and at most 2.5× it (a fresh process per shape)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", _PEAK.format(), json.dumps(shape)], env=env,
+                         capture_output=True, text=True, timeout=600,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    measured, estimate = json.loads(out.stdout.strip().splitlines()[-1])
+    assert measured > 50 << 20  # the pass really ran at this size
+    print(f"measured {measured / 2**20:.0f} MiB, estimate {estimate / 2**20:.0f} MiB, "
+          f"×{estimate / measured:.2f}")
+    assert measured <= estimate <= 2.5 * measured, (measured / 2**20, estimate / 2**20)
+
+
+def test_rows_that_fit_follow_free_memory():
+    """R = ⌊(0.8 · free − fixed) / per-row bytes⌋ clipped to [1, 64]; halving the free memory
+    (after the fixed part) halves R; more tokens, fewer rows."""
+    from tiny_models import tiny_model
+
+    from harness_xai.distributed import memory
+
+    model = tiny_model("llama")
+    one, fixed = memory.pass_bytes(model, 512, 1), memory.pass_bytes(model, 512, 0)
+    row = one - fixed
+    free = int((fixed + 20 * row) / memory.FRACTION) + 1
+    assert memory.rows_that_fit(model, 512, free=free) == 20
+    assert memory.rows_that_fit(model, 512, free=int((fixed + 10 * row) / 0.8) + 1) == 10
+    assert memory.rows_that_fit(model, 4096, free=free) < 20
+    assert memory.rows_that_fit(model, 512, free=0) == 1
+    assert memory.rows_that_fit(model, 512, free=1 << 50) == memory.MAX_ROWS
+    assert memory.pass_bytes(model, 512, 3, states=False) < memory.pass_bytes(model, 512, 3)
+    eager = tiny_model("llama", attn="eager")
+    assert memory.pass_bytes(eager, 2048, 1) - memory.pass_bytes(model, 2048, 1) == \
+        2 * eager.config.num_hidden_layers * 4 * 4 * 2048 * 2048  # L·b·2·H·n per token × n
 
 
 def test_shard_file_round_trip_torn_tail_and_restricted_unpickling(tmp_path):

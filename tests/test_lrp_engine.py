@@ -4,10 +4,13 @@ registries refuse taken names."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
-from tiny_models import random_ids, tiny_model
+from tiny_models import EAGER_ONLY, FAMILIES as BASE_FAMILIES, MORE_FAMILIES, random_ids, tiny_model
 
 from harness_xai import attribute
 from harness_xai.errors import UserError
@@ -50,6 +53,145 @@ def test_batched_pass_equals_one_pass_per_case(family):
             assert ref.states
             _close(g, ref)
             assert g.tokens.abs().sum() > 0
+
+
+ALL_FAMILIES = BASE_FAMILIES + tuple(MORE_FAMILIES)  # tests/test_families.py's list
+
+
+def _relative_close(got, want, floor: float = 1e-6) -> None:
+    """Every output of two explanations equal within 1e-5 relative, entries near 0 within
+    ``floor`` × the largest layer relevance (float reassociation of other matrix shapes)."""
+    scale = want.layers.abs().max().item()
+    tol = dict(rtol=1e-5, atol=floor * scale)
+    assert got.delta == pytest.approx(want.delta, rel=1e-5, abs=floor)
+    torch.testing.assert_close(got.tokens, want.tokens, **tol)
+    torch.testing.assert_close(got.layers, want.layers, **tol)
+    assert got.states.keys() == want.states.keys() and want.states
+    for kind in want.states:
+        torch.testing.assert_close(got.states[kind], want.states[kind], **tol)
+    torch.testing.assert_close(got.heads, want.heads, **tol)
+    assert (got.experts is None) == (want.experts is None)
+    if want.experts is not None:
+        assert want.experts.abs().sum() > 0
+        torch.testing.assert_close(got.experts, want.experts, **tol)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_checkpointed_pass_keeps_states_and_equals_plain(family):
+    """``checkpoint=True`` (blocks re-run in the backward; states reach it through probes whose
+    saved inputs are recomputed) == the plain pass: tokens, layers, mid/attn/mlp, heads and
+    experts, for right-padded rows of different lengths and a sequence objective."""
+    model = tiny_model(family, "eager" if family in EAGER_ONLY else "sdpa")
+    items = [TokenTarget(random_ids(n, seed=i)[0].tolist(), 3 + i, 40 + i)
+             for i, n in enumerate((9, 21, 14))]
+    items.append(SequenceTarget([5, 6, 7, 8, 9, 10], 4, [5, 6, 7, 11, 12, 13, 14], 4))
+    plain = explain(model, items, "attnlrp")
+    ckpt = explain(model, items, "attnlrp", checkpoint=True)
+    for got, want in zip(ckpt, plain):
+        _relative_close(got, want)
+    assert [n for n, m in model.named_modules() if "forward" in vars(m)] == []
+
+
+def _slicing_of_4_56(hidden_states, logits_to_keep):
+    """transformers 4.56's slicing (every family's forward, inline): the lower bound pyproject
+    allows; 5.x moved it into ``modeling_utils.slice_logits_to_keep`` (same for int and 1-D)."""
+    slice_indices = (slice(-logits_to_keep, None) if isinstance(logits_to_keep, int)
+                     else logits_to_keep)
+    return hidden_states[:, slice_indices, :]
+
+
+@pytest.mark.parametrize("slicing", ["installed", "4.56"])
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_batched_logits_to_keep_equals_one_pass_each(family, slicing, monkeypatch):
+    """Token rows of different lengths (right padding) with duplicate last positions in one
+    pass: the model gets a 1-D ``logits_to_keep`` of the distinct last positions, sorted and
+    inside the padded length, and every output equals that case explained alone (``keep=1``),
+    under the installed transformers' slicing and under 4.56's."""
+    import sys
+
+    model = tiny_model(family, "eager" if family in EAGER_ONLY else "sdpa")
+    if slicing == "4.56":
+        monkeypatch.setattr(sys.modules[type(model).__module__], "slice_logits_to_keep",
+                            _slicing_of_4_56)
+    lengths = (6, 19, 11, 19, 6, 25)  # duplicates at 5 and 18; the longest sets n_max
+    items = [TokenTarget(random_ids(n, seed=10 + i)[0].tolist(), (5 * i) % 97, (13 * i + 1) % 97)
+             for i, n in enumerate(lengths)]
+    seen = []
+    forward = type(model).forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("logits_to_keep"))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", spy)
+    got = explain(model, items, "attnlrp")
+    (keep,) = seen
+    assert keep.dtype == torch.long and keep.tolist() == [5, 10, 18, 24]
+    for item, g in zip(items, got):
+        (want,) = explain(model, [item], "attnlrp")
+        _relative_close(g, want, floor=1e-5)  # (R, n_max) vs (1, n) matrices: reassociation
+    assert seen[1:] == [1] * len(items)  # one row alone: the int path
+
+
+def test_logits_to_keep_read_otherwise_is_refused(monkeypatch):
+    """A transformers that does not return one logit row per kept position is caught before
+    any row's logits are read (no silent mis-indexing, no device-side assert)."""
+    import sys
+
+    model = _model("llama")
+    monkeypatch.setattr(sys.modules[type(model).__module__], "slice_logits_to_keep",
+                        lambda h, keep: h[:, -1:, :])
+    items = [TokenTarget([3, 4, 5], 1, 2), TokenTarget([3, 4, 5, 6, 7], 1, 2)]
+    with pytest.raises(RuntimeError, match="logits_to_keep"):
+        explain(model, items, "attnlrp")
+
+
+def _live_states_at_backward(model, monkeypatch, **options) -> tuple[int, int]:
+    """(states still alive when the backward starts, states seen): weak references to every
+    block's attention/MLP outputs and output-projection inputs, counted at ``autograd.grad``."""
+    from harness_xai.lrp.adapters import adapter_for
+    from harness_xai.lrp.states import state_sites
+
+    refs, handles, counted = [], [], []
+    adapter = adapter_for(model)
+
+    def note(value):
+        x = value[0] if isinstance(value, (tuple, list)) else value
+        refs.append(weakref.ref(x))
+
+    for block in adapter.blocks(model):
+        sites = state_sites(adapter, block)
+        for kind in ("attn", "mlp"):
+            handles.append(sites[kind][0].register_forward_hook(lambda m, i, o: note(o)))
+        handles.append(sites["heads"][0].register_forward_pre_hook(lambda m, i: note(i)))
+    grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        gc.collect()
+        if not counted:  # the engine's backward (a checkpointed re-run adds refs later)
+            counted.append(sum(r() is not None for r in refs))
+            counted.append(len(refs))
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    try:
+        explain(model, [TokenTarget(random_ids(40)[0].tolist(), 3, 4)], "attnlrp", **options)
+    finally:
+        monkeypatch.setattr(torch.autograd, "grad", grad)
+        for h in handles:
+            h.remove()
+    return counted[0], counted[1]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen3_moe"])
+def test_checkpointed_forward_holds_no_states(family, monkeypatch):
+    """Checkpointed, the states are not kept from the forward to the backward (they are
+    recomputed with the block); the plain pass keeps every one (the control)."""
+    model = _model(family) if family != "qwen3_moe" else tiny_model(family)
+    live, seen = _live_states_at_backward(model, monkeypatch, checkpoint=True)
+    assert seen == 3 * model.config.num_hidden_layers and live == 0
+    live, seen = _live_states_at_backward(model, monkeypatch)
+    assert live == seen == 3 * model.config.num_hidden_layers
 
 
 def _sequence_by_definition(model, target: SequenceTarget, method: str):
@@ -162,6 +304,10 @@ def test_bad_objectives_fail_before_any_work():
     model = _model("llama")
     with pytest.raises(UserError, match="vocabulary"):
         explain(model, [TokenTarget([1, 2, 3], 5, 500)], "attnlrp")
+    with pytest.raises(UserError, match="token id 97 is outside the model's input embeddings"):
+        explain(model, [TokenTarget([1, 97, 3], 5, 6), TokenTarget([1], 5, 6)], "attnlrp")
+    with pytest.raises(UserError, match="token id -1 is outside"):
+        explain(model, [SequenceTarget([5, 6, 7], 2, [5, 8, -1], 2)], "attnlrp")
     with pytest.raises(UserError, match="at least one input token"):
         explain(model, [TokenTarget([], 5, 6)], "attnlrp")
     with pytest.raises(UserError, match="sequence contrasts"):

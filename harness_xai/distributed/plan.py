@@ -15,12 +15,16 @@ rule, within 4/3 of the best possible makespan. Each rank's share keeps the orig
 ``passes`` groups a rank's cases into the engine's passes (``--xai-batch-size``): sort by length
 (ties by index), cut a pass when it has ``batch_size`` cases or its padded size B·n_max would pass
 ``max_tokens`` (``MAX_PASS_TOKENS``: bounds activation memory like one case of that length).
+``--xai-batch-size auto`` cuts instead when the pass would hold more rows than ``rows_for(n_max)``
+allows: the rows that fit in free memory (``memory.rows_that_fit``: estimate and formula). Without
+the option: ``auto`` for a model on CUDA, 1 elsewhere (``resolve_batch_size``).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness_xai.errors import UserError
@@ -42,13 +46,14 @@ class Budget:
     ``seconds``: each rank stops starting new attributions once this much wall time has passed
     since it began attributing; what it did not reach is left for a re-run;
     ``batch_size``: up to this many token-contrast cases per forward/backward pass (exact: right
-    padding, see ``harness_xai.lrp.engine``); 1 = one pass per case.
+    padding, see ``harness_xai.lrp.engine``); 1 = one pass per case; ``"auto"``: as many as fit
+    in free memory; None (not given): ``"auto"`` on CUDA, 1 elsewhere.
     """
 
     max_cases: int | None = None
     max_tokens: int | None = None
     seconds: float | None = None
-    batch_size: int = 1
+    batch_size: int | str | None = None
 
     def __post_init__(self) -> None:
         for name, flag in (("max_cases", "--xai-max-cases"), ("max_tokens", "--xai-max-tokens")):
@@ -61,18 +66,26 @@ class Budget:
                                          or not math.isfinite(self.seconds) or self.seconds < 0):
             raise UserError(f"--xai-time-budget must be a number of seconds >= 0, got "
                             f"{self.seconds!r}.")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
-                or self.batch_size < 1:
-            raise UserError(f"--xai-batch-size must be a whole number >= 1, got "
-                            f"{self.batch_size!r}.")
+        size = self.batch_size
+        if size is not None and size != "auto" and (isinstance(size, bool)
+                                                    or not isinstance(size, int) or size < 1):
+            raise UserError(f"--xai-batch-size must be a whole number >= 1 or auto, got "
+                            f"{size!r}.")
 
     @classmethod
     def from_args(cls, values: dict) -> Budget:
         """From the CLI's parsed ``xai_*`` values (``BUDGET_ARGS``)."""
+        size = values.get("xai_batch_size")
+        if isinstance(size, str) and size.strip().lower() == "auto":
+            size = "auto"
+        elif isinstance(size, str):
+            try:
+                size = int(size)
+            except ValueError:
+                raise UserError(f"--xai-batch-size must be a whole number >= 1 or auto, got "
+                                f"{size!r}.") from None
         return cls(max_cases=values.get("xai_max_cases"), max_tokens=values.get("xai_max_tokens"),
-                   seconds=values.get("xai_time_budget"),
-                   batch_size=1 if values.get("xai_batch_size") is None
-                   else values["xai_batch_size"])
+                   seconds=values.get("xai_time_budget"), batch_size=size)
 
 
 def add_budget_arguments(group) -> None:
@@ -86,9 +99,10 @@ def add_budget_arguments(group) -> None:
     group.add_argument("--xai-time-budget", type=float, default=None, metavar="SECONDS",
                        help="each rank stops attributing after SECONDS of attribution; the "
                             "rest are left unwritten and a re-run resumes them")
-    group.add_argument("--xai-batch-size", type=int, default=1, metavar="N",
-                       help="attribute up to N short cases per forward/backward pass "
-                            "(exact; default 1)")
+    group.add_argument("--xai-batch-size", default=None, metavar="N|auto",
+                       help="attribute up to N short cases per forward/backward pass (exact); "
+                            "auto: as many as fit in free memory (default: auto on CUDA, "
+                            "1 on the CPU)")
 
 
 def case_tokens(case: Case) -> int:
@@ -135,16 +149,30 @@ def balance(costs: list[int], n_ranks: int) -> list[list[int]]:
     return [sorted(share) for share in shares]
 
 
-def passes(lengths: list[int], batch_size: int, max_tokens: int = MAX_PASS_TOKENS) -> list[list[int]]:
-    """Indices grouped into passes (module docstring); one case per pass when batch_size=1."""
-    if batch_size <= 1:
+def resolve_batch_size(batch_size: int | str | None, on_cuda: bool) -> int | str:
+    """The option's value, or its default: ``"auto"`` on CUDA, 1 elsewhere."""
+    if batch_size is None:
+        return "auto" if on_cuda else 1
+    return batch_size
+
+
+def passes(lengths: list[int], batch_size: int | str, max_tokens: int = MAX_PASS_TOKENS,
+           rows_for: Callable[[int], int] | None = None) -> list[list[int]]:
+    """Indices grouped into passes (module docstring); one case per pass when batch_size=1;
+    ``batch_size="auto"``: ``rows_for(n_max)`` rows at most (1 without ``rows_for``)."""
+    auto = batch_size == "auto"
+    if (auto and rows_for is None) or (not auto and batch_size <= 1):
         return [[i] for i in range(len(lengths))]
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     out: list[list[int]] = []
     for index in order:
-        current = out[-1] if out else None
-        longest = max([lengths[i] for i in current] + [lengths[index]]) if current else 0
-        if current and len(current) < batch_size and longest * (len(current) + 1) <= max_tokens:
+        current = out[-1] if out else []
+        longest = max([lengths[i] for i in current] + [lengths[index]])
+        if auto:
+            fits = len(current) < rows_for(longest)
+        else:
+            fits = len(current) < batch_size and longest * (len(current) + 1) <= max_tokens
+        if current and fits:
             current.append(index)
         else:
             out.append([index])

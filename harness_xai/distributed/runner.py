@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness_xai.distributed import shards
-from harness_xai.distributed.plan import Budget, balance, case_cost, passes, plan_cases
+from harness_xai.distributed.plan import (Budget, balance, case_cost, passes, plan_cases,
+                                          resolve_batch_size)
 from harness_xai.distributed.world import World
 from harness_xai.errors import UserError
 from harness_xai.records import SKIPPED, Case, Explained, Explanation
@@ -57,6 +58,10 @@ class CaseWorker:
     explain: Callable[[list[Case]], list[Explanation]]
     finish: Callable[[list[Explained]], list[Explained]] | None = None
     group: int = 1
+    #: ``--xai-batch-size auto``: n_max → the rows one pass may hold (``memory.fitter``);
+    #: None: the model cannot share passes, one case each
+    rows_for: Callable[[int], int] | None = None
+    on_cuda: bool = False  # the option's default is ``auto`` there
 
 
 #: rank → CaseWorker, built on each rank from the options rank 0 sends (pipeline side)
@@ -199,7 +204,9 @@ def work(cases: list[Case], worker: CaseWorker, budget: Budget,
 
     result = _Work(rank=rank)
     written = 0
-    groups = passes([len(c.token_ids) for c in cases], budget.batch_size)
+    groups = passes([len(c.token_ids) for c in cases],
+                    resolve_batch_size(budget.batch_size, worker.on_cuda),
+                    rows_for=worker.rows_for)
     total = sum(len(c.token_ids) for c in cases)
     # smoothing=0: the ETA uses the average rate since the start (converges; a moving average
     # swings with every long or short case)

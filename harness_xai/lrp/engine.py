@@ -18,9 +18,18 @@ Algorithm:
    (``states.StateCapture``) note the residual after every block and, with ``states``, the
    mid-block residual, the attention/MLP branch outputs and each head's output. With ``trace``
    (one token objective) the graph's ``BlockTrace`` also records each block's attention inputs.
+   With ``checkpoint`` each block re-runs whole in the backward; the states are saved through
+   probes the re-run recomputes (``states`` step 2), so they cost one block, not all blocks.
 3. Forward: only token objectives → logits only at the rows' last real positions (a 1-D
-   ``logits_to_keep`` of the distinct ones, which every transformers version reads the same
-   way); otherwise all positions. Objective values in fp32; Δ = their sum.
+   ``logits_to_keep`` of the distinct ones, sorted); otherwise all positions. Every supported
+   family of every transformers version pyproject allows reads a 1-D tensor as
+   ``hidden[:, keep, :]`` (4.56: ``slice_indices``; 5.x: ``slice_logits_to_keep``), giving
+   (R, k, vocab). A 2-D tensor is read differently across versions (5.x: per-row positions
+   with ``take_along_dim``; 4.56 … early 5.x: ``hidden[:, keep2d, :]``, (R, R, 1, d)), which
+   is how an older (R, 1) ``keep`` indexed past a size-1 dimension — a CUDA device-side assert
+   reported in the backward. Checked before the model runs: every input id and kept position is
+   in range (0 ≤ position < n_max); after it: the logits have shape (R, k, vocab), so the rows'
+   column indices are in range too. Objective values in fp32; Δ = their sum.
 4. One backward of Σ Δ (rows are independent, so row r's gradient is its own objective's). As
    the gradient passes each noted state its relevance Σ_hidden state ⊙ gradient is reduced per
    row and the gradient dropped. With ``trace`` the same backward also returns the gradients at
@@ -36,6 +45,7 @@ bf16/fp16 models run in their own dtype; Δ and every relevance sum are fp32.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -133,13 +143,14 @@ def explain(model: nn.Module, objectives: Sequence[Objective], method: str | Met
     _check(model, objectives, spec, trace, checkpoint)
     kinds = ALL_KINDS if states else ("out",)
     with torch.inference_mode(False), torch.enable_grad(), frozen_parameters(model), \
-            lrp(model, spec, checkpoint):
+            lrp(model, spec, checkpoint), _full_recompute(checkpoint):
         if spec.integrate:
-            return [_integrated(model, adapter, spec, params, o, kinds) for o in objectives]
+            return [_integrated(model, adapter, spec, params, o, kinds, checkpoint)
+                    for o in objectives]
         rows = [r for o in objectives for r in _rows(o)]  # (R,) input ids per row
         ids = _pad(rows, input_device(model))  # (R, n_max)
         embeddings = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-        with StateCapture(model, adapter, kinds, lrp_pair) as capture:
+        with StateCapture(model, adapter, kinds, lrp_pair, checkpointed=checkpoint) as capture:
             tracer = BlockTrace(model, adapter, spec) if trace else None
             deltas, grads = _pass(model, capture, tracer, embeddings, objectives, rows)
             relevance = _relevance(capture, embeddings, grads[0], len(rows), ids.shape[1], states)
@@ -162,15 +173,34 @@ def batchable(model: nn.Module, method: str | Method) -> bool:
     return not get_method(method).integrate and len(devices) <= 1
 
 
+def _full_recompute(checkpoint: bool):
+    """Checkpointed blocks re-run whole in the backward (no early stop), so every state hook and
+    expert note of the block sees its recomputed value (``states`` step 2)."""
+    if not checkpoint:
+        return contextlib.nullcontext()
+    from torch.utils.checkpoint import set_checkpoint_early_stop
+
+    return set_checkpoint_early_stop(False)
+
+
 def _check(model, objectives, spec: Method, trace: bool, checkpoint: bool) -> None:
+    n_embeddings = model.get_input_embeddings().weight.shape[0]
     for o in objectives:
         if o.n_tokens < 1:
             raise UserError("an objective needs at least one input token.")
+        ids = [t for row in _rows(o) for t in row] + (
+            [] if isinstance(o, TokenTarget) else [o.wrong_ids[-1], o.gold_ids[-1]])
+        if min(ids) < 0 or max(ids) >= n_embeddings:  # on CUDA: a device-side assert later
+            bad = min(ids) if min(ids) < 0 else max(ids)
+            raise UserError(f"token id {bad} is outside the model's input embeddings "
+                            f"(0..{n_embeddings - 1}); tokenizer and model do not match.")
         if isinstance(o, TokenTarget):
             check_vocabulary(model, {"target_id": o.target, "foil_id": o.foil})
         elif spec.integrate:
             raise UserError(f"sequence contrasts do not support method {spec.name!r}; use "
                             "attnlrp, cp-lrp or grad-x-input, or --xai-contrast token.")
+        else:
+            check_vocabulary(model, {"scored token id": max(ids)})
     if trace and (len(objectives) != 1 or not isinstance(objectives[0], TokenTarget)
                   or spec.integrate or checkpoint):
         raise UserError("the graph's capture needs one token contrast and a one-backward method "
@@ -201,7 +231,7 @@ def _pass(model, capture: StateCapture, tracer: BlockTrace | None, embeddings, o
         keep, column = 1, {r: 0 for r in range(len(rows))}
     elif tokens_only:  # a 1-D tensor keeps these positions in every row (every transformers)
         last = sorted({k - 1 for k in lengths})  # (k,) distinct last positions
-        keep = torch.tensor(last, device=embeddings.device)
+        keep = _kept_positions(last, embeddings.shape[1], embeddings.device)
         column = {r: last.index(k - 1) for r, k in enumerate(lengths)}
     capture.recording = True
     try:
@@ -213,6 +243,10 @@ def _pass(model, capture: StateCapture, tracer: BlockTrace | None, embeddings, o
                                logits_to_keep=keep).logits
     finally:
         capture.recording = False  # forwards re-run by checkpointing are not recorded
+    if isinstance(keep, torch.Tensor) and tuple(logits.shape[:2]) != (len(rows), keep.numel()):
+        raise RuntimeError(f"the model read logits_to_keep (1-D, {keep.numel()} positions) as "
+                           f"logits of shape {tuple(logits.shape)}, not ({len(rows)}, "
+                           f"{keep.numel()}, vocab): unsupported transformers slicing.")
     values, row = [], 0
     for o in objectives:
         if isinstance(o, TokenTarget):
@@ -233,6 +267,13 @@ def _pass(model, capture: StateCapture, tracer: BlockTrace | None, embeddings, o
     grads = torch.autograd.grad(total.sum(), [embeddings, *extra], allow_unused=bool(extra))
     capture.done()
     return [float(v) for v in total.detach().cpu()], grads
+
+
+def _kept_positions(last: list[int], n: int, device) -> torch.Tensor:
+    """Step 3's ``logits_to_keep``: (k,) long, strictly increasing, each in [0, n)."""
+    if not last or last[0] < 0 or last[-1] >= n or any(a >= b for a, b in zip(last, last[1:])):
+        raise RuntimeError(f"kept positions {last} are not increasing within [0, {n})")
+    return torch.tensor(last, dtype=torch.long, device=device)
 
 
 def _sequence_value(logits: torch.Tensor, row: int, o: SequenceTarget) -> torch.Tensor:
@@ -295,13 +336,14 @@ def _result(objective: Objective, delta: float, relevance: dict, row: int, spec:
 
 
 def _integrated(model, adapter, spec: Method, params: dict, objective: TokenTarget,
-                kinds) -> Attribution:
+                kinds, checkpoint: bool) -> Attribution:
     """Step 6: steps 2–4 on chunks of path points (``integrated.path_chunks``)."""
     ids = _pad([tuple(objective.input_ids)], input_device(model))  # (1, n)
     embeddings = model.get_input_embeddings()(ids).detach()  # (1, n, d)
     n = ids.shape[1]
     rule = integrated.Path(model, embeddings, params)
-    with StateCapture(model, adapter, kinds, trapezoid_pair, sum_rows=True) as capture:
+    with StateCapture(model, adapter, kinds, trapezoid_pair, sum_rows=True,
+                      checkpointed=checkpoint) as capture:
         for path in rule.chunks():  # (b, n, d) leaves
             one = [objective] * path.shape[0]
             deltas, (grad,) = _pass(model, capture, None, path, one, [objective.input_ids] * len(one))

@@ -14,8 +14,17 @@ Algorithm:
 1. Forward hooks (``out``, ``attn``, ``mlp``: module outputs) and forward pre-hooks (``mid``,
    ``heads``: module inputs) go on the modules the family adapter names.
 2. While recording, a hook keeps the state ``x`` (batch, n, d') and registers a gradient hook on
-   it. Forwards re-run inside the backward (gradient checkpointing) come after recording stopped
-   and are ignored: the gradient still arrives at the tensors of the recorded forward.
+   it. With gradient checkpointing (``checkpointed``) the state is *not* kept: the hook hands
+   the module ``probe(x)`` instead — an identity whose only job is to save ``x`` for its
+   backward, so ``x`` becomes one of the block's checkpointed tensors (dropped after the
+   forward, recomputed when the backward reaches the block, like every other activation). The
+   probe's backward puts the recomputed ``x`` where the gradient hook finds it; the gradient
+   hook fires after it, since the probe is one of ``x``'s consumers. The re-run forward applies
+   the same probes (the recomputation must save what the forward saved) but registers nothing.
+   Mixture-of-experts contributions, which the rule loop hands over without a way back in, are
+   noted again by the re-run forward (it runs before their gradients arrive: the block's ``mlp``
+   probe and the loop's own saved indices trigger it). Checkpointed, the captured states cost
+   O(one block) instead of O(all blocks) (bench/README: "States under checkpointing").
 3. When the backward reaches ``x`` with its (rule-modified) gradient ``g``, the gradient hook
    reduces ``pair(x, g)`` (rows, n, d') in fp32: summed over the hidden dimension (split into
    ``n_heads`` groups for ``heads``), giving (rows, n) or (rows, n_heads, n) — one row per batch
@@ -45,8 +54,12 @@ ALL_KINDS = ("out", *STATE_KINDS, "heads", "experts")
 
 
 def lrp_pair(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Relevance = state ⊙ modified gradient (one forward, one backward)."""
-    return x.float() * g.float()
+    """Relevance = state ⊙ modified gradient (one forward, one backward), fp32.
+
+    ``x * g.float()`` promotes ``x`` inside the multiply: bit-identical to ``x.float() *
+    g.float()`` (both exact casts, then one fp32 product) with one cast kernel and one
+    (rows, n, d) fp32 temporary fewer for bf16/fp16 states."""
+    return x * g.float()
 
 
 def trapezoid_pair(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -57,6 +70,22 @@ def trapezoid_pair(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """
     x, g = x.float(), g.float()
     return (x[1:] - x[:-1]) * ((g[1:] + g[:-1]) * 0.5)
+
+
+class _Probe(torch.autograd.Function):
+    """Identity that saves its input for the backward and hands it to ``sink`` there (step 2)."""
+
+    @staticmethod
+    def forward(ctx, x, sink):
+        ctx.save_for_backward(x)
+        ctx.sink = sink
+        return x.view_as(x)  # same values, no copy
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.sink is not None:
+            ctx.sink(ctx.saved_tensors[0])  # recomputed under checkpointing
+        return grad, None
 
 
 def state_sites(adapter: Adapter, block: nn.Module) -> dict[str, tuple[nn.Module | None, bool]]:
@@ -71,7 +100,7 @@ class StateCapture:
     """Context manager: hooks that turn internal states into relevance during the backward."""
 
     def __init__(self, model: nn.Module, adapter: Adapter, kinds: Sequence[str], pair: Pair,
-                 sum_rows: bool = False):
+                 sum_rows: bool = False, checkpointed: bool = False):
         self.blocks = list(adapter.blocks(model))
         self.adapter, self.kinds, self.pair, self.sum_rows = adapter, tuple(kinds), pair, sum_rows
         text = model.config.get_text_config()
@@ -85,6 +114,7 @@ class StateCapture:
         self.present: set[str] = set()  # kinds at least one block has
         self.recording = False
         self.paused = False
+        self.checkpointed = checkpointed  # step 2: states reach the backward through probes
         self._handles: list = []
         self._saved: dict[tuple[str, int], torch.Tensor] = {}
 
@@ -121,18 +151,32 @@ class StateCapture:
 
     def _hook(self, kind: str, layer: int, is_input: bool):
         def hook(module, inputs, output=None):
-            if not self.recording:
-                return
-            x = inputs[0] if is_input else output
-            x = x[0] if isinstance(x, (tuple, list)) else x  # attention modules: (out, weights)
+            if not (self.recording or self.checkpointed):
+                return None
+            value = inputs if is_input else output
+            x = value[0] if isinstance(value, (tuple, list)) else value  # attention: (out, w)
             if not (isinstance(x, torch.Tensor) and x.requires_grad):
-                return
+                return None
             key = (kind, layer)
-            self._saved[key] = x  # held here, not in the hook's closure (no reference cycle)
-            x.register_hook(self._reducer(key))
+            if self.recording:
+                x.register_hook(self._reducer(key))
+            if not self.checkpointed:
+                self._saved[key] = x  # held here, not in the hook's closure (no reference cycle)
+                return None
+            sink = self._sink(key) if self.recording else None  # None: a re-run forward
+            probe = _Probe.apply(x, sink)
+            if isinstance(value, (tuple, list)):
+                return type(value)((probe, *value[1:]))
+            return (probe,) if is_input else probe
         if is_input:
             return lambda module, inputs: hook(module, inputs)
         return hook
+
+    def _sink(self, key: tuple[str, int]):
+        def put(x: torch.Tensor) -> None:
+            if not self.paused:
+                self._saved[key] = x
+        return put
 
     def _reducer(self, key: tuple[str, int]):
         def on_grad(g: torch.Tensor) -> None:
@@ -157,36 +201,49 @@ class StateCapture:
                      rows: int) -> None:
         """Expert ``e``'s weighted output ``c`` (tokens, d) at flattened rows ``tok``."""
         layer = self.experts.get(id(module))
-        if not self.recording or layer is None or not c.requires_grad:
+        if layer is None or not c.requires_grad:
             return
+        stash = ("experts", layer, e)
+        if not self.recording:
+            if self.checkpointed:  # the re-run forward: this is the value the gradient needs
+                self._saved[stash] = (c.detach(), tok)
+            return
+        kept = None if self.checkpointed else (c.detach(), tok)  # checkpointed: not held
 
         def on_grad(g: torch.Tensor) -> None:
             if self.paused:
                 return
+            found = kept if kept is not None else self._saved.pop(stash, None)
+            if found is None:  # never silently zero: the re-run did not note this expert
+                raise RuntimeError(f"checkpointed backward: expert {e} of block {layer} was "
+                                   "not recomputed before its gradient arrived")
+            value, index = found
             with torch.no_grad():
                 key = ("experts", layer)
                 if key not in self.results:
-                    self.results[key] = torch.zeros(self.n_experts, rows, device=c.device)
-                self.results[key][e].index_add_(0, tok, (c.detach().float() * g.float()).sum(-1))
+                    self.results[key] = torch.zeros(self.n_experts, rows, device=g.device)
+                self.results[key][e].index_add_(0, index, (value.float() * g.float()).sum(-1))
         c.register_hook(on_grad)
 
     def expert_rows(self, batch: int, n: int) -> torch.Tensor | None:
         """(batch, n_layers, n_experts, n) fp32 on the CPU; None without experts."""
         if "experts" not in self.present:
             return None
-        rows = []
-        for layer in range(len(self.blocks)):
-            r = self.results.get(("experts", layer))
-            rows.append(torch.zeros(self.n_experts, batch, n) if r is None
-                        else r.view(self.n_experts, batch, n).cpu())
-        return torch.stack(rows).permute(2, 0, 1, 3)
+        found = [self.results.get(("experts", layer)) for layer in range(len(self.blocks))]
+        device = next((r.device for r in found if r is not None), torch.device("cpu"))
+        rows = [torch.zeros(self.n_experts, batch, n, device=device) if r is None
+                else r.view(self.n_experts, batch, n).to(device) for r in found]
+        return torch.stack(rows).permute(2, 0, 1, 3).cpu()
 
     def done(self) -> None:
         """End of one backward: drop states the gradient never reached."""
         self._saved.clear()
 
     def stacked(self, kind: str, rows: int, n: int) -> torch.Tensor:
-        """(rows, n_layers, n) — or (rows, n_layers, n_heads, n) for heads — fp32 on the CPU."""
+        """(rows, n_layers, n) — or (rows, n_layers, n_heads, n) for heads — fp32 on the CPU;
+        stacked where the relevance lives, then one copy (not one device sync per layer)."""
         shape = (rows, self.n_heads, n) if kind == "heads" else (rows, n)
         found = [self.results.get((kind, layer)) for layer in range(len(self.blocks))]
-        return torch.stack([torch.zeros(shape) if r is None else r.cpu() for r in found], dim=1)
+        device = next((r.device for r in found if r is not None), torch.device("cpu"))
+        return torch.stack([torch.zeros(shape, device=device) if r is None else r.to(device)
+                            for r in found], dim=1).cpu()
