@@ -29,8 +29,11 @@ Usage:
    ``analysis.evidence.evidence_recovery`` (top1, rank_abs, precision = share of evidence among
    the m top-|R| tokens; random baseline m/N; N = every input token, as in the pipeline where no
    token is special).
-7. Tables: per task × correct/incorrect × method, and where the top-|R| token lies (evidence
-   sentence, the answer value inside it, the generated answer prefix, the question, elsewhere).
+7. Tables: per task × correct/incorrect × method (top1 · precision · rank against the random
+   baseline), and where the top-|R| token lies (the last input token, the answer value inside
+   the evidence sentence, the rest of that sentence, the generated answer prefix, the question,
+   elsewhere). For babilong's wrong answers that name a place: recovery of the fact stating the
+   place the model answered (what it read instead).
 """
 
 from __future__ import annotations
@@ -69,8 +72,8 @@ TEST_SEED = 20261204
 TRAIN_SIZES = {"niah": (1, 10), "babilong": (2, 20)}
 TEST_SIZES = {"niah": (4, 10), "babilong": (8, 20)}
 SPEC = TrainSpec(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, intermediate_size=256, vocab_size=1024, steps=900,
-                 lr=2e-3, warmup=30, threads=2)
+                 num_key_value_heads=2, intermediate_size=256, vocab_size=1024, steps=700,
+                 lr=2e-3, warmup=30, threads=1)
 
 
 def load_tasks(dest: Path, data: dict[str, Path]) -> dict[str, Any]:
@@ -155,7 +158,9 @@ def contrast(model, tok, kind: str, doc: dict, context: str, ids: list[int], gen
 
 
 def where_top(top: int, evidence: list[int], value_pos: list[int], n_ctx: int,
-              question_start: int) -> str:
+              question_start: int, n_input: int) -> str:
+    if top == n_input - 1:
+        return "last token"
     if top in value_pos:
         return "value"
     if top in evidence:
@@ -194,6 +199,11 @@ def bench(model, tok, tasks: dict[str, Any], methods: list[str]) -> tuple[list, 
             q_start = next(i for i, (s, e) in enumerate(
                 tok(context, add_special_tokens=False, return_offsets_mapping=True)
                 ["offset_mapping"]) if e > q_at)
+            alt = []  # babilong, wrong place: the fact stating the place the model answered
+            pred = tok.decode([c["target"]]).strip()
+            if kind == "babilong" and not correct and pred in longctx.PLACES:
+                spans_alt = needle_spans({"target": pred, "question": doc["question"]}, context)
+                alt = sentence_positions(tok, context, ids, list(spans_alt), 0, len(c["input"]))
             record.update(k=c["k"], at_value=c["at_value"], own_prefix=c["own_prefix"],
                           n_tokens=len(c["input"]), evidence_n=len(evidence),
                           target=tok.decode([c["target"]]), foil=tok.decode([c["foil"]]))
@@ -202,8 +212,15 @@ def bench(model, tok, tasks: dict[str, Any], methods: list[str]) -> tuple[list, 
                                 states=False).tokens.numpy()  # (n,)
                 metrics = evidence_recovery(rel, evidence, [])
                 top = int(np.argmax(np.abs(rel)))
-                cases.append({**record, "method": method,
-                              "top_at": where_top(top, evidence, value_pos, len(ids), q_start),
+                if alt:
+                    got = evidence_recovery(rel, alt, [])
+                    record_alt = {"alt_top1": got["evidence.top1"],
+                                  "alt_random": got["evidence.random_top1"]}
+                else:
+                    record_alt = {}
+                cases.append({**record, **record_alt, "method": method,
+                              "top_at": where_top(top, evidence, value_pos, len(ids), q_start,
+                                                   len(c["input"])),
                               **{k.removeprefix("evidence."): v for k, v in metrics.items()}})
         accuracy[kind] = right / max(1, len(task.instances))
         print(f"# {kind}: accuracy {accuracy[kind]:.3f} on {len(task.instances)} docs",
@@ -216,8 +233,8 @@ def tables(cases: list[dict], accuracy: dict, methods: list[str]) -> str:
     for c in cases:
         if "method" in c and c.get("n"):
             groups[(c["task"], c["correct"], c["method"])].append(c)
-    head = ["task", "answers", "n", "m / N", "random m/N"] + [
-        f"{SHORT[m]} {x}" for m in methods for x in ("top1", "prec")]
+    head = ["task", "answers", "n", "m / N", "random top1 · prec · rank"] + [
+        f"{SHORT[m]} top1 · prec · rank" for m in methods]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for kind in accuracy:
         for correct in (True, False):
@@ -229,14 +246,19 @@ def tables(cases: list[dict], accuracy: dict, methods: list[str]) -> str:
             mean = lambda rs, f: float(np.mean([r[f] for r in rs]))  # noqa: E731
             cells = [kind, "correct" if correct else "incorrect", str(len(rows)),
                      f"{mean(rows, 'n'):.1f} / {mean(rows, 'candidates'):.0f}",
-                     f"{100 * mean(rows, 'random_top1'):.1f}"]
+                     f"{100 * mean(rows, 'random_top1'):.1f} · "
+                     f"{100 * mean(rows, 'random_precision'):.1f} · "
+                     f"{mean(rows, 'random_rank'):.1f}"]
             for m in methods:
                 rs = groups[(kind, correct, m)]
-                cells += [f"{100 * mean(rs, 'top1'):.1f}", f"{100 * mean(rs, 'precision'):.1f}"]
+                cells.append(f"{100 * mean(rs, 'top1'):.1f} · {100 * mean(rs, 'precision'):.1f}"
+                             f" · {mean(rs, 'rank_abs'):.1f}")
             lines.append("| " + " | ".join(cells) + " |")
-    where = ["value", "evidence", "answer prefix", "question", "elsewhere"]
-    lines += ["", "Where the top-|R| token lies (% of cases; value = the number / location "
-              "inside the evidence sentence, evidence = the rest of that sentence):", "",
+    where = ["last token", "value", "evidence", "answer prefix", "question", "elsewhere"]
+    lines += ["", "Where the top-|R| token lies (% of cases; last token = the explained "
+              "position's input token; value = the number / location inside the evidence "
+              "sentence; evidence = the rest of that sentence; answer prefix = generated tokens "
+              "before the explained one; question = the question (+ RULER's gen_prefix)):", "",
               "| task | answers | method | " + " | ".join(where) + " |",
               "|" + "---|" * (3 + len(where))]
     for (kind, correct, m), rs in sorted(groups.items(), key=lambda x: (x[0][0], not x[0][1],
@@ -244,6 +266,14 @@ def tables(cases: list[dict], accuracy: dict, methods: list[str]) -> str:
         cells = [f"{100 * np.mean([r['top_at'] == w for r in rs]):.0f}" for w in where]
         lines.append(f"| {kind} | {'correct' if correct else 'incorrect'} | {SHORT[m]} | "
                      + " | ".join(cells) + " |")
+    alts = {m: [c for c in cases if c.get("method") == m and "alt_top1" in c] for m in methods}
+    if alts[methods[0]]:
+        lines += ["", "babilong, incorrect answers naming a place: evidence = the fact stating "
+                  "the place the MODEL answered (top1 %; random m/N "
+                  f"{100 * np.mean([c['alt_random'] for c in alts[methods[0]]]):.1f} %, "
+                  f"n = {len(alts[methods[0]])}): " + ", ".join(
+                      f"{SHORT[m]} {100 * np.mean([c['alt_top1'] for c in rs]):.1f}"
+                      for m, rs in alts.items())]
     return "\n".join(lines)
 
 
@@ -288,8 +318,9 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{k} {100 * a:.1f} %" for k, a in accuracy.items())
           + f"; {args.n_test} docs per task; {skipped} skipped; "
           f"{time.perf_counter() - started:.0f}s\n")
-    print("Evidence recovery: top1 = the evidence sentence holds the top-|R| token (%), prec = "
-          "share of evidence among the m top-|R| tokens (%), random = m/N (%)\n")
+    print("Evidence recovery (mean over cases): top1 = the evidence sentence holds the top-|R| "
+          "token (%), prec = share of evidence among the m top-|R| tokens (%), rank = rank of "
+          "the best evidence token by |R|; random = m/N, m/N, (N+1)/(m+1)\n")
     print(tables(cases, accuracy, methods))
     if args.out:
         Path(args.out).write_text(json.dumps(

@@ -17,9 +17,9 @@ Docs (``niah_doc`` / ``babilong_doc``, seeded ``random.Random``):
 
 The prompt is never built here: ``train_lm`` takes ``context(kind, doc)``; the bench passes
 ``lm_eval_context`` (lm-eval's own ``fewshot_context`` of the task YAML), so training and test
-see the real template. ``continuation(task, doc)`` is the answer the model learns (the babilong description's
-format, "The most recent location of Mary is bathroom."; RULER: the number), followed by
-``<|endoftext|>`` so greedy decoding stops.
+see the real template. ``continuation(kind, doc)`` is the answer the model learns (babilong: the
+format its description asks for, "The most recent location of Mary is bathroom."; RULER: the
+number), followed by ``<|endoftext|>`` so greedy decoding stops.
 
 Training (``train_lm``): byte-level BPE on the training contexts (``train_bpe``: the zoo
 tokenizer's construction on this corpus), ``train.make_model`` (the zoo's Llama), batches of
@@ -145,7 +145,8 @@ Context = Callable[[str, dict[str, Any]], str]
 
 def train_lm(context: Context, spec: TrainSpec, sizes: dict[str, tuple[int, int]],
              batch_size: int = 16, cpu_budget_s: float = 600.0,
-             wall_budget_s: float | None = None, seed: int = 11, progress: bool = True) -> tuple[Any, Any, dict[str, Any]]:
+             wall_budget_s: float | None = None, seed: int = 11,
+             progress: bool = True) -> tuple[Any, Any, dict[str, Any]]:
     """Train tokenizer and model on fresh docs of both kinds (module docstring); returns
     ``(model, tokenizer, stats)``. ``sizes[kind]`` = haystack size range of training docs;
     training stops after ``spec.steps`` or when either budget (CPU / wall seconds) is spent."""
