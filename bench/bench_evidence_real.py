@@ -96,23 +96,48 @@ def score(task, doc: dict, generation: str) -> float:
 
 
 def trained_model(cache: Path, tasks: dict[str, Any], budget: float, wall: float | None,
-                  seed: int, retrain: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    key = hashlib.sha256(json.dumps([SPEC.as_dict(), TRAIN_SIZES, budget, wall, seed, 1],
-                                    sort_keys=True).encode()).hexdigest()[:12]
-    path = cache / f"model-{key}"
+                  seed: int, retrain: bool, more: float | None = None):
+    """The cached model of these budgets (trained if missing); ``more`` = continue it for that
+    many more wall-clock seconds (its own cache entry)."""
+    if more:
+        model, tok, stats = trained_model(cache, tasks, budget, wall, seed, retrain)
+        path = cache / f"model-{_key(budget, wall, seed)}-more{int(more)}"
+        if (path / "stats.json").is_file() and not retrain:
+            return _load(path)
+        model.train()
+        model, tok, extra = longctx.train_lm(
+            lambda kind, doc: longctx.lm_eval_context(tasks[kind], doc), SPEC, TRAIN_SIZES,
+            cpu_budget_s=float("inf"), wall_budget_s=more, seed=seed + 1, init=(model, tok))
+        extra = {**extra, "steps": stats["steps"] + extra["steps"],
+                 "train_cpu_seconds": stats["train_cpu_seconds"] + extra["train_cpu_seconds"],
+                 "phases": [stats, extra]}
+        return _save(path, model, tok, extra)
+    path = cache / f"model-{_key(budget, wall, seed)}"
     if (path / "stats.json").is_file() and not retrain:
-        stats = json.loads((path / "stats.json").read_text())
-        return (AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(),
-                AutoTokenizer.from_pretrained(path), stats)
+        return _load(path)
     model, tok, stats = longctx.train_lm(
         lambda kind, doc: longctx.lm_eval_context(tasks[kind], doc), SPEC, TRAIN_SIZES,
         cpu_budget_s=budget, wall_budget_s=wall, seed=seed)
+    return _save(path, model, tok, stats)
+
+
+def _key(budget: float, wall: float | None, seed: int) -> str:
+    return hashlib.sha256(json.dumps([SPEC.as_dict(), TRAIN_SIZES, budget, wall, seed, 1],
+                                     sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _load(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return (AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(path), json.loads((path / "stats.json").read_text()))
+
+
+def _save(path: Path, model, tok, stats: dict):
     model.save_pretrained(path)
     tok.save_pretrained(path)
     (path / "stats.json").write_text(json.dumps(stats, indent=1))
-    return model, tok, stats
+    return model.eval(), tok, stats
 
 
 def greedy(model, ids: list[int], max_new: int, eos: int) -> list[int]:
@@ -284,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-budget", type=float, default=600.0, help="training CPU seconds")
     parser.add_argument("--wall-budget", type=float, default=None,
                         help="also stop training after this many wall-clock seconds")
+    parser.add_argument("--more", type=float, default=None,
+                        help="continue the cached model for this many more wall-clock seconds")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--threads", type=int, default=1)
@@ -305,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, kind in enumerate(TASKS)}
     tasks = load_tasks(Path(tempfile.mkdtemp(prefix="longctx-tasks-")), data)
     model, tok, stats = trained_model(cache, tasks, args.cpu_budget, args.wall_budget,
-                                     args.seed, args.retrain)
+                                     args.seed, args.retrain, args.more)
     print(f"# model: {stats['n_params']} params, {stats['steps']} steps, "
           f"{stats['train_cpu_seconds']} cpu-s, loss {stats['final_loss']}", file=sys.stderr)
     if args.train_only:

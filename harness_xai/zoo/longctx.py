@@ -145,11 +145,12 @@ Context = Callable[[str, dict[str, Any]], str]
 
 def train_lm(context: Context, spec: TrainSpec, sizes: dict[str, tuple[int, int]],
              batch_size: int = 16, cpu_budget_s: float = 600.0,
-             wall_budget_s: float | None = None, seed: int = 11,
-             progress: bool = True) -> tuple[Any, Any, dict[str, Any]]:
+             wall_budget_s: float | None = None, seed: int = 11, progress: bool = True,
+             init: tuple[Any, Any] | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """Train tokenizer and model on fresh docs of both kinds (module docstring); returns
     ``(model, tokenizer, stats)``. ``sizes[kind]`` = haystack size range of training docs;
-    training stops after ``spec.steps`` or when either budget (CPU / wall seconds) is spent."""
+    training stops after ``spec.steps`` or when either budget (CPU / wall seconds) is spent.
+    ``init = (model, tokenizer)`` continues training them (fresh optimizer and schedule)."""
     torch.set_num_threads(spec.threads)
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -162,9 +163,12 @@ def train_lm(context: Context, spec: TrainSpec, sizes: dict[str, tuple[int, int]
             out.append((ctx + cont, [(len(ctx), len(ctx) + len(cont))]))
         return out
 
-    corpus = [t for kind in kinds for t, _ in texts(kind, 200)]
-    tokenizer = train_bpe(corpus, spec.vocab_size)
-    model = make_model(spec, len(tokenizer), tokenizer.eos_token_id)
+    if init is None:
+        corpus = [t for kind in kinds for t, _ in texts(kind, 200)]
+        tokenizer = train_bpe(corpus, spec.vocab_size)
+        model = make_model(spec, len(tokenizer), tokenizer.eos_token_id)
+    else:
+        model, tokenizer = init
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
