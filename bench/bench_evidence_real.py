@@ -4,6 +4,8 @@ lm-eval's own task YAMLs, with a tiny Llama trained here to do them (issue #14 i
 Usage:
     nice -n 10 python bench/bench_evidence_real.py                 # train (cached) + measure
     python bench/bench_evidence_real.py --n-test 40 --methods attnlrp --out real.json
+    nice -n 10 python bench/bench_evidence_real.py --cpu-budget 600 --wall-budget 1680 \
+        --more 780 --n-test 60                                    # bench/README, run 2
 
 1. Docs: ``harness_xai.zoo.longctx`` generates docs in the datasets' schemas (RULER: ``input``,
    ``outputs``, ``length``, ``max_length``, ``gen_prefix``; babilong: ``input``, ``question``,
@@ -11,8 +13,9 @@ Usage:
    bound to lm-eval's built-in ``ruler/niah_single_1.yaml`` / ``babilong/babilong_qa1.yaml`` by
    ``tests/fixtures/lm_eval_tasks.write_tasks`` (template, few-shot, gen_prefix, metric: lm-eval's).
 2. Model: ``longctx.train_lm`` on fresh training docs whose prompts come from the same lm-eval task
-   objects (``fewshot_context``), capped at ``--cpu-budget`` CPU seconds; cached under ``--cache``
-   (key: spec, sizes, budget, seed).
+   objects (``fewshot_context``), capped at ``--cpu-budget`` CPU / ``--wall-budget`` wall seconds;
+   ``--more S`` continues that model for S more wall seconds; cached under ``--cache`` (key: spec,
+   sizes, budgets, seed).
 3. Per test doc (``task.build_all_requests``: the context lm-eval builds, its generation kwargs):
    ids = the context's encoding without special tokens (as HFLM), greedy decoding of the same ids
    up to ``max_gen_toks`` or ``<|endoftext|>`` (HFLM stops at EOS), scored by the task's own
