@@ -48,15 +48,32 @@ def test_every_incorrect_sample_has_a_case_or_a_reasoned_skip(generative_run, bu
     assert n_correct + counts["incorrect"] == len(samples)
 
 
-def test_reference_free_metrics_are_reasoned_skips(built):
-    """IFEval's instruction checks and the code tasks' unit tests compare no gold answer: their
-    failures are skips that say so (the first-error localiser explains them), never dropped."""
-    seen = set()
-    for name in ("fx_ifeval", "fx_humaneval", "fx_mbpp"):
+def test_reference_free_metrics_are_reasoned_skips(generative_run, built):
+    """IFEval's instruction checks compare no gold answer: their failures are skips that say so
+    (the first-error rollouts explain them), never dropped. The code tasks' unit tests accept the
+    doc's reference solution: the contrast is the first token where the model's code leaves it
+    (the tokens before it are the model's own and equal the solution's)."""
+    for case in built["fx_ifeval"].cases:
+        assert case.skip_reason == f"no-reference-answer:{REAL_PRIMARY['fx_ifeval']}"
+    assert built["fx_ifeval"].cases  # the micro model fails at least one
+    lm, seen = generative_run.lm, set()
+    for name, field in (("fx_humaneval", "canonical_solution"), ("fx_mbpp", "code")):
+        docs = list(generative_run.tasks[name].eval_docs)
         for case in built[name].cases:
-            assert case.skip_reason == f"no-reference-answer:{REAL_PRIMARY[name]}"
+            if case.status == SKIPPED:  # a model that wrote the solution's prefix and stopped
+                assert case.skip_reason in ("generation-ended", "gold-answer-is-prefix",
+                                            "regeneration-mismatch"), case.skip_reason
+                continue
+            info = case.built["contrast"]
+            assert info["rule"] == "reference-solution:full-target"
+            solution = docs[case.doc_id][field]
+            assert case.gold_text == solution
+            gold_ids = lm.tok_encode(solution, add_special_tokens=False)
+            j = info["generated_prefix"]
+            assert list(case.token_ids[len(case.token_ids) - j:]) == gold_ids[:j]
+            assert case.gold_token_id == gold_ids[j] != case.wrong_token_id
             seen.add(name)
-    assert seen  # the micro model fails at least one of them
+    assert seen == {"fx_humaneval", "fx_mbpp"}
 
 
 def test_unscored_samples_are_counted_not_dropped(generative_run):

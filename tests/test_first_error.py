@@ -225,7 +225,8 @@ def test_every_incorrect_generation_has_a_case_or_a_reasoned_skip_and_its_rollou
 
 def test_code_tasks_roll_out_only_when_the_run_may_execute_code(generative_run):
     """Without lm-eval's confirm_run_unsafe_code / HF_ALLOW_CODE_EVAL no rollout runs model code:
-    the failure stays a skip that says why; with them the unit tests score every rollout."""
+    the case keeps its reference-solution contrast and says why no rollout ran; with them the unit
+    tests score every rollout."""
     from harness_xai.contrast import task_cases
 
     name = "fx_humaneval"
@@ -233,9 +234,14 @@ def test_code_tasks_roll_out_only_when_the_run_may_execute_code(generative_run):
     refused = task_cases(name, task, samples, lm, rollouts=4, allow_code=False)
     assert refused.cases
     for case in refused.cases:
-        assert case.skip_reason == "code-eval-not-allowed:pass@1" and case.rollouts == ()
+        assert case.rollouts == ()
+        assert case.built["contrast"]["first_error"]["fallback"] == \
+            "first-error-fallback:code-eval-not-allowed"
+        assert case.status == "pending" or case.skip_reason in ("generation-ended",
+                                                                "gold-answer-is-prefix")
     allowed = task_cases(name, task, samples, lm, rollouts=4, rollout_tokens=4, allow_code=True)
     assert sum(len(c.rollouts) for c in allowed.cases) > 0
     for case in allowed.cases:
         assert len(case.rollouts) <= 4 and all(r.n_tokens <= 4 for r in case.rollouts)
-        assert case.status == "pending" or case.skip_reason.endswith(":pass@1")
+        assert case.status == "pending" or case.skip_reason in ("generation-ended",
+                                                                "gold-answer-is-prefix")

@@ -26,6 +26,11 @@ Algorithm, per logged sample (one per filter) whose ``exact_match`` (or ``acc``)
    the whole generation is compared with the full target as the task writes it after the prompt
    (target delimiter + ``doc_to_target``), i.e. the first token where the model leaves the
    reference solution.
+5b. Unit-test metrics (HumanEval ``pass@1``, MBPP ``pass_at_1``): no answer span; the gold is the
+   doc's reference solution (rule ``reference-solution:full-target``, ``reference_solution``):
+   the first token where the model's code leaves code that passes the tests. Instruction checks
+   (IFEval) have no reference: skip ``no-reference-answer:<metric>`` (the first-error rollouts,
+   ``first_error``, explain those).
 6. Other degenerate outcomes are skips: ``answer-not-located``, ``gold-answer-is-prefix`` (the
    model's tokens agree with the whole gold answer and go on), ``generation-ended`` (the model
    stopped inside the gold answer without a differing token), ``thinking-answer-not-located``.
@@ -75,7 +80,8 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     case.pred_text = extracted if isinstance(extracted, str) else str(extracted)
     max_gen = gen_kwargs.get("max_gen_toks", getattr(lm, "max_gen_toks", 256))
     note(case, truncation=truncation_note(lm, None, sample["doc"], context, int(max_gen)))
-    if NO_REFERENCE.match(metric):  # scored by running code / checking instructions
+    solution = reference_solution(metric, sample["doc"])  # code tasks: the doc's solution
+    if NO_REFERENCE.match(metric) and solution is None:  # instruction checks (IFEval)
         return skip(case, f"no-reference-answer:{metric}")
     doc_id = int(sample["doc_id"])
     if doc_id not in cache:  # lm-eval's own ids if recorded (step 1), else a regeneration
@@ -98,7 +104,9 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     targets = _targets(task, sample)
     scored = _scored_span(task, sample, raw)
     span = locate_answer(raw, extracted, ensemble) if scored is None else scored
-    if scored is not None:  # the extraction lives in process_results (MATH's final answer)
+    if solution is not None:  # unit tests decide; the reference solution passes them
+        rule, span, golds = "reference-solution:full-target", (0, 0), [solution]
+    elif scored is not None:  # the extraction lives in process_results (MATH's final answer)
         from harness_xai.contrast.answer import gold_answers
 
         rule, golds = "answer-span:process-results", gold_answers(task, sample["doc"])
@@ -155,6 +163,21 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     note(case, rule=rule, answer_start=span[0], answer_token=k, generated_prefix=k + j,
          target=spec.to_params(), truncated_tokens=w0)
     return case
+
+
+#: code tasks' reference solutions (HumanEval ``canonical_solution``, MBPP ``code``): the text the
+#: doc says continues the prompt and passes the unit tests
+SOLUTION_FIELDS = ("canonical_solution", "code")
+
+
+def reference_solution(metric: str, doc: dict) -> str | None:
+    """Step 5b: for a unit-test metric (``pass@k``, ``pass_at_k``) the doc's reference solution,
+    the gold of rule ``reference-solution:full-target`` (the first token where the model's code
+    leaves it); None for other metrics or docs without one."""
+    if not re.match(r"^pass(@|_at_)\d+$", metric) or not isinstance(doc, dict):
+        return None
+    found = next((doc[f] for f in SOLUTION_FIELDS if isinstance(doc.get(f), str) and doc[f]), None)
+    return found  # verbatim, as the task's few-shot targets write it
 
 
 def _scored_span(task, sample: dict, raw: str) -> tuple[int, int] | None:
