@@ -290,7 +290,7 @@ def test_attention_recomputation_check_fails_loudly():
     spec = get_method("attnlrp")
     tr = explain(model, [TokenTarget(random_ids(N)[0].tolist(), TARGET, FOIL)], spec,
                  states=False, trace=True)[0].trace
-    layer = tr.layers[0]
+    layer = tr.layer(0)
     fast.rows(layer, torch.arange(N), check=True)  # the model's own attention: passes
     wrong = dataclasses.replace(layer, scaling=layer.scaling * 3)
     with pytest.raises(RuntimeError, match="recomputed attention"):

@@ -17,14 +17,15 @@ Algorithm:
 2. Inside ``with lrp(model, method)`` embed the rows as one leaf that requires grad; hooks
    (``states.StateCapture``) note the residual after every block and, with ``states``, the
    mid-block residual, the attention/MLP branch outputs and each head's output. With ``trace``
-   (one token objective) the graph's ``BlockTrace`` also records each block's attention inputs.
+   (one token objective, checkpointed or not) the graph's ``BlockTrace`` also keeps each block's
+   call (its input and arguments), for the graph to re-run one block at a time.
 3. Forward: only token objectives → logits only at the rows' last real positions (a 1-D
    ``logits_to_keep`` of the distinct ones, which every transformers version reads the same
    way); otherwise all positions. Objective values in fp32; Δ = their sum.
 4. One backward of Σ Δ (rows are independent, so row r's gradient is its own objective's). As
    the gradient passes each noted state its relevance Σ_hidden state ⊙ gradient is reduced per
    row and the gradient dropped. With ``trace`` the same backward also returns the gradients at
-   the graph's block tensors (``BlockTrace.finish``): no second pass.
+   the block outputs (``BlockTrace.finish``): no second pass of the model.
 5. Each objective's ``Attribution``: its row's first n positions. A sequence objective stores the
    wrong window's input; on the positions both windows share (same tokens, same hidden states)
    the gold row's relevance is added; the gold row's relevance on its own remaining tokens goes
@@ -172,9 +173,9 @@ def _check(model, objectives, spec: Method, trace: bool, checkpoint: bool) -> No
             raise UserError(f"sequence contrasts do not support method {spec.name!r}; use "
                             "attnlrp, cp-lrp or grad-x-input, or --xai-contrast token.")
     if trace and (len(objectives) != 1 or not isinstance(objectives[0], TokenTarget)
-                  or spec.integrate or checkpoint):
+                  or spec.integrate):
         raise UserError("the graph's capture needs one token contrast and a one-backward method "
-                        "(attnlrp, cp-lrp, grad-x-input) without checkpointing.")
+                        "(attnlrp, cp-lrp, grad-x-input).")
 
 
 def _rows(objective: Objective) -> list[tuple[int, ...]]:
