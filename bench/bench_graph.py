@@ -236,7 +236,8 @@ def ratio(args) -> None:
     print(f"\n## 4. peak memory (MiB above the RSS before the call; subprocess each), "
           f"{args.ratio_blocks} blocks, edge budget {args.edge_budget}/block")
     print("     n  kind           peak_MiB  vs attr-ckpt  forwards  seconds  edges")
-    trees = [(kind, None) for kind in KINDS] + ([("graph", args.old_tree)] if args.old_tree else [])
+    trees = [(kind, None) for kind in args.kinds] + (
+        [("graph", args.old_tree)] if args.old_tree else [])
     for n in args.ratio:
         base = None
         for kind, tree in trees:
@@ -274,6 +275,8 @@ def main() -> None:
                         help="section 4: lengths of the peak-memory comparison")
     parser.add_argument("--ratio-blocks", type=int, default=16)
     parser.add_argument("--old-tree", help="section 4: PYTHONPATH of a checkout to compare")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                        help="section 4: which calls to measure")
     parser.add_argument("--measure", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
