@@ -8,8 +8,10 @@ budget of ``B`` bytes allows ``B / (4 · LIVE_TEMPORARIES)`` elements per tempor
 - CUDA: ``CUDA_SHARE`` of the free device memory (``torch.cuda.mem_get_info``, read when each
   block starts, after its re-run), so a 7B at 128k gets chunks of hundreds of rows, not one;
 - CPU: ``CPU_SHARE`` of the available RAM (``MemAvailable`` in /proc/meminfo, psutil elsewhere),
-  at most ``CPU_CAP_BYTES``: a CPU's throughput does not grow with larger chunks (measured: the
-  old fixed 2²² elements ≈ 96 MiB of temporaries is already past the knee), only the peak does.
+  at most ``CPU_CAP_BYTES`` (= the old fixed 2²² elements): on a CPU the work per element is the
+  same whatever the chunk, larger chunks only amortise per-call overhead (small at 2²²) and
+  raise the peak. A GPU needs large chunks: at 128k tokens and 32 heads, 2²² elements is one
+  target row per kernel launch.
 The result is at least ``MIN_ELEMENTS``.
 """
 
