@@ -4,6 +4,8 @@ Usage:
     python bench/bench_graph.py                                   # full run (quiet machine)
     python bench/bench_graph.py --lengths 256 512 --fast-only 1024 --memory 512 1024 \
         --longest 2048 --ref-passes 2 --repeats 1                  # reduced check
+    python bench/bench_graph.py --lengths --fast-only --memory --longest --ratio 4096 \
+        --ratio-blocks 16 --old-tree /tmp/old                      # issue #15's memory bar only
 
 Model: a ~5M-parameter Llama config (hidden 256, 4 blocks, 8 heads / 4 kv-heads, MLP 1024,
 vocab 2048; random weights, SDPA, fp32) — the shape bench_attribution.py uses.
