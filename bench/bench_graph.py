@@ -24,7 +24,8 @@ vocab 2048; random weights, SDPA, fp32) — the shape bench_attribution.py uses.
    fails (out of memory) or exceeds ``--time-limit`` seconds; the last that completed is printed.
 4. Memory ratio (issue #15), one fresh subprocess per measurement (``--measure``): peak RSS of the
    call above the RSS just before it (``/proc/self/clear_refs`` resets the high-water mark after
-   a warm-up at n = 64; ``resource.getrusage`` peak printed beside it) on a ``--ratio-blocks``
+   a warm-up at n = 64; ``resource.getrusage`` peak printed beside it; ``MALLOC_MMAP_THRESHOLD_``
+   = 64 KiB so freed tensors leave the RSS) on a ``--ratio-blocks``
    model at each ``--ratio`` n: checkpointed attribution (``explain(…, states=False,
    checkpoint=True)``, the bar's denominator), plain attribution, the streamed graph (pruned,
    edge budget, checkpointed engine pass — ``graph``'s default) and the same with
@@ -245,7 +246,9 @@ def ratio(args) -> None:
     for n in args.ratio:
         base = None
         for kind, tree in trees:
-            env = dict(os.environ)
+            # every block above 64 KiB its own mapping, returned when freed: RSS follows the
+            # live tensors (glibc's adaptive threshold keeps freed blocks resident)
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
             if tree:
                 env["PYTHONPATH"] = tree
             cmd = [sys.executable, os.path.abspath(__file__), "--measure", kind, "--n", str(n),
