@@ -1,26 +1,34 @@
 """Attribution and graph cost of a 7B-shaped model on one GPU; a CPU smoke mode; a memory model.
 
 Usage:
-    python bench/bench_gpu.py                    # GPU: 7B shape, bf16, SDPA; attribution at
-                                                 # 4k and 32k tokens, graph at 32k and 128k
-    python bench/bench_gpu.py --tiny             # CPU, tiny shape, seconds: proves the script
+    python bench/bench_gpu.py                    # GPU: the #15 plan below on the 7B shape, bf16,
+                                                 # SDPA, ≤ ~5 min on one H200 (--budget-s)
+    python bench/bench_gpu.py --smoke            # CPU, tiny shape, the same plan at small n:
+                                                 # proves the script (≈ a minute)
     python bench/bench_gpu.py --project          # CPU: bytes/token of attribution and graph on a
                                                  # 7B-proportional narrow model → 7B projection
-    options: --attr-lengths N… --graph-lengths N… --repeats R --layers L --json FILE
+    options: --layers L --graph-full --budget-s S --json FILE (default $OUT/bench_gpu.json)
 
 1. Model: a Llama config of Mistral-7B's shape (hidden 4096, 32 layers, 32 heads, 8 KV heads,
    MLP 14336, vocab 32000, RoPE θ 1e6, 131072 positions; ``--layers`` shrinks the depth),
    random weights built directly on the device, bf16, ``attn_implementation="sdpa"``.
-2. Per input length n (random token ids, fixed seed), each measured ``--repeats`` times after one
-   warm-up (median seconds; peak memory of the first timed call):
+2. The plan (``PLAN_GPU``: n, row, repeats; rows at n ≤ 4096 get a warm-up, longer ones run once
+   after the short rows warmed the kernels; median seconds, peak memory of the first timed call;
+   the JSON is rewritten after every row; a row that fails or runs out of memory is recorded
+   and the plan goes on; rows that would start after ``--budget-s`` are recorded as skipped):
    - ``plain``: one forward + backward of logit[a] − logit[b] to the input embeddings
      (parameters frozen, as ``attribute`` freezes them) — the cost floor of any gradient method;
+     ``plain-ckpt``: the same gradient through the engine, checkpointed (``grad-x-input``);
    - ``attnlrp``: ``harness_xai.attribute`` (one forward + one backward under the AttnLRP rules,
-     internal states and heads captured), ``attnlrp-ckpt`` with gradient checkpointing, and
-     ``attnlrp-ckpt-nostates`` also without the mid/attn/mlp/head states (the leanest path);
-   - ``graph``: ``harness_xai.graph`` with the CLI's pruning defaults (mass 0.85, ≤1000 edges per
-     block), when the package has it.
-   ratio = seconds / plain seconds. GPU peak memory: ``torch.cuda.max_memory_allocated`` minus the
+     internal states and heads captured), ``-nostates`` without them, ``-ckpt`` checkpointed;
+   - ``batch-B`` at n = 512: one ``explain`` of B short cases (cases/s: issue #15's throughput);
+   - ``graph`` at 32k and 128k: ``harness_xai.graph`` streamed block by block (checkpointed
+     engine pass, then one block re-run at a time), the CLI's pruning (mass 0.85, ≤ 1000 edges
+     per block) with at most 1024 target rows per block (``--graph-full``: all rows over the
+     node threshold). ``forwards``: block runs / blocks per call (a pre-hook on each MLP).
+   ``--smoke`` runs the same plan on the tiny shape with n mapped by ``SMOKE_LENGTHS``.
+   ratio = seconds / plain (or plain-ckpt) seconds at the same n. GPU peak memory:
+   ``torch.cuda.max_memory_allocated`` minus the
    memory held before the call (weights); CPU: peak RSS delta (kernel high-water mark reset
    before the call, freed heap returned first), since torch's CPU allocations are invisible to
    tracemalloc. CPU modes re-run themselves with ``MALLOC_MMAP_THRESHOLD_=65536`` so every
@@ -109,10 +117,12 @@ def peak_memory(fn, device: str) -> tuple[float, int]:
     return time.perf_counter() - start, _rss("VmHWM") - base
 
 
-def measure(fn, device: str, repeats: int) -> dict:
-    """Median seconds over ``repeats`` (after a warm-up) and peak memory of the first one."""
+def measure(fn, device: str, repeats: int, warm: bool = True) -> dict:
+    """Median seconds over ``repeats`` (after a warm-up unless ``warm`` is False: long rows run
+    once, after the short rows warmed the kernels) and peak memory of the first one."""
     try:
-        fn()  # warm-up (kernels, allocator)
+        if warm:
+            fn()  # warm-up (kernels, allocator)
         seconds, peak = peak_memory(fn, device)
         times = [seconds]
         for _ in range(repeats - 1):
@@ -122,6 +132,11 @@ def measure(fn, device: str, repeats: int) -> dict:
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
         return {"seconds": None, "peak_bytes": None, "error": "out of memory"}
+    except Exception as exc:  # a failing row is recorded, the plan goes on
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        return {"seconds": None, "peak_bytes": None,
+                "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
 
 
 # -- the measured calls ------------------------------------------------------------------------
@@ -138,47 +153,97 @@ def plain(model, ids, a: int, b: int) -> None:
             p.requires_grad_(True)
 
 
-def calls(model, graph_lengths: set[int], n: int) -> dict:
+#: graph rows: the CLI's pruning defaults, target rows capped (``--graph-full`` lifts the cap)
+GRAPH_PRUNE = {"mass": 0.85, "max_edges": 1000, "max_nodes": 1024}
+
+
+def make_call(model, name: str, n: int, graph_prune: dict):
+    """The measured function of row ``name`` at length ``n`` (module docstring, step 2)."""
     from harness_xai import attribute
 
     ids = torch.randint(3, model.config.vocab_size, (1, n),
                         generator=torch.Generator().manual_seed(n)).to(model.device)
     a, b = 1, 2
-    out = {"plain": lambda: plain(model, ids, a, b),
-           "attnlrp": lambda: attribute(model, None, ids, a, b, method="attnlrp"),
-           "attnlrp-ckpt": lambda: attribute(model, None, ids, a, b, method="attnlrp",
-                                             checkpoint=True),
-           "attnlrp-ckpt-nostates": lambda: attribute(model, None, ids, a, b, method="attnlrp",
-                                                      checkpoint=True, states=False)}
-    if n in graph_lengths:
-        try:
-            from harness_xai.graph import graph
-        except ImportError:
-            graph = None
-        if graph is not None:
-            out["graph"] = lambda: graph(model, None, ids, a, b, method="attnlrp",
-                                         prune={"mass": 0.85, "max_edges": 1000})
-    return out
+    if name == "plain":
+        return lambda: plain(model, ids, a, b)
+    if name == "plain-ckpt":  # the plain gradient through the engine, checkpointed
+        return lambda: attribute(model, None, ids, a, b, method="grad-x-input", checkpoint=True,
+                                 states=False)
+    if name.startswith("attnlrp"):
+        return lambda: attribute(model, None, ids, a, b, method="attnlrp",
+                                 checkpoint="ckpt" in name, states="nostates" not in name)
+    if name == "graph":
+        from harness_xai.graph import graph
+        return lambda: graph(model, None, ids, a, b, method="attnlrp", prune=graph_prune)
+    if name.startswith("batch"):  # cases/s of short cases: one pass of B objectives
+        from harness_xai.lrp.engine import explain
+        from harness_xai.records import TokenTarget
+        size = int(name.split("-")[1]) if "-" in name else 1
+        rows = torch.randint(3, model.config.vocab_size, (size, n),
+                             generator=torch.Generator().manual_seed(n))
+        objectives = [TokenTarget(tuple(r.tolist()), a, b) for r in rows]
+        return lambda: explain(model, objectives, "attnlrp")
+    raise ValueError(name)
+
+
+#: the prepared plan: (n, row, repeats); ``--smoke`` maps the lengths onto a tiny CPU model
+PLAN_GPU = [(4096, "plain", 3), (4096, "attnlrp", 3), (4096, "attnlrp-nostates", 3),
+            (512, "batch-1", 5), (512, "batch-8", 3),
+            (32768, "plain-ckpt", 1), (32768, "attnlrp-ckpt-nostates", 1),
+            (32768, "attnlrp-ckpt", 1), (32768, "graph", 1),
+            (131072, "attnlrp-ckpt-nostates", 1), (131072, "graph", 1)]
+SMOKE_LENGTHS = {4096: 256, 512: 64, 32768: 512, 131072: 1024}
+
+
+def count_block_runs(model) -> list[int]:
+    """A pre-hook on every block's MLP (fires in checkpoint re-runs too): [runs so far]."""
+    runs = [0]
+    for layer in model.model.layers:
+        layer.mlp.register_forward_pre_hook(lambda *_: runs.__setitem__(0, runs[0] + 1))
+    return runs
+
+
+def run_plan(model, plan, device: str, graph_prune: dict, budget_s: float, json_path,
+             header: dict) -> list[dict]:
+    """Each row measured, printed and appended to ``json_path`` as it goes; rows that would
+    start after ``budget_s`` seconds are recorded as skipped."""
+    started = time.perf_counter()
+    runs = count_block_runs(model)
+    blocks = model.config.num_hidden_layers
+    records, base = [], {}
+    for n, name, repeats in plan:
+        rec = {"n": n, "call": name}
+        if time.perf_counter() - started > budget_s:
+            rec.update(seconds=None, peak_bytes=None, error="skipped (time budget)")
+        else:
+            fn = make_call(model, name, n, graph_prune)
+            runs[0] = 0
+            rec.update(measure(fn, device, repeats, warm=n <= 4096))
+            rec["forwards"] = runs[0] / blocks / (repeats + (n <= 4096))
+        if name in ("plain", "plain-ckpt") and rec.get("seconds"):
+            base[n] = rec["seconds"]
+        rec["ratio"] = rec["seconds"] / base[n] if rec.get("seconds") and base.get(n) else None
+        if name.startswith("batch") and rec.get("seconds"):
+            rec["cases_per_s"] = int(name.split("-")[1]) / rec["seconds"]
+        rec["bytes_per_token"] = rec["peak_bytes"] / n if rec.get("peak_bytes") else None
+        records.append(rec)
+        print(_row(rec), flush=True)
+        if json_path:
+            Path(json_path).write_text(json.dumps({**header, "records": records}, indent=1))
+    return records
 
 
 def run(shape: dict, device: str, dtype: torch.dtype, attr_lengths, graph_lengths,
         repeats: int) -> list[dict]:
+    """``--project``: every call at each length (attribution and graph)."""
     model = build_model(shape, device, dtype)
+    plan = [(n, name, repeats) for n in sorted(set(attr_lengths) | set(graph_lengths))
+            for name in (("plain", "attnlrp", "attnlrp-ckpt", "attnlrp-ckpt-nostates")
+                         if n in attr_lengths else ("plain",))
+            + (("graph",) if n in graph_lengths else ())]
+    records = run_plan(model, plan, device, {"mass": 0.85, "max_edges": 1000}, float("inf"),
+                       None, {})
     n_params = sum(p.numel() for p in model.parameters())
-    records = []
-    for n in sorted(set(attr_lengths) | set(graph_lengths)):
-        fns = calls(model, set(graph_lengths), n)
-        if n not in attr_lengths:
-            fns = {k: v for k, v in fns.items() if k in ("plain", "graph")}
-        base = None
-        for name, fn in fns.items():
-            rec = {"n": n, "call": name, **measure(fn, device, repeats)}
-            if name == "plain":
-                base = rec["seconds"]
-            rec["ratio"] = (rec["seconds"] / base) if base and rec["seconds"] else None
-            rec["bytes_per_token"] = rec["peak_bytes"] / n if rec["peak_bytes"] else None
-            records.append(rec)
-            print(_row(rec), flush=True)
     for rec in records:
         rec.update(params=n_params, dtype=str(dtype).replace("torch.", ""), device=device)
     return records
@@ -189,9 +254,12 @@ def _fmt_bytes(x) -> str:
 
 
 def _row(rec: dict) -> str:
-    sec = "OOM" if rec.get("error") else f"{rec['seconds']:.3f}"
+    sec = rec["error"] if rec.get("error") else f"{rec['seconds']:.3f}"
     ratio = "" if rec.get("ratio") is None else f"{rec['ratio']:.2f}"
-    return f"| {rec['n']} | {rec['call']} | {sec} | {ratio} | {_fmt_bytes(rec['peak_bytes'])} |"
+    extra = (f"{rec['cases_per_s']:.1f} cases/s" if rec.get("cases_per_s")
+             else f"{rec['forwards']:.2f}" if rec.get("forwards") is not None else "")
+    return (f"| {rec['n']} | {rec['call']} | {sec} | {ratio} | {_fmt_bytes(rec['peak_bytes'])} "
+            f"| {extra} |")
 
 
 def project(shallow: list[dict], deep: list[dict], depths: tuple[int, int], width: int,
@@ -219,42 +287,52 @@ def project(shallow: list[dict], deep: list[dict], depths: tuple[int, int], widt
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke mode (tiny shape)")
+    parser.add_argument("--smoke", "--tiny", action="store_true", dest="smoke",
+                        help="CPU smoke run of the GPU plan on a tiny shape")
     parser.add_argument("--project", action="store_true",
                         help="CPU: bytes/token on a 7B-proportional narrow model → 7B projection")
     parser.add_argument("--attr-lengths", type=int, nargs="+", default=None)
     parser.add_argument("--graph-lengths", type=int, nargs="+", default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layers", type=int, default=None, help="override the depth")
-    parser.add_argument("--json", default=None, help="also write the raw records here")
+    parser.add_argument("--graph-full", action="store_true",
+                        help="graph rows without the target-row cap (max_nodes)")
+    parser.add_argument("--budget-s", type=float, default=270.0,
+                        help="rows that would start later than this are skipped (default 270)")
+    parser.add_argument("--json", default=None,
+                        help="raw records, rewritten after every row (default: $OUT/bench_gpu.json "
+                             "when $OUT is set)")
     opts = parser.parse_args(argv)
-    if (opts.tiny or opts.project) and os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":
+    json_path = opts.json or (os.path.join(os.environ["OUT"], "bench_gpu.json")
+                              if os.environ.get("OUT") else None)
+    if (opts.smoke or opts.project) and os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # glibc reads it at start-up
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__),
                                    *(sys.argv[1:] if argv is None else argv)], env)
-    if opts.tiny or opts.project:
-        device, dtype = "cpu", torch.bfloat16 if opts.project else torch.float32
-        shape = dict(SHAPE_NARROW if opts.project else SHAPE_TINY)
-        attr = opts.attr_lengths or ([1024, 4096] if opts.project else [128, 512])
-        graphs = opts.graph_lengths or ([1024, 2048] if opts.project else [128, 256])
+    if opts.project:
+        device, dtype, shape = "cpu", torch.bfloat16, dict(SHAPE_NARROW)
+    elif opts.smoke:
+        device, dtype, shape = "cpu", torch.float32, dict(SHAPE_TINY)
     else:
         if not torch.cuda.is_available():
-            print("no GPU: run with --tiny (smoke test) or --project (CPU memory model)",
-                  file=sys.stderr)
+            print("no GPU: run with --smoke (the plan on a tiny CPU model) or --project (CPU "
+                  "memory model)", file=sys.stderr)
             return 2
         device, dtype, shape = "cuda", torch.bfloat16, dict(SHAPE_7B)
-        attr = opts.attr_lengths or [4096, 32768]
-        graphs = opts.graph_lengths or [32768, 131072]
     if opts.layers:
         shape["num_hidden_layers"] = opts.layers
     machine = (torch.cuda.get_device_name() if device == "cuda"
                else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                     f"{torch.get_num_threads()} threads")
-    print(f"# bench_gpu {datetime.date.today()} — {machine}; torch {torch.__version__}; "
-          f"shape {shape}; {dtype}")
-    print("| n | call | seconds | ratio to plain | peak memory |\n|---|---|---|---|---|")
-    records = run(shape, device, dtype, attr, graphs, max(1, opts.repeats))
+    print(f"# bench_gpu {datetime.datetime.now():%Y-%m-%d %H:%M} — {machine}; torch "
+          f"{torch.__version__}; shape {shape}; {dtype}", flush=True)
+    print("| n | call | seconds | ratio to plain | peak memory | forwards / cases/s |\n"
+          "|---|---|---|---|---|---|", flush=True)
+    header = {"machine": machine, "shape": shape, "date": str(datetime.date.today())}
     if opts.project:
+        attr = opts.attr_lengths or [1024, 4096]
+        graphs = opts.graph_lengths or [1024, 2048]
+        records = run(shape, device, dtype, attr, graphs, max(1, opts.repeats))
         depths = (2, shape["num_hidden_layers"])
         print(f"\n(again at depth {depths[0]}, for the per-block term)")
         shallow = run({**shape, "num_hidden_layers": depths[0]}, device, dtype, attr, graphs,
@@ -266,11 +344,19 @@ def main(argv: list[str] | None = None) -> int:
               "| 7B / token | 7B at 4k | 7B at 32k | 7B at 128k |")
         print("|---|---|---|---|---|---|---|---|")
         print("\n".join(project(shallow, records, depths, shape["hidden_size"], SHAPE_7B)))
-        records += shallow
-    if opts.json:
-        Path(opts.json).write_text(json.dumps({"machine": machine, "shape": shape,
-                                               "date": str(datetime.date.today()),
-                                               "records": records}, indent=1))
+        if json_path:
+            Path(json_path).write_text(json.dumps({**header, "records": records + shallow},
+                                                  indent=1))
+        return 0
+    plan = PLAN_GPU if device == "cuda" else [(SMOKE_LENGTHS[n], name, min(r, 2))
+                                              for n, name, r in PLAN_GPU]
+    prune = ({k: v for k, v in GRAPH_PRUNE.items() if k != "max_nodes"} if opts.graph_full
+             else dict(GRAPH_PRUNE))
+    model = build_model(shape, device, dtype)
+    header["params"] = sum(p.numel() for p in model.parameters())
+    if device == "cuda":
+        header["weights_bytes"] = torch.cuda.memory_allocated()
+    run_plan(model, plan, device, prune, opts.budget_s, json_path, header)
     return 0
 
 

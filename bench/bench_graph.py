@@ -4,6 +4,8 @@ Usage:
     python bench/bench_graph.py                                   # full run (quiet machine)
     python bench/bench_graph.py --lengths 256 512 --fast-only 1024 --memory 512 1024 \
         --longest 2048 --ref-passes 2 --repeats 1                  # reduced check
+    python bench/bench_graph.py --lengths --fast-only --memory --longest --ratio 4096 \
+        --ratio-blocks 16 --old-tree /tmp/old                      # issue #15's memory bar only
 
 Model: a ~5M-parameter Llama config (hidden 256, 4 blocks, 8 heads / 4 kv-heads, MLP 1024,
 vocab 2048; random weights, SDPA, fp32) — the shape bench_attribution.py uses.
@@ -20,14 +22,29 @@ vocab 2048; random weights, SDPA, fp32) — the shape bench_attribution.py uses.
    ``--memory`` n; ``per token`` and the growth ratio show whether it is linear in n.
 3. Longest context: fast pruned graph (same budget) at each ``--longest`` n in order, until one
    fails (out of memory) or exceeds ``--time-limit`` seconds; the last that completed is printed.
+4. Memory ratio (issue #15), one fresh subprocess per measurement (``--measure``): peak RSS of the
+   call above the RSS just before it (``/proc/self/clear_refs`` resets the high-water mark after
+   a warm-up at n = 64; ``resource.getrusage`` peak printed beside it; ``MALLOC_MMAP_THRESHOLD_``
+   = 64 KiB so freed tensors leave the RSS) on a ``--ratio-blocks``
+   model at each ``--ratio`` n: checkpointed attribution (``explain(…, states=False,
+   checkpoint=True)``, the bar's denominator), plain attribution, the streamed graph (pruned,
+   edge budget, checkpointed engine pass — ``graph``'s default) and the same with
+   ``checkpoint=False``; ``--old-tree DIR`` adds the graph of another checkout (e.g. ``git
+   archive`` of the commit before streaming) for the before/after row. Block runs are counted
+   with a pre-hook on every block's MLP (fires in checkpoint re-runs too): ``block runs / L`` is
+   the number of model forwards the call costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -70,11 +87,11 @@ def timed(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
             for name, r in runs.items()}
 
 
-def make_model(context: int):
+def make_model(context: int, blocks: int = 4):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    config = AutoConfig.for_model("llama", vocab_size=2048, hidden_size=256, num_hidden_layers=4,
+    config = AutoConfig.for_model("llama", vocab_size=2048, hidden_size=256, num_hidden_layers=blocks,
                                   intermediate_size=1024, num_attention_heads=8,
                                   num_key_value_heads=4, max_position_embeddings=context,
                                   tie_word_embeddings=False)
@@ -178,6 +195,78 @@ def longest(args, model) -> None:
     print(f"longest completed: {best}")
 
 
+KINDS = ("attr-ckpt", "attr", "graph", "graph-nockpt")
+
+
+def measure(kind: str, n: int, blocks: int, budget: int) -> dict:
+    """One measurement in this (fresh) process: peak RSS above the pre-call RSS, seconds, block
+    runs (module docstring, section 4)."""
+    from harness_xai.lrp.engine import explain
+    from harness_xai.records import TokenTarget
+
+    model = make_model(n + 1, blocks)
+    runs = [0]
+    for layer in model.model.layers:
+        layer.mlp.register_forward_pre_hook(lambda *_: runs.__setitem__(0, runs[0] + 1))
+    prune = Prune(max_edges=budget)
+
+    def call(ids):
+        objective = TokenTarget(tuple(ids[0].tolist()), 1, 2)
+        if kind == "attr-ckpt":
+            return explain(model, [objective], "attnlrp", states=False, checkpoint=True)
+        if kind == "attr":
+            return explain(model, [objective], "attnlrp", states=False)
+        if kind == "graph-nockpt":
+            return graph(model, None, ids, 1, 2, prune=prune, checkpoint=False)
+        return graph(model, None, ids, 1, 2, prune=prune)  # the default (streamed, checkpointed)
+
+    call(ids_of(64))  # warm-up: lazy inits, kernels
+    runs[0] = 0
+    ids = ids_of(n)
+    _LIBC.malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark (VmHWM and getrusage's peak) to the RSS now
+    base = _status("VmRSS")
+    start = time.perf_counter()
+    result = call(ids)
+    seconds = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    edges = result.metrics["n_edges"] if hasattr(result, "metrics") else None
+    return {"kind": kind, "n": n, "blocks": blocks, "peak": _status("VmHWM") - base,
+            "getrusage_peak": usage - base, "seconds": seconds, "block_runs": runs[0],
+            "forwards": runs[0] / blocks, "edges": edges, "rss_before": base}
+
+
+def ratio(args) -> None:
+    print(f"\n## 4. peak memory (MiB above the RSS before the call; subprocess each), "
+          f"{args.ratio_blocks} blocks, edge budget {args.edge_budget}/block")
+    print("     n  kind           peak_MiB  (getrusage)  vs attr-ckpt  forwards  seconds  edges")
+    trees = [(kind, None) for kind in args.kinds] + (
+        [("graph", args.old_tree)] if args.old_tree else [])
+    for n in args.ratio:
+        base = None
+        for kind, tree in trees:
+            # every block above 64 KiB its own mapping, returned when freed: RSS follows the
+            # live tensors (glibc's adaptive threshold keeps freed blocks resident)
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+            if tree:
+                env["PYTHONPATH"] = tree
+            cmd = [sys.executable, os.path.abspath(__file__), "--measure", kind, "--n", str(n),
+                   "--ratio-blocks", str(args.ratio_blocks), "--edge-budget", str(args.edge_budget)]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if done.returncode:
+                print(f"{n:>6}  {kind:<13}  failed: {done.stderr.strip().splitlines()[-1][:100]}")
+                continue
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            base = r["peak"] if kind == "attr-ckpt" else base
+            label = kind + (" (old)" if tree else "")
+            print(f"{n:>6}  {label:<13}  {r['peak'] / 2**20:>8.1f}  "
+                  f"{r['getrusage_peak'] / 2**20:>11.1f}  "
+                  f"{r['peak'] / base if base else float('nan'):>10.2f}  {r['forwards']:>8.2f}  "
+                  f"{r['seconds']:>7.1f}  {r['edges'] if r['edges'] is not None else '-'}",
+                  flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="*", default=[512, 2048])
@@ -190,7 +279,18 @@ def main() -> None:
                         help="reference passes timed per block (0 = all)")
     parser.add_argument("--edge-budget", type=int, default=20000)
     parser.add_argument("--time-limit", type=float, default=1800.0)
+    parser.add_argument("--ratio", type=int, nargs="*", default=[4096],
+                        help="section 4: lengths of the peak-memory comparison")
+    parser.add_argument("--ratio-blocks", type=int, default=16)
+    parser.add_argument("--old-tree", help="section 4: PYTHONPATH of a checkout to compare")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                        help="section 4: which calls to measure")
+    parser.add_argument("--measure", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.n, args.ratio_blocks, args.edge_budget)))
+        return
     context = max([*args.lengths, *args.fast_only, *args.memory, *args.longest, 1]) + 1
     model = make_model(context)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
@@ -202,6 +302,8 @@ def main() -> None:
         memory(args, model)
     if args.longest:
         longest(args, model)
+    if args.ratio:
+        ratio(args)
 
 
 if __name__ == "__main__":

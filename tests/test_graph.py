@@ -290,7 +290,7 @@ def test_attention_recomputation_check_fails_loudly():
     spec = get_method("attnlrp")
     tr = explain(model, [TokenTarget(random_ids(N)[0].tolist(), TARGET, FOIL)], spec,
                  states=False, trace=True)[0].trace
-    layer = tr.layers[0]
+    layer = tr.layer(0)
     fast.rows(layer, torch.arange(N), check=True)  # the model's own attention: passes
     wrong = dataclasses.replace(layer, scaling=layer.scaling * 3)
     with pytest.raises(RuntimeError, match="recomputed attention"):
@@ -312,3 +312,49 @@ def test_bad_input_and_model_restored():
     graph(model, None, ids, TARGET, FOIL, prune=True)
     assert model.config._attn_implementation == implementation
     assert [name for name, m in model.named_modules() if "forward" in vars(m)] == []
+
+
+def test_trace_streams_each_block_once_and_releases_it():
+    """``Trace.layers()`` re-runs one block at a time: the previous block's ``LayerTrace`` and its
+    kept input/gradient are gone when the next is built; a streamed trace refuses a second use;
+    the re-run equals a single ``layer(l)`` call, checkpointed pass or not."""
+    import gc
+    import weakref
+
+    model = tiny_model("qwen2", layers=3)
+    objective = TokenTarget(random_ids(N)[0].tolist(), TARGET, FOIL)
+    plain = explain(model, [objective], "attnlrp", states=False, trace=True)[0].trace
+    ckpt = explain(model, [objective], "attnlrp", states=False, trace=True, checkpoint=True)[0].trace
+    assert torch.equal(plain.nodes, ckpt.nodes)
+    single = [plain.layer(l) for l in range(3)]
+    alive = []
+    for l, layer in enumerate(ckpt.layers()):
+        gc.collect()
+        assert all(ref() is None for ref in alive), f"block {l}: an earlier LayerTrace is alive"
+        assert ckpt._calls[l] is None and all(c is None for c in ckpt._calls[:l])
+        for name in ("q", "k", "v", "v_lin", "k_lin", "gamma", "local"):
+            assert torch.equal(getattr(layer, name), getattr(single[l], name)), (l, name)
+        alive.append(weakref.ref(layer))
+        del layer
+    with pytest.raises(RuntimeError, match="already streamed"):
+        next(ckpt.layers())
+
+
+def test_chunk_budget_follows_memory_and_can_be_overridden(monkeypatch):
+    from harness_xai.graph import budget
+
+    monkeypatch.delenv(budget.ENV, raising=False)
+    monkeypatch.setattr(budget, "available_ram", lambda: 1 << 40)  # plenty: the CPU cap
+    assert budget.chunk_elements("cpu") == budget.CPU_CAP_BYTES // (4 * budget.LIVE_TEMPORARIES)
+    monkeypatch.setattr(budget, "available_ram", lambda: 256 << 20)  # scarce: a share of it
+    assert budget.chunk_elements("cpu") == int((256 << 20) * budget.CPU_SHARE) // (
+        4 * budget.LIVE_TEMPORARIES)
+    monkeypatch.setattr(budget, "available_ram", lambda: 1 << 20)  # never below the floor
+    assert budget.chunk_elements("cpu") == budget.MIN_ELEMENTS
+    assert budget.chunk_elements("cpu", 1234) == 1234  # the argument wins
+    monkeypatch.setenv(budget.ENV, "4321")
+    assert budget.chunk_elements("cpu") == 4321 and budget.chunk_elements("cpu", 7) == 7
+    monkeypatch.setenv(budget.ENV, "lots")
+    with pytest.raises(UserError, match=budget.ENV):
+        budget.chunk_elements("cpu")
+    assert budget.available_ram() > 0  # the real machine's figure is readable

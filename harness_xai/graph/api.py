@@ -3,12 +3,16 @@
 Algorithm:
 1. Validate the inputs exactly like ``harness_xai.attribute`` (same ids, tokens, method, family).
 2. ``fast``: the engine's one forward and one backward with the graph's per-block capture
-   (``lrp.engine.explain(…, trace=True)``; the run's ``--xai-graph`` gets the same capture from
-   the pass that attributes the case, so a graph costs no second pass). ``reference`` runs the
-   definition inside ``with lrp(model, method)`` (``reference.reference_edges``).
-3. Fast, unpruned: each block's dense (n, n) matrix, chunk by chunk (``fast.dense``). Fast,
-   pruned: per block only the target rows that pass the node threshold, chunk by chunk into a
-   ``prune.Collector`` — no dense n×n is held; then ancestors of the output node.
+   (``lrp.engine.explain(…, trace=True)``, checkpointed by default: only each block's input is
+   kept; the run's ``--xai-graph`` gets the same capture from the pass that attributes the
+   case). ``reference`` runs the definition inside ``with lrp(model, method)``
+   (``reference.reference_edges``).
+3. Streamed block by block (``Trace.layers()``): re-run one block from its kept input, build its
+   ``LayerTrace``, compute its edges in chunks sized from the free memory (``budget``), prune,
+   keep the edges, free the block. Peak memory: the kept inputs and output gradients, one
+   block's working set and the kept edges. Unpruned: each block's dense (n, n) matrix
+   (``fast.dense``). Pruned: only the target rows that pass the node threshold, chunk by chunk
+   into a ``prune.Collector`` — no dense n×n is held; then ancestors of the output node.
    Reference: dense matrices, pruned afterwards by ``prune.prune_dense`` if asked.
 4. Metrics (``Graph.metrics``, per block lists indexed by transition t−1 → t):
    ``layer_mass`` Σ|A| of the computed rows (all rows unpruned; rows passing the node threshold
@@ -103,13 +107,15 @@ class Graph:
 
 def graph(model: nn.Module, tokenizer, input_ids, target_id, foil_id, method: str = "attnlrp",
           prune=None, *, impl: str = "fast", batch: int = 8,
-          chunk_elements: int | None = None) -> Graph:
+          chunk_elements: int | None = None, checkpoint: bool = True) -> Graph:
     """Attribution graph between adjacent residual states (embeddings → block 1 → … → block L).
 
     ``prune``: None (dense matrices), True (paper defaults) or ``Prune`` / dict of its fields
     (``node_threshold``, ``mass``, ``top_k``, ``max_edges``, ``max_nodes``, ``ancestors``).
     ``impl="reference"`` computes the same edges by the definition (slow, ``batch`` target rows
-    per pass). ``chunk_elements`` bounds the fast path's per-chunk temporaries.
+    per pass). ``chunk_elements`` bounds the fast path's per-chunk temporaries (default: from
+    free memory, ``graph.budget``); ``checkpoint=False`` keeps the engine's whole forward for
+    its backward (one forward less, far more memory).
     """
     spec = get_method(method)
     if getattr(spec, "integrate", False):
@@ -123,7 +129,8 @@ def graph(model: nn.Module, tokenizer, input_ids, target_id, foil_id, method: st
     started = time.perf_counter()
     if impl == "fast":
         objective = TokenTarget(tuple(ids[0].tolist()), target, foil)
-        traced = explain(model, [objective], spec, states=False, trace=True)[0].trace
+        traced = explain(model, [objective], spec, states=False, trace=True,
+                         checkpoint=checkpoint)[0].trace
         return graph_from_trace(traced, spec, pruning, objective, chunk_elements, started)
     metrics: dict = {}
     with torch.inference_mode(False), torch.enable_grad(), lrp(model, spec):
@@ -136,7 +143,8 @@ def graph(model: nn.Module, tokenizer, input_ids, target_id, foil_id, method: st
 
 def graph_from_trace(traced: Trace, method: str | Method, prune, objective: TokenTarget,
                      chunk_elements: int | None = None, started: float | None = None) -> Graph:
-    """Steps 3–4 of the fast path on the engine's per-block capture of ``objective``."""
+    """Steps 3–4 of the fast path on the engine's per-block capture of ``objective`` (streams
+    the capture: each block's kept tensors are released as its edges are done)."""
     spec = get_method(method)
     pruning = as_prune(prune)
     started = time.perf_counter() if started is None else started
@@ -144,7 +152,10 @@ def graph_from_trace(traced: Trace, method: str | Method, prune, objective: Toke
     nodes = traced.nodes
     with torch.no_grad():
         if pruning is None:
-            edges: list = [fast.dense(layer, chunk_elements) for layer in traced.layers]
+            edges: list = []
+            for layer in traced.layers():
+                edges.append(fast.dense(layer, chunk_elements))
+                del layer  # one block's LayerTrace alive at a time
             _dense_metrics(metrics, edges, nodes, None, edges)
         else:
             edges = _pruned(traced, pruning, chunk_elements, metrics)
@@ -167,7 +178,7 @@ def _finish(nodes, edges, delta, spec, impl, pruning, metrics, started, objectiv
 
 def _pruned(tr, spec: Prune, chunk_elements, metrics) -> list[Edges]:
     selected, mass_all, mass_sel, cross = [], [], [], []
-    for t, layer in enumerate(tr.layers, start=1):
+    for t, layer in enumerate(tr.layers(), start=1):
         targets = target_nodes(tr.nodes[t], spec)
         collector = Collector(spec, n_entries(targets, spec))
         if targets.numel():
@@ -182,6 +193,7 @@ def _pruned(tr, spec: Prune, chunk_elements, metrics) -> list[Edges]:
         mass_sel.append(float(edges.weight.abs().double().sum()) / collector.mass
                         if collector.mass else 1.0)
         cross.append(collector.mass_cross / collector.mass_all if collector.mass_all else 0.0)
+        del layer  # one block's LayerTrace alive at a time
     metrics["layer_mass"] = mass_all
     metrics["mass_selected"] = mass_sel
     metrics["cross_position_fraction"] = cross

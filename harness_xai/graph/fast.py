@@ -16,22 +16,24 @@ kv-head ``g(h)`` (GQA: query heads grouped over their shared kv-head, no copies)
    ``capture``): exact for every entry, diagonal included.
 5. Optionally (``check``) reproduce the kernel's output ``P·v`` for the chunk: a family whose
    mask or scaling the recomputation misread fails loudly instead of giving wrong edges.
-Cost per block O(n²·hd·H) like attention itself; memory O(chunk · n · H).
+Cost per block O(n²·hd·H) like attention itself; memory O(chunk · n · H), the chunk sized from
+the device's free memory (``budget``).
 """
 
 from __future__ import annotations
 
 import torch
 
+from harness_xai.graph.budget import chunk_elements
 from harness_xai.lrp.blocktrace import LayerTrace
-
-#: elements of one (H, chunk, n) temporary (~16 MB fp32)
-CHUNK_ELEMENTS = 1 << 22
 
 
 def chunk_size(trace: LayerTrace, n_sources: int, elements: int | None = None) -> int:
+    """Target rows per chunk: one (H, rows, n_sources) temporary holds at most ``elements``
+    (default: from the device's free memory, ``budget.chunk_elements``)."""
     heads = trace.q.shape[0]
-    return max(1, min(trace.q.shape[1], (elements or CHUNK_ELEMENTS) // max(1, heads * n_sources)))
+    budget = chunk_elements(trace.q.device, elements)
+    return max(1, min(trace.q.shape[1], budget // max(1, heads * n_sources)))
 
 
 def rows(trace: LayerTrace, targets: torch.Tensor, check: bool = False) -> torch.Tensor:

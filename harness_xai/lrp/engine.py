@@ -17,9 +17,10 @@ Algorithm:
 2. Inside ``with lrp(model, method)`` embed the rows as one leaf that requires grad; hooks
    (``states.StateCapture``) note the residual after every block and, with ``states``, the
    mid-block residual, the attention/MLP branch outputs and each head's output. With ``trace``
-   (one token objective) the graph's ``BlockTrace`` also records each block's attention inputs.
-   With ``checkpoint`` each block re-runs whole in the backward; the states are saved through
-   probes the re-run recomputes (``states`` step 2), so they cost one block, not all blocks.
+   (one token objective, checkpointed or not) the graph's ``BlockTrace`` also keeps each block's
+   call (its input and arguments), for the graph to re-run one block at a time. With
+   ``checkpoint`` each block re-runs whole in the backward; the states are saved through probes
+   the re-run recomputes (``states`` step 2), so they cost one block, not all blocks.
 3. Forward: only token objectives → logits only at the rows' last real positions (a 1-D
    ``logits_to_keep`` of the distinct ones, sorted); otherwise all positions. Every supported
    family of every transformers version pyproject allows reads a 1-D tensor as
@@ -33,7 +34,7 @@ Algorithm:
 4. One backward of Σ Δ (rows are independent, so row r's gradient is its own objective's). As
    the gradient passes each noted state its relevance Σ_hidden state ⊙ gradient is reduced per
    row and the gradient dropped. With ``trace`` the same backward also returns the gradients at
-   the graph's block tensors (``BlockTrace.finish``): no second pass.
+   the block outputs (``BlockTrace.finish``): no second pass of the model.
 5. Each objective's ``Attribution``: its row's first n positions. A sequence objective stores the
    wrong window's input; on the positions both windows share (same tokens, same hidden states)
    the gold row's relevance is added; the gold row's relevance on its own remaining tokens goes
@@ -202,9 +203,9 @@ def _check(model, objectives, spec: Method, trace: bool, checkpoint: bool) -> No
         else:
             check_vocabulary(model, {"scored token id": max(ids)})
     if trace and (len(objectives) != 1 or not isinstance(objectives[0], TokenTarget)
-                  or spec.integrate or checkpoint):
+                  or spec.integrate):
         raise UserError("the graph's capture needs one token contrast and a one-backward method "
-                        "(attnlrp, cp-lrp, grad-x-input) without checkpointing.")
+                        "(attnlrp, cp-lrp, grad-x-input).")
 
 
 def _rows(objective: Objective) -> list[tuple[int, ...]]:
