@@ -22,6 +22,7 @@ Usage:
    - ``attnlrp``: ``harness_xai.attribute`` (one forward + one backward under the AttnLRP rules,
      internal states and heads captured), ``-nostates`` without them, ``-ckpt`` checkpointed;
    - ``batch-B`` at n = 512: one ``explain`` of B short cases (cases/s: issue #15's throughput);
+     ``batch-auto``: B = what ``--xai-batch-size auto`` picks from free memory;
    - ``graph`` at 32k and 128k: ``harness_xai.graph`` streamed block by block (checkpointed
      engine pass, then one block re-run at a time), the CLI's pruning (mass 0.85, ≤ 1000 edges
      per block) with at most 1024 target rows per block (``--graph-full``: all rows over the
@@ -178,17 +179,25 @@ def make_call(model, name: str, n: int, graph_prune: dict):
     if name.startswith("batch"):  # cases/s of short cases: one pass of B objectives
         from harness_xai.lrp.engine import explain
         from harness_xai.records import TokenTarget
-        size = int(name.split("-")[1]) if "-" in name else 1
+        if name == "batch-auto":  # what --xai-batch-size auto picks from free memory
+            from harness_xai.distributed.memory import rows_that_fit
+            size = rows_that_fit(model, n)
+        else:
+            size = int(name.split("-")[1]) if "-" in name else 1
         rows = torch.randint(3, model.config.vocab_size, (size, n),
                              generator=torch.Generator().manual_seed(n))
         objectives = [TokenTarget(tuple(r.tolist()), a, b) for r in rows]
-        return lambda: explain(model, objectives, "attnlrp")
+
+        def call():
+            return explain(model, objectives, "attnlrp")
+        call.rows = size
+        return call
     raise ValueError(name)
 
 
 #: the prepared plan: (n, row, repeats); ``--smoke`` maps the lengths onto a tiny CPU model
 PLAN_GPU = [(4096, "plain", 3), (4096, "attnlrp", 3), (4096, "attnlrp-nostates", 3),
-            (512, "batch-1", 5), (512, "batch-8", 3),
+            (512, "batch-1", 5), (512, "batch-8", 3), (512, "batch-auto", 3),
             (32768, "plain-ckpt", 1), (32768, "attnlrp-ckpt-nostates", 1),
             (32768, "attnlrp-ckpt", 1), (32768, "graph", 1),
             (131072, "attnlrp-ckpt-nostates", 1), (131072, "graph", 1)]
@@ -217,6 +226,8 @@ def run_plan(model, plan, device: str, graph_prune: dict, budget_s: float, json_
             rec.update(seconds=None, peak_bytes=None, error="skipped (time budget)")
         else:
             fn = make_call(model, name, n, graph_prune)
+            if name.startswith("batch"):  # cases per pass (batch-auto: from free memory)
+                rec["rows"] = fn.rows
             runs[0] = 0
             rec.update(measure(fn, device, repeats, warm=n <= 4096))
             rec["forwards"] = runs[0] / blocks / (repeats + (n <= 4096))
@@ -224,7 +235,7 @@ def run_plan(model, plan, device: str, graph_prune: dict, budget_s: float, json_
             base[n] = rec["seconds"]
         rec["ratio"] = rec["seconds"] / base[n] if rec.get("seconds") and base.get(n) else None
         if name.startswith("batch") and rec.get("seconds"):
-            rec["cases_per_s"] = int(name.split("-")[1]) / rec["seconds"]
+            rec["cases_per_s"] = rec["rows"] / rec["seconds"]
         rec["bytes_per_token"] = rec["peak_bytes"] / n if rec.get("peak_bytes") else None
         records.append(rec)
         print(_row(rec), flush=True)
