@@ -117,7 +117,8 @@ def explain_cases(store, run_id: int, cases: list[Case], make_worker: MakeWorker
     outcome.left = plan.left
     if world.size == 1:
         mine = work(plan.attribute, make_worker(options), budget,
-                    lambda c, e: store.write_case(run_id, c, e), rank=0, progress=progress)
+                    lambda c, e: store.write_case(run_id, c, e), rank=0, progress=progress,
+                    write_many=lambda pairs: store.write_cases(run_id, pairs))
         if mine.exc is not None:
             raise mine.exc
         outcome.attributed, outcome.left = mine.attributed, outcome.left + mine.left
@@ -196,10 +197,18 @@ def follow(world: World, make_worker: MakeWorker, *, progress: bool = True) -> N
               file=sys.stderr, flush=True)
 
 
+#: explained cases written per transaction when the writer takes several (``write_many``): at
+#: most WRITE_BATCH, and no case waits longer than WRITE_SECONDS (a kill loses at most that work)
+WRITE_BATCH, WRITE_SECONDS = 16, 0.25
+
+
 def work(cases: list[Case], worker: CaseWorker, budget: Budget,
          write: Callable[[Case, Explanation | None], object], rank: int = 0,
-         progress: bool = True) -> _Work:
-    """Explain ``cases`` (one rank's share) and ``write`` each; stop at the time budget."""
+         progress: bool = True,
+         write_many: Callable[[list[Explained]], object] | None = None) -> _Work:
+    """Explain ``cases`` (one rank's share) and ``write`` each — or ``write_many`` up to
+    ``WRITE_BATCH`` at a time, in one transaction, and the rest at the end or on an error;
+    stop at the time budget."""
     from tqdm.auto import tqdm
 
     result = _Work(rank=rank)
@@ -216,10 +225,25 @@ def work(cases: list[Case], worker: CaseWorker, budget: Budget,
     start = clock()
     ready: list[Explained] = []  # explained, waiting for ``finish`` and the write
 
-    def flush() -> None:
+    explained = 0  # shown by the bar (written: ``result.attributed``)
+    pending: list[Explained] = []  # finished, waiting for ``write_many``
+    last_write = [time.monotonic()]  # not ``clock``: that one is the time budget's
+
+    def flush(final: bool = False) -> None:
         nonlocal written, ready
         if ready and worker.finish is not None:
             ready = worker.finish(ready)
+        if write_many is not None:
+            pending.extend(ready)
+            ready = []
+            if pending and (final or len(pending) >= WRITE_BATCH
+                            or time.monotonic() - last_write[0] >= WRITE_SECONDS):
+                write_many(list(pending))
+                last_write[0] = time.monotonic()
+                written += len(pending)
+                result.attributed += sum(e is not None for _, e in pending)
+                pending.clear()
+            return
         while ready:
             case, explanation = ready.pop(0)
             write(case, explanation)
@@ -233,16 +257,21 @@ def work(cases: list[Case], worker: CaseWorker, budget: Budget,
             group = [cases[i] for i in indices]
             for case, explanation in zip(group, worker.explain(group)):
                 ready.append((case, explanation))
+                explained += explanation is not None
                 bar.update(len(case.token_ids))
                 if len(ready) >= worker.group:
                     flush()
-                    bar.set_postfix_str(f"{result.attributed}/{len(cases)} cases", refresh=False)
-        flush()
+                    bar.set_postfix_str(f"{explained}/{len(cases)} cases", refresh=False)
+        flush(final=True)
         bar.set_postfix_str(f"{result.attributed}/{len(cases)} cases", refresh=False)
+    except KeyboardInterrupt:  # Ctrl-C: the explained cases are kept, then the run stops
+        with contextlib.suppress(Exception):
+            flush(final=True)
+        raise
     except Exception as exc:  # noqa: BLE001 — reported to rank 0, which raises it
         result.error, result.exc = _describe(exc), exc
         try:  # cases explained before the error are kept
-            flush()
+            flush(final=True)
         except Exception:  # noqa: BLE001
             pass
     finally:

@@ -96,6 +96,22 @@ def _normalize(table: sa.Table, columns: dict[str, Any]) -> tuple[int, dict[str,
     return n, out
 
 
+def concat_columns(table: sa.Table, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Column-wise rows of several cases of one table as one column dict (same columns each)."""
+    normal = [_normalize(table, p) for p in parts if p]
+    normal = [cols for n, cols in normal if n]
+    if not normal:
+        return {}
+    out: dict[str, Any] = {}
+    for name in normal[0]:
+        values = [cols[name] for cols in normal]
+        if all(isinstance(v, np.ndarray) for v in values):
+            out[name] = np.concatenate(values)
+        else:
+            out[name] = [x for v in values for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
+    return out
+
+
 def insert_columns(conn: Connection, table: sa.Table, columns: dict[str, Any]) -> None:
     """Insert rows given column-wise into ``table`` within ``conn``'s transaction."""
     if not columns:

@@ -219,6 +219,36 @@ class Store:
             return existing
 
 
+    def write_cases(self, run_id: int, pairs: list[tuple[Case | CaseRow, Explanation | None]]
+                    ) -> list[int]:
+        """``write_case`` for several cases in ONE transaction (steps 1–4 per case; each child
+        table gets one bulk insert for all of them): the per-case commit and statement costs
+        dominate short cases. A concurrent writer's key → one case at a time, as ``write_case``."""
+        rows = [case_row(c, e) for c, e in pairs]
+        for row in rows:
+            validate_case(row)
+        try:
+            ids, per_table, new = [], {}, 0
+            with self.engine.begin() as conn:
+                for row in rows:
+                    existing = self._existing_case(conn, run_id, row)
+                    if existing is not None:
+                        ids.append(existing)
+                        continue
+                    case_id = int(conn.execute(sa.insert(cases).values(
+                        case_values(run_id, row))).inserted_primary_key[0])
+                    ids.append(case_id)
+                    new += 1
+                    for table, columns in child_rows(case_id, row):
+                        per_table.setdefault(table.name, (table, []))[1].append(columns)
+                for table, parts in per_table.values():
+                    bulk.insert_columns(conn, table, bulk.concat_columns(table, parts))
+            self.cases_written += new
+            return ids
+        except sa.exc.IntegrityError:
+            return [self.write_case(run_id, c, e) for c, e in pairs]
+
+
 def outcome_columns(run_id: int, task: str, outcomes: list[DocOutcome]) -> dict:
     """Column-wise ``doc_outcomes`` rows of one task (bulk.insert_columns input); ValueError on
     a repeated (doc_id, doc_hash, filter) or a ``correct`` outside {0, 1, None}."""
