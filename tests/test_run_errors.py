@@ -22,6 +22,7 @@ import lm_eval.evaluator
 import pytest
 
 from harness_xai.cli import main
+from harness_xai.distributed import runner
 from harness_xai.store import Store, bulk, run_sql
 from test_store_support import (_progress, integrity_problems, run_command, run_env,
                                 slow_attribution_env)
@@ -212,7 +213,8 @@ def test_disk_full_mid_run_then_resume(micro_model: Path, tmp_path: Path, capsys
         return real(conn, table, columns)
 
     monkeypatch.setattr(bulk, "insert_columns", insert_columns)
-    line = _one_line(argv, capsys)
+    monkeypatch.setattr(runner, "WRITE_BATCH", 1)  # one case per transaction: the fault lands
+    line = _one_line(argv, capsys)                  # after two cases are stored
     assert f"disk full writing the store {db}" in line
     said = re.search(r"run 1: (\d+) cases written by this process, (\d+) stored in all", line)
     assert said is not None, line

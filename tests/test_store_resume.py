@@ -23,7 +23,7 @@ import harness_xai.pipeline as pipeline
 from harness_xai.cli import main as cli_main
 from harness_xai.store import run_sql
 from test_store_support import (dump, integrity_problems, keyed_content, run_and_kill, run_command,
-                                run_env)
+                                run_env, slow_attribution_env)
 
 TASKS = "xai_arith,xai_kv"
 LIMIT = 20
@@ -80,12 +80,18 @@ def test_kill_9_during_attribution_then_resume(reference, micro_model: Path, tmp
     db = f"duckdb:///{tmp_path / 'resumed.duckdb'}"
     cmd = run_command(micro_model, tmp_path / "results", db, TASKS, LIMIT, cache)
     kills: list[tuple[int, float]] = []
+    slow = slow_attribution_env(tmp_path / "site", 0.03)
+    with (tmp_path / "site" / "sitecustomize.py").open("a") as site:
+        site.write("\nimport harness_xai.distributed.runner as _runner\n_runner.WRITE_BATCH = 1\n")
     for _attempt in range(8):
         if len(kills) >= 3:
             break
         stored = run_sql(db, "SELECT count(*) FROM cases")[1][0][0] if (tmp_path / "resumed.duckdb").exists() else 0
         kill_after, delay = rng.randint(0, max(0, (n_cases - stored) // 4)), rng.uniform(0.0, 0.2)
-        killed, done, todo = run_and_kill(cmd, kill_after, delay)
+        # each engine pass sleeps 30 ms and each case is its own transaction (the runner writes
+        # several per transaction otherwise): on an idle machine the micro model attributes a case
+        # in a few ms, and the run would often end, or store nothing, before the kill lands
+        killed, done, todo = run_and_kill(cmd, kill_after, delay, env=slow)
         assert integrity_problems(db) == [], (seed, kills)  # never a partial case, orphan or duplicate
         if killed:
             kills.append((done, delay))

@@ -122,10 +122,12 @@ def _progress(buf: bytes, done: int, todo: int) -> tuple[int, int]:
     return done, todo
 
 
-def run_and_kill(cmd: list[str], kill_after: int, delay: float, timeout: float = 600) -> tuple[bool, int, int]:
+def run_and_kill(cmd: list[str], kill_after: int, delay: float, timeout: float = 600,
+                 env: dict[str, str] | None = None) -> tuple[bool, int, int]:
     """Start ``cmd``; once its progress bar shows ``kill_after`` cases done, wait ``delay`` s and
     SIGKILL it. Returns (killed during attribution, cases done at the kill, todo of this run)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=run_env())
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=env or run_env())
     fd = proc.stderr.fileno()
     buf, done, todo = b"", -1, -1
     deadline = time.monotonic() + timeout
