@@ -124,20 +124,9 @@ def lm_eval_context(task, doc: dict[str, Any]) -> str:
 
 def train_bpe(texts: list[str], vocab_size: int):
     """The zoo tokenizer's construction (``tokenizer.train_tokenizer``) on ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from harness_xai.zoo.tokenizer import train_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=EOT, unk_token=None,
-        model_max_length=1024, clean_up_tokenization_spaces=False)
+    return train_tokenizer(vocab_size=vocab_size, texts=list(texts))
 
 
 Context = Callable[[str, dict[str, Any]], str]
