@@ -136,6 +136,20 @@ def train_lm(context: Context, spec: TrainSpec, sizes: dict[str, tuple[int, int]
              batch_size: int = 16, cpu_budget_s: float = 600.0,
              wall_budget_s: float | None = None, seed: int = 11, progress: bool = True,
              init: tuple[Any, Any] | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """``_train_lm`` with torch's thread count restored afterwards (training sets its own; a
+    caller's later fp32 results must not depend on whether it trained first)."""
+    threads = torch.get_num_threads()
+    try:
+        return _train_lm(context, spec, sizes, batch_size, cpu_budget_s, wall_budget_s, seed,
+                         progress, init)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_lm(context: Context, spec: TrainSpec, sizes: dict[str, tuple[int, int]],
+              batch_size: int = 16, cpu_budget_s: float = 600.0,
+              wall_budget_s: float | None = None, seed: int = 11, progress: bool = True,
+              init: tuple[Any, Any] | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """Train tokenizer and model on fresh docs of both kinds (module docstring); returns
     ``(model, tokenizer, stats)``. ``sizes[kind]`` = haystack size range of training docs;
     training stops after ``spec.steps`` or when either budget (CPU / wall seconds) is spent.
