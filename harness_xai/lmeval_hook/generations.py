@@ -25,8 +25,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from harness_xai.lmeval_hook.shadow import shadow
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,18 +125,8 @@ class GenerationRecorder:
             self.by_context.setdefault(context, []).append(
                 RecordedGeneration(context, context_ids, generated, stop, text))
 
-    def _shadow(self, obj, name: str, fn: Callable) -> None:
-        had = name in vars(obj)
-        previous = vars(obj).get(name)
-        setattr(obj, name, fn)
-
-        def undo():
-            if had:
-                setattr(obj, name, previous)
-            else:
-                delattr(obj, name)
-
-        self._undo.append(undo)
+    def _shadow(self, obj: Any, name: str, fn: Callable) -> None:
+        shadow(self._undo, obj, name, fn)
 
 
 def eos_ids(lm) -> set[int]:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness_xai.lmeval_hook.shadow import shadow
+
 
 @dataclass
 class PromptRecord:
@@ -75,17 +77,7 @@ class PromptRecorder:
             self._undo.pop()()
 
     def _shadow(self, obj: Any, name: str, fn: Callable) -> None:
-        had = name in vars(obj)
-        previous = vars(obj).get(name)
-        setattr(obj, name, fn)
-
-        def undo():
-            if had:
-                setattr(obj, name, previous)
-            else:
-                delattr(obj, name)
-
-        self._undo.append(undo)
+        shadow(self._undo, obj, name, fn)
 
     def _note(self, doc, num_fewshot, result, system_instruction=None, apply_chat_template=False,
               fewshot_as_multiturn=False, chat_template=None, gen_prefix=None) -> None:
