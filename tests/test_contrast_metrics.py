@@ -15,7 +15,7 @@ from harness_xai.errors import UserError
 from harness_xai.records import PENDING, SKIPPED
 from test_fixture_tasks import REAL_PRIMARY
 
-REASON = re.compile(r"^[a-z0-9_\-]+(:[A-Za-z0-9_@\-]+)?$")
+REASON = re.compile(r"^[a-z0-9_\-]+(:[A-Za-z0-9_@.\-]+)?$")
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +48,76 @@ def test_every_incorrect_sample_has_a_case_or_a_reasoned_skip(generative_run, bu
     assert n_correct + counts["incorrect"] == len(samples)
 
 
-def test_reference_free_metrics_are_reasoned_skips(generative_run, built):
-    """IFEval's instruction checks compare no gold answer: their failures are skips that say so
-    (the first-error rollouts explain them), never dropped. The code tasks' unit tests accept the
-    doc's reference solution: the contrast is the first token where the model's code leaves it
-    (the tokens before it are the model's own and equal the solution's)."""
-    for case in built["fx_ifeval"].cases:
-        assert case.skip_reason == f"no-reference-answer:{REAL_PRIMARY['fx_ifeval']}"
-    assert built["fx_ifeval"].cases  # the micro model fails at least one
+def test_attributed_share_and_sign_on_every_real_config(generative_run, built):
+    """Issue #14's bar on lm-eval's real configs with the trained micro model: at least 80 % of
+    the samples below their primary metric's best value are attributed (not skipped), and the
+    engine's Δ on every attributed case is > 0 and equals logit[wrong] − logit[gold] of a plain
+    forward of the model on the case's tokens (the explained quantity favours what it wrote)."""
+    import torch
+
+    from harness_xai.lrp import explain
+
+    lm, shares = generative_run.lm, {}
+    for name in sorted(REAL_PRIMARY):
+        cases = built[name].cases
+        attributed = [c for c in cases if c.status == PENDING]
+        shares[name] = (len(attributed), len(cases))
+        for case in attributed:
+            (result,) = explain(lm.model, [case.objective], "attnlrp")
+            assert result.delta > 0, (name, case.doc_id, case.built["contrast"].get("rule"))
+            if case.contrast == "token":
+                with torch.no_grad():
+                    row = lm.model(torch.tensor([list(case.token_ids)])).logits[0, -1]
+                want = float(row[case.wrong_token_id] - row[case.gold_token_id])
+                assert result.delta == pytest.approx(want, rel=1e-4, abs=1e-4)
+    low = {n: s for n, s in shares.items() if not s[1] or s[0] < 0.8 * s[1]}
+    assert not low, (low, shares)
+
+
+def test_instruction_failures_contrast_with_a_compliant_edit(generative_run, built):
+    """IFEval compares no gold answer: the gold is the compliant edit of the response closest to
+    the model's choice (``contrast.instructions``). Oracles: the task's own process_results
+    accepts the gold text and rejects the response; the tokens before the contrast are the
+    model's own generation and decode to a prefix of both; the wrong token continues the
+    response there and the gold token continues the edit (or ends it: end-of-sequence)."""
+    name, lm = "fx_ifeval", generative_run.lm
+    task, eos = generative_run.tasks[name], generative_run.lm.eot_token_id
+    samples = {(s["doc_id"], s["filter"]): s for s in generative_run.samples[name]}
+    rules, reasons = set(), set()
+    for case in built[name].cases:
+        if case.status == SKIPPED:
+            reasons.add(case.skip_reason)
+            assert case.skip_reason.split(":")[0] in ("no-repair", "no-edit", "no-compliant-edit",
+                                                      "generation-ended", "near-tie"), case
+            continue
+        info, sample = case.built["contrast"], samples[(case.doc_id, case.filter)]
+        rules.add(info["rule"])
+        raw = sample["resps"][0][0]
+        assert task.process_results(sample["doc"], [case.gold_text])["prompt_level_strict_acc"]
+        assert not task.process_results(sample["doc"], [raw])["prompt_level_strict_acc"]
+        j = info["generated_prefix"]
+        own = list(case.token_ids[len(case.token_ids) - j:])
+        context_ids = lm.tok_encode(sample["arguments"][0][0])
+        assert list(case.token_ids[:len(case.token_ids) - j]) == context_ids[-(len(case.token_ids) - j):]
+        prefix = lm.tok_decode(own)
+        assert raw.startswith(prefix) and case.gold_text.startswith(prefix)
+        assert case.wrong_token_id != case.gold_token_id
+        if case.gold_token_id == eos:  # a truncation: the edit ends where the model went on
+            assert case.gold_text == prefix
+        elif "\ufffd" not in lm.tok_decode(own + [case.gold_token_id]):
+            assert case.gold_text.startswith(lm.tok_decode(own + [case.gold_token_id]))
+        if "\ufffd" not in lm.tok_decode(own + [case.wrong_token_id]):
+            assert raw.startswith(lm.tok_decode(own + [case.wrong_token_id]))
+        assert set(info["repair"]["failed"]) == {
+            i for i, ok in zip(sample["doc"]["instruction_id_list"],
+                               sample["inst_level_strict_acc"]) if not ok}
+    assert rules == {"instruction-repair:full-target"}, (rules, reasons)
+
+
+def test_code_tasks_contrast_with_the_reference_solution(generative_run, built):
+    """The code tasks' unit tests accept the doc's reference solution: the contrast is the first
+    token where the model's code leaves it (the tokens before it are the model's own and equal
+    the solution's)."""
     lm, seen = generative_run.lm, set()
     for name, field in (("fx_humaneval", "canonical_solution"), ("fx_mbpp", "code")):
         docs = list(generative_run.tasks[name].eval_docs)

@@ -22,7 +22,7 @@ from harness_xai.config import RunConfig
 from harness_xai.errors import UserError
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
-REASON = re.compile(r"^[a-z0-9_\-]+(:[A-Za-z0-9_@\-]+)?$")
+REASON = re.compile(r"^[a-z0-9_\-]+(:[A-Za-z0-9_@.\-]+)?$")
 MAX_GEN = 6
 PROGRESS = re.compile(r"^(Loading weights|Generating \w+ split)|(it|examples)/s\]\s*$")
 

@@ -12,7 +12,8 @@ Per output type (each builder documents its algorithm):
   decision itself (summed / length-normalised log-probs); ties and near-ties are skips.
 - ``loglikelihood`` (``loglikelihood``): first target token that is not the greedy token.
 - ``generate_until`` (``generation``): first token where the model's answer leaves the gold
-  answer, after greedy regeneration with exact ids; with ``--xai-rollouts`` (``first_error``)
+  answer, after greedy regeneration with exact ids (instruction checks: the closest compliant
+  edit of the response, ``instructions``); with ``--xai-rollouts`` (``first_error``)
   the first generated token whose top-k alternative, continued greedily, makes the sample
   correct (else that final-answer contrast, with the reason).
 - ``loglikelihood_rolling``: perplexity only, no notion of a wrong answer: every sample is
@@ -29,7 +30,8 @@ Builders are a registry keyed by lm-eval output type: ``register_contrast(output
 ``builder(sample, task, task_name, lm, options, cache) -> CaseDraft`` and is called for the
 incorrect samples only (``options.primary`` is the deciding metric; a builder that returns
 None gets the skip ``no-case-built``); ``cache`` is one dict per task and run (e.g. one
-regeneration per document).
+regeneration per document). IFEval-style instruction repairs are a registry keyed by
+instruction id: ``register_instruction_repair(instruction_id, repair)``.
 """
 
 from __future__ import annotations
@@ -40,13 +42,15 @@ from dataclasses import dataclass
 from harness_xai.contrast.case import CONTRASTS, MC_METRICS, CaseDraft, Options, new_case, skip
 from harness_xai.contrast.decision import INCORRECT, PrimaryMetric, Verdict, primary_metric
 from harness_xai.contrast.first_error import generative_case
+from harness_xai.contrast.instructions import INSTRUCTION_REPAIRS, register_instruction_repair
 from harness_xai.contrast.loglikelihood import loglikelihood_case
 from harness_xai.contrast.multiple_choice import multiple_choice_case
 from harness_xai.records import PENDING, Case
 from harness_xai.registry import Registry
 
-__all__ = ["CONTRASTS", "CONTRAST_BUILDERS", "MC_METRICS", "CaseDraft", "Options", "TaskCases",
-           "cases_for_task", "new_case", "output_type", "register_contrast", "skip", "task_cases"]
+__all__ = ["CONTRASTS", "CONTRAST_BUILDERS", "INSTRUCTION_REPAIRS", "MC_METRICS", "CaseDraft",
+           "Options", "TaskCases", "cases_for_task", "new_case", "output_type",
+           "register_contrast", "register_instruction_repair", "skip", "task_cases"]
 
 #: output types whose builder sees every sample (no notion of correct: each one is a skip)
 EVERY_SAMPLE = {"loglikelihood_rolling"}

@@ -20,7 +20,8 @@ The ``generate_until`` builder (``generative_case``, registered in ``contrast``)
    continuations (``cache``), each scores them with its own extraction;
 6. a flip at generated position t with alternative a: the case is the token contrast
    ``Δ = logit[g_t] − logit[a]`` after ``context + g_<t`` (rule ``first-error:rollout``); g_t is
-   the model's greedy token there, so Δ ≥ 0. No flip: the fallback, with
+   the model's greedy token there, so Δ ≥ 0; the gold text is the rollout's (for instruction
+   checks it replaces the compliant edit of ``instructions``). No flip: the fallback, with
    ``built["contrast"]["first_error"]["fallback"] = "first-error-fallback:<reason>"`` (e.g.
    ``no_flip_within_budget``); a reference-free fallback skip (``no-reference-answer:M``) becomes
    the skip ``<reason>:M`` (e.g. ``no-flip-within-budget:pass@1``).
@@ -33,6 +34,7 @@ from harness_xai.contrast.case import (CaseDraft, Options, context_token_labels,
                                        set_evidence, set_segments)
 from harness_xai.contrast.generation import (Generation, generation_case, recorded,
                                              regenerate)
+from harness_xai.contrast.instructions import RULE as REPAIR_RULE
 from harness_xai.contrast.reasoning import generated_labels
 from harness_xai.records import PENDING, SKIPPED, Rollout
 
@@ -111,7 +113,7 @@ def _flip(case: CaseDraft, sample: dict, task, lm, options: Options, gen: Genera
     set_evidence(case, lm, task, sample["doc"], context, gen.context_ids)
     case.position = len(case.token_ids)
     case.wrong_token_id, case.gold_token_id = result.model_token, result.alternative
-    if case.gold_text is None:  # reference-free metrics: the text that scored correct
+    if case.gold_text is None or replaced == REPAIR_RULE:  # the text that scored correct
         case.gold_text = next(r.text for r in result.rollouts if r.correct)
     case.method_params["contrast"] = {
         **{k: before[k] for k in ("truncation", "generation") if k in before},

@@ -28,9 +28,14 @@ Algorithm, per logged sample (one per filter) whose ``exact_match`` (or ``acc``)
    reference solution.
 5b. Unit-test metrics (HumanEval ``pass@1``, MBPP ``pass_at_1``): no answer span; the gold is the
    doc's reference solution (rule ``reference-solution:full-target``, ``reference_solution``):
-   the first token where the model's code leaves code that passes the tests. Instruction checks
-   (IFEval) have no reference: skip ``no-reference-answer:<metric>`` (the first-error rollouts,
-   ``first_error``, explain those).
+   the first token where the model's code leaves code that passes the tests.
+5c. Instruction checks (IFEval ``prompt_level_strict_acc`` …) have no reference: the gold is the
+   compliant edit of the response closest to the model's choice (rule
+   ``instruction-repair:full-target``, ``contrast.instructions``): the model's tokens up to the
+   edit, the edit, end-of-sequence; edits ordered by Δℓ at their first differing token, the first
+   the task's own checks accept is taken; Δℓ < ``NEAR_TIE`` → ``near-tie``. Docs without
+   instruction lists: skip ``no-reference-answer:<metric>``. With ``--xai-rollouts`` a flip found
+   by the model's own continuation replaces either (``first_error``).
 6. Other degenerate outcomes are skips: ``answer-not-located``, ``gold-answer-is-prefix`` (the
    model's tokens agree with the whole gold answer and go on), ``generation-ended`` (the model
    stopped inside the gold answer without a differing token), ``thinking-answer-not-located``.
@@ -54,8 +59,11 @@ from dataclasses import dataclass
 
 from harness_xai.contrast.case import (CaseDraft, Options, context_token_labels, new_case, note,
                                        set_evidence, set_segments, skip, truncation_note)
+from harness_xai.contrast.instructions import RULE as REPAIR_RULE
+from harness_xai.contrast.instructions import MAX_VERIFIED, compliant_edits, is_instruction_doc
 from harness_xai.contrast.reasoning import generated_segments, scored_text_view
-from harness_xai.contrast.scoring import first_difference, window_start
+from harness_xai.contrast.rollouts import task_scorer
+from harness_xai.contrast.scoring import NEAR_TIE, first_difference, window_start
 from harness_xai.records import SequenceTarget
 
 GEN = ("generated", None)
@@ -81,7 +89,8 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     max_gen = gen_kwargs.get("max_gen_toks", getattr(lm, "max_gen_toks", 256))
     note(case, truncation=truncation_note(lm, None, sample["doc"], context, int(max_gen)))
     solution = reference_solution(metric, sample["doc"])  # code tasks: the doc's solution
-    if NO_REFERENCE.match(metric) and solution is None:  # instruction checks (IFEval)
+    repair = bool(NO_REFERENCE.match(metric)) and solution is None  # instruction checks (IFEval)
+    if repair and not is_instruction_doc(sample["doc"]):
         return skip(case, f"no-reference-answer:{metric}")
     doc_id = int(sample["doc_id"])
     if doc_id not in cache:  # lm-eval's own ids if recorded (step 1), else a regeneration
@@ -104,7 +113,14 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     targets = _targets(task, sample)
     scored = _scored_span(task, sample, raw)
     span = locate_answer(raw, extracted, ensemble) if scored is None else scored
-    if solution is not None:  # unit tests decide; the reference solution passes them
+    full = dec[-1]
+    if repair:  # step 5c: compliant edits of the scored response (contrast.instructions)
+        edits = compliant_edits(sample, metric, raw, _boundaries(dec, full, shift, len(raw)))
+        note(case, repair={"failed": list(edits.failed), "edits": len(edits.texts)})
+        if edits.reason:
+            return skip(case, edits.reason)
+        rule, span, golds = REPAIR_RULE, (0, 0), list(edits.texts)
+    elif solution is not None:  # unit tests decide; the reference solution passes them
         rule, span, golds = "reference-solution:full-target", (0, 0), [solution]
     elif scored is not None:  # the extraction lives in process_results (MATH's final answer)
         from harness_xai.contrast.answer import gold_answers
@@ -119,13 +135,15 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     else:
         return skip(case, "answer-not-located")
     span = (span[0] + shift, span[1] + shift)  # in the raw generation (past the reasoning)
-    full = dec[-1]
     k = max(i for i in range(len(dec)) if len(dec[i]) <= span[0] and full.startswith(dec[i]))
     bridge = text[len(dec[k]): span[0]]
     model = gen.ids[k:]
     options_found, reasons = [], []
     for gold in golds:
-        gold_ids = lm.tok_encode(bridge + gold, add_special_tokens=False)
+        if rule == REPAIR_RULE:  # the model's own tokens as far as the edit keeps its text
+            gold_ids = _own_tokens(lm, dec, gen.ids, k, dec[k] + bridge + gold)
+        else:
+            gold_ids = lm.tok_encode(bridge + gold, add_special_tokens=False)
         j = first_difference(model, gold_ids)
         if j is None:
             reasons.append("gold-answer-is-prefix" if len(gold_ids) <= len(model)
@@ -135,7 +153,23 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     if not options_found:
         return skip(case, reasons[0] if reasons else "no-gold-answer")
     prefix_all = gen.context_ids + gen.ids
-    gold, gold_ids, j = _closest(lm, prefix_all, len(gen.context_ids) + k, model, options_found)
+    base = len(gen.context_ids) + k
+    if rule == REPAIR_RULE:  # the closest edit the task's own checks accept
+        score = task_scorer(task, sample["doc"], sample["filter"], metric,
+                            None if options.primary is None or options.primary.kind == "binary"
+                            else options.threshold)
+        ranked = _ranked(lm, prefix_all, base, model, options_found)
+        tried = ranked[:MAX_VERIFIED]
+        chosen = next((item for item in tried if score(item[1][0])), None)
+        note(case, repair={"failed": list(edits.failed), "edits": len(edits.texts),
+                           "verified": tried.index(chosen) + 1 if chosen else len(tried)})
+        if chosen is None:
+            return skip(case, f"no-compliant-edit:{metric}")
+        if chosen[0] < NEAR_TIE:
+            return skip(case, "near-tie")
+        gold, gold_ids, j = chosen[1]
+    else:
+        gold, gold_ids, j = _closest(lm, prefix_all, base, model, options_found)
     t = len(gen.context_ids) + k + j
     case.gold_text = gold
     labels = context_token_labels(lm, task, options, context, gen.context_ids, sample["doc"])
@@ -322,17 +356,38 @@ def _delimited(task, context: str, target: str) -> str:
 
 def _closest(lm, prefix_all, base, model, found):
     """Step 3: among several gold answers, the one with the smallest Δℓ at its divergence."""
-    if len(found) == 1:
-        return found[0]
+    return found[0] if len(found) == 1 else _ranked(lm, prefix_all, base, model, found)[0][1]
+
+
+def _ranked(lm, prefix_all, base, model, found) -> list[tuple[float, tuple]]:
+    """(Δℓ, option) for every gold option, smallest Δℓ first (one forward of the generation)."""
     import torch
 
     with torch.no_grad():
         logits = lm._model_call(torch.tensor([prefix_all], device=lm.device))[0]  # (n, vocab)
-    def gap(item):
+    gaps = []
+    for item in found:
         _, gold_ids, j = item
         row = logits[base + j - 1]
-        return float(row[model[j]] - row[gold_ids[j]])
-    return min(found, key=gap)
+        gaps.append((float(row[model[j]] - row[gold_ids[j]]), item))
+    return sorted(gaps, key=lambda pair: pair[0])
+
+
+def _boundaries(dec: list[str], full: str, shift: int, n_scored: int) -> list[int]:
+    """Character offsets in the scored text at which a generated token starts (step 5c's
+    insertion and truncation points)."""
+    return sorted({len(d) - shift for d in dec
+                   if full.startswith(d) and shift <= len(d) <= shift + n_scored})
+
+
+def _own_tokens(lm, dec: list[str], ids: list[int], k: int, written: str) -> list[int]:
+    """Tokens of ``written`` (the generation up to token k, then an edit) from token k on: the
+    model's ids as far as their decoding is a prefix of it, the rest tokenised, then
+    end-of-sequence (an edited response is complete)."""
+    eos = lm.eot_token_id
+    i = max(i for i in range(k, len(dec)) if written.startswith(dec[i]) and eos not in ids[k:i])
+    rest = lm.tok_encode(written[len(dec[i]):], add_special_tokens=False) if written[len(dec[i]):] else []
+    return list(ids[k:i]) + list(rest) + [eos]
 
 
 def _answer_end(dec: list[str], full: str, answer_end: int, at_least: int) -> int:
