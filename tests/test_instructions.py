@@ -165,3 +165,87 @@ def test_repairs_register_like_every_extension_point():
     finally:
         register_instruction_repair("punctuation:no_comma", original, overwrite=True)
         INSTRUCTION_REPAIRS.unregister("language:response_language")
+
+
+# --- planted violations: the contrast lands on the violating token ------------------------------
+
+#: (IFEval doc, the scripted model's response, the violation's first character in it): for these
+#: instructions the compliant edit deletes or rewrites exactly the violation, so the contrast must
+#: be the token that starts there, with the model's own tokens before it
+PLANTED = [
+    ({"key": 1, "prompt": "Describe the mill without any commas.",
+      "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
+     " the mill stands by the river, and herons fish there.", ","),
+    ({"key": 2, "prompt": "Describe herons. Do not say bridge.",
+      "instruction_id_list": ["keywords:forbidden_words"], "kwargs": [{"forbidden_words": ["bridge"]}]},
+     " herons fish by the old bridge at dawn.", " bridge"),
+    ({"key": 3, "prompt": "Say river less than 2 times.",
+      "instruction_id_list": ["keywords:frequency"],
+      "kwargs": [{"keyword": "river", "frequency": 2, "relation": "less than"}]},
+     " the river bends and the river shines.", " river shines"),
+    ({"key": 4, "prompt": "Use fewer than 2 capital words.",
+      "instruction_id_list": ["change_case:capital_word_frequency"],
+      "kwargs": [{"capital_frequency": 2, "capital_relation": "less than"}]},
+     " the OLD MILL stands.", " MILL"),
+]
+
+
+def test_planted_violations_are_the_contrast(micro_model, tmp_path):
+    """A model fine-tuned to write each response (greedy, token for token) fails lm-eval's own
+    IFEval checks at a planted spot; the case's contrast is the token that starts the violation:
+    the tokens before it decode to the response up to that character, the model's token continues
+    with the violation, the gold text is the compliant edit (accepted by the task), and the
+    engine's Δ is > 0."""
+    import lm_eval
+    from fixtures.lm_eval_tasks import builtin_tasks_dir, write_task
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from scripted_model import build_scripted_model
+
+    from harness_xai.contrast import task_cases
+    from harness_xai.lrp import explain
+
+    docs = [doc for doc, _, _ in PLANTED]
+    folder = write_task(tmp_path / "tasks", "fx_planted_ifeval",
+                        {"include": str(builtin_tasks_dir() / "ifeval" / "ifeval.yaml")},
+                        {"train": docs})
+    tm = TaskManager(include_path=str(folder), include_defaults=False)
+    task = tm.load(["fx_planted_ifeval"])["tasks"]["fx_planted_ifeval"]
+    model = build_scripted_model(micro_model, tmp_path / "model",
+                                 [(task.doc_to_text(d), r) for d, r, _ in PLANTED])
+    lm = HFLM(pretrained=str(model), device="cpu", dtype="float32", batch_size=1)
+    results = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=tm, log_samples=True,
+                                      gen_kwargs="max_gen_toks=48")
+    samples = results["samples"]["fx_planted_ifeval"]
+    assert [s["resps"][0][0] for s in sorted(samples, key=lambda s: s["doc_id"])] == \
+        [r for _, r, _ in PLANTED]  # the scripted greedy output, failing every check
+    built = task_cases("fx_planted_ifeval", task, samples, lm)
+    assert sorted(c.doc_id for c in built.cases) == list(range(len(PLANTED)))
+    for case in built.cases:
+        doc, response, violation = PLANTED[case.doc_id]
+        assert case.status == "pending", case.skip_reason
+        # the violation's first visible character lies in the model's token at the contrast
+        v = response.index(violation) + len(violation) - len(violation.lstrip())
+        j = case.built["contrast"]["generated_prefix"]
+        prefix = lm.tok_decode(list(case.token_ids[len(case.token_ids) - j:]))
+        wrong = lm.tok_decode([case.wrong_token_id])
+        assert response.startswith(prefix + wrong)
+        assert len(prefix) <= v < len(prefix) + len(wrong), (prefix, wrong, violation)
+        assert task.process_results(doc, [case.gold_text])["prompt_level_strict_acc"]
+        assert case.gold_text.startswith(prefix) and not case.gold_text.startswith(prefix + wrong)
+        (result,) = explain(lm.model, [case.objective], "attnlrp")
+        assert result.delta > 0
+
+
+def test_common_prefix_equals_a_character_scan():
+    import random
+
+    from harness_xai.contrast.scoring import common_prefix
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        a, b = ("".join(rng.choice("ab\u00e9") for _ in range(rng.randint(0, 9))) for _ in range(2))
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        assert common_prefix(a, b) == n, (a, b)

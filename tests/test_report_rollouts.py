@@ -62,6 +62,7 @@ def _render(tmp_path: Path) -> dict[str, str]:
         flipped, _ = pair = _case(1, 2, "first-error:rollout")
         ids = {"flip": store.write_case(run_id, *pair),
                "none": store.write_case(run_id, *_case(2, None, "answer-span")),
+               "repair": store.write_case(run_id, *_case(4, None, "instruction-repair:full-target")),
                "plain": store.write_case(run_id, *explained(
                    np.ones(N, dtype=np.float32), task=TASK, doc_id=3, doc_hash="d3",
                    prompt_hash="p", target_hash="t", position=N, wrong_token_id=1,
@@ -103,3 +104,18 @@ def test_case_page_says_when_no_rollout_flipped_and_what_was_explained(tmp_path)
     assert "Explained instead: the final-answer contrast" in html
     assert len(_rows(pages["none"])) == 4 and 'id="rollout-flip"' not in pages["none"]
     assert "First-error rollouts" not in pages["plain"]  # no rollouts run: no section
+
+
+def test_case_page_names_what_the_gold_side_is(tmp_path):
+    """The gold box says what the contrast compared with: the alternative a rollout found, the
+    closest compliant edit of an IFEval response (and, with no flip, that it was explained
+    instead), or a plain gold answer."""
+    pages = {k: unescape(v) for k, v in _render(tmp_path).items()}
+
+    def label(html):
+        return re.search(r'id="gold-kind">([^<]*)', html).group(1).strip()
+
+    assert label(pages["flip"]) == "alternative that scored correct (rollout)"
+    assert label(pages["repair"]).startswith("compliant edit")
+    assert "Explained instead: the token where the closest compliant edit" in pages["repair"]
+    assert label(pages["plain"]) == "gold answer" == label(pages["none"])

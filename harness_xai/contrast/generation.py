@@ -63,7 +63,7 @@ from harness_xai.contrast.instructions import RULE as REPAIR_RULE
 from harness_xai.contrast.instructions import MAX_VERIFIED, compliant_edits, is_instruction_doc
 from harness_xai.contrast.reasoning import generated_segments, scored_text_view
 from harness_xai.contrast.rollouts import task_scorer
-from harness_xai.contrast.scoring import NEAR_TIE, first_difference, window_start
+from harness_xai.contrast.scoring import NEAR_TIE, common_prefix, first_difference, window_start
 from harness_xai.records import SequenceTarget
 
 GEN = ("generated", None)
@@ -139,9 +139,10 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     bridge = text[len(dec[k]): span[0]]
     model = gen.ids[k:]
     options_found, reasons = [], []
+    own = _own_tokens(lm, dec, gen.ids, k, full) if rule == REPAIR_RULE else None
     for gold in golds:
-        if rule == REPAIR_RULE:  # the model's own tokens as far as the edit keeps its text
-            gold_ids = _own_tokens(lm, dec, gen.ids, k, dec[k] + bridge + gold)
+        if own is not None:  # the model's own tokens as far as the edit keeps its text
+            gold_ids = own(dec[k] + bridge + gold)
         else:
             gold_ids = lm.tok_encode(bridge + gold, add_special_tokens=False)
         j = first_difference(model, gold_ids)
@@ -159,14 +160,16 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
                             None if options.primary is None or options.primary.kind == "binary"
                             else options.threshold)
         ranked = _ranked(lm, prefix_all, base, model, options_found)
-        tried = ranked[:MAX_VERIFIED]
+        decisive = [item for item in ranked if item[0] >= NEAR_TIE]  # Δ ≥ the floor only
+        tried = decisive[:MAX_VERIFIED]
         chosen = next((item for item in tried if score(item[1][0])), None)
         note(case, repair={"failed": list(edits.failed), "edits": len(edits.texts),
+                           "near_ties": len(ranked) - len(decisive),
                            "verified": tried.index(chosen) + 1 if chosen else len(tried)})
+        if not decisive:
+            return skip(case, "near-tie")
         if chosen is None:
             return skip(case, f"no-compliant-edit:{metric}")
-        if chosen[0] < NEAR_TIE:
-            return skip(case, "near-tie")
         gold, gold_ids, j = chosen[1]
     else:
         gold, gold_ids, j = _closest(lm, prefix_all, base, model, options_found)
@@ -380,14 +383,25 @@ def _boundaries(dec: list[str], full: str, shift: int, n_scored: int) -> list[in
                    if full.startswith(d) and shift <= len(d) <= shift + n_scored})
 
 
-def _own_tokens(lm, dec: list[str], ids: list[int], k: int, written: str) -> list[int]:
-    """Tokens of ``written`` (the generation up to token k, then an edit) from token k on: the
-    model's ids as far as their decoding is a prefix of it, the rest tokenised, then
-    end-of-sequence (an edited response is complete)."""
+def _own_tokens(lm, dec: list[str], ids: list[int], k: int, full: str):
+    """``tokens(written)``: the tokens of ``written`` (the generation up to token k, then an
+    edit) from token k on: the model's ids as far as their decoding is a prefix of it, the rest
+    tokenised, then end-of-sequence (an edited response is complete). O(log n) per edit besides
+    the tokenisation: the kept ids end at the last clean token boundary before the first
+    character where ``written`` leaves ``full``."""
+    from bisect import bisect_right
+
     eos = lm.eot_token_id
-    i = max(i for i in range(k, len(dec)) if written.startswith(dec[i]) and eos not in ids[k:i])
-    rest = lm.tok_encode(written[len(dec[i]):], add_special_tokens=False) if written[len(dec[i]):] else []
-    return list(ids[k:i]) + list(rest) + [eos]
+    stop = next((i for i in range(k, len(ids)) if ids[i] == eos), len(ids))  # ids[k:stop]: no EOS
+    cuts = [i for i in range(k, stop + 1) if full.startswith(dec[i])]  # clean boundaries
+    ends = [len(dec[i]) for i in cuts]  # non-decreasing
+
+    def tokens(written: str) -> list[int]:
+        i = cuts[max(0, bisect_right(ends, common_prefix(full, written)) - 1)]
+        rest = written[len(dec[i]):]
+        return list(ids[k:i]) + (lm.tok_encode(rest, add_special_tokens=False) if rest else []) + [eos]
+
+    return tokens
 
 
 def _answer_end(dec: list[str], full: str, answer_end: int, at_least: int) -> int:

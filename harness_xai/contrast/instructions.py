@@ -20,7 +20,8 @@ gold is the compliant response closest to the model's own choice:
 3. ``generation.generation_case`` writes each edit in the model's own tokens (the model's ids up to
    the last boundary the edit keeps, then the edit's tokenisation, then end-of-sequence: a repaired
    response is complete), orders the edits by Δ = logit[model token] − logit[edit token] at their
-   first differing token (one forward), and takes the first that the task's own filters,
+   first differing token (one forward), leaves out those below the near-tie floor (the model
+   was indifferent there: not a decision to explain), and takes the first that the task's own filters,
    ``process_results`` and metric score correct (``rollouts.task_scorer``), verifying at most
    ``MAX_VERIFIED``; none → skip ``no-compliant-edit:<metric>``. So the contrast is the token where
    the model came closest to a response its checks accept, and a response built there passes them.
@@ -39,6 +40,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from harness_xai.contrast.scoring import common_prefix
 from harness_xai.registry import Registry
 
 #: repair(text, kwargs, at) -> candidate texts, earliest position first
@@ -85,7 +87,7 @@ def compliant_edits(sample: dict, metric: str, text: str, at: Sequence[int]) -> 
     for i, (iid, args) in enumerate(failed):
         for edit in INSTRUCTION_REPAIRS[iid](text, args, at):
             for other, other_args in failed[:i] + failed[i + 1:]:
-                edit = _also(edit, _common_prefix(text, edit), (iid, args), (other, other_args),
+                edit = _also(edit, common_prefix(text, edit), (iid, args), (other, other_args),
                              checks)
                 if edit is None:
                     break
@@ -108,13 +110,6 @@ def _also(edit: str, q: int, first: tuple, other: tuple, checks: "_Checks") -> s
     if len(options) < 2:
         return options[0] if options else None
     return next((o for o in options if checks(*first, o) and checks(*other, o)), options[0])
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 class _Checks:

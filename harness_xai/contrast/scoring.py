@@ -90,6 +90,19 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
 
 
+def common_prefix(a: str, b: str) -> int:
+    """Length of the longest common prefix of two strings (binary search over slice
+    comparisons, which run in C: O(n log n) character compares instead of a Python loop)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def logit_gap(lm, ids: list[int], wrong: int, gold: int) -> float:
     """``logit[wrong] − logit[gold]`` after ``ids`` (one forward: a token contrast's Δ)."""
     import torch

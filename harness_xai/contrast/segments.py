@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness_xai.contrast.scoring import common_prefix
 from harness_xai.lmeval_hook.prompts import PromptRecord
 
 Label = tuple[str, "int | None"]
@@ -161,7 +162,7 @@ def _current_question(task, doc: dict, choice_index: int | None):
         contexts = task.doc_to_choice(doc)
         index = choice_index if choice_index is not None else text
         question = contexts[index]
-        common = min((_common_prefix(question, other) for k, other in enumerate(contexts)
+        common = min((common_prefix(question, other) for k, other in enumerate(contexts)
                       if k != index), default=len(question))
         if 0 < common < len(question) and not question[common - 1].isspace():
             common = max(question.rfind(" ", 0, common) + 1, 0)  # whole words: "Ju|stin"
@@ -208,15 +209,6 @@ def _locate_options(context: str, start: int, end: int, lists: list[list[str]]
         if spans and size > best_size:
             best, best_size = spans, size
     return best
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _fill_gaps(context: str, labels: list[Label | None]) -> list[Label]:

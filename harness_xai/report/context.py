@@ -99,3 +99,18 @@ def generation(notes: dict[str, Any], labels: list[str], segments: list[str | No
     if not prefix and raw is None and "generated_prefix" not in notes:
         return None
     return {"prefix": prefix, "wrong": wrong_token, "raw": raw}
+
+
+#: contrast rule → what the gold side of the case is (the case page's label)
+GOLD_KINDS = {
+    "instruction-repair:full-target": "compliant edit (the closest response the task's "
+                                      "instruction checks accept)",
+    "reference-solution:full-target": "reference solution (passes the unit tests)",
+    "invalid-extraction:full-target": "gold answer (the full target: no answer was extracted)",
+    "first-error:rollout": "alternative that scored correct (rollout)",
+}
+
+
+def gold_kind(notes: dict[str, Any]) -> str:
+    """The case page's label for the gold side (``GOLD_KINDS``; "gold answer" otherwise)."""
+    return GOLD_KINDS.get(notes.get("rule"), "gold answer")

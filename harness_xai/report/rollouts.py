@@ -23,6 +23,10 @@ EXPLAINED_INSTEAD = {
                                    "process_results extracts vs the gold answer)",
     "invalid-extraction:full-target": "the first token where the generation leaves the "
                                       "reference solution (no answer could be extracted)",
+    "reference-solution:full-target": "the first token where the code leaves the doc's "
+                                      "reference solution (which passes the unit tests)",
+    "instruction-repair:full-target": "the token where the closest compliant edit of the "
+                                      "response leaves it (the edit passes the instruction checks)",
 }
 
 
