@@ -26,7 +26,7 @@ DEFAULT_DB = "duckdb:///xai.duckdb"
 XAI_ARGS = ("attribute", "xai_db", "xai_method", "xai_report", "xai_no_progress", "xai_metric",
             "xai_threshold", "xai_contrast", "xai_graph", "xai_graph_edges", "xai_graph_nodes",
             "xai_graph_mass", "xai_faithfulness", "xai_db_init", "xai_rollouts",
-            "xai_rollout_tokens", *BUDGET_ARGS)
+            "xai_rollout_tokens", "xai_reasoning_steps", *BUDGET_ARGS)
 HF_MODELS = {"hf", "hf-auto", "huggingface"}
 
 
@@ -52,6 +52,8 @@ class RunConfig:
     #: each task's max_gen_toks); ``contrast.first_error``
     rollouts: int = 0
     rollout_tokens: int | None = None
+    #: a thinking model's reasoning steps: "sentence" or "line" (``contrast.reasoning``)
+    reasoning_steps: str = "sentence"
 
     @classmethod
     def create(cls, *, db: str = DEFAULT_DB, method: str | Method = "attnlrp",
@@ -59,11 +61,12 @@ class RunConfig:
                faithfulness: bool = False, budget: Budget | None = None, progress: bool = True,
                report: str | None = None, db_init: bool = False,
                threshold: float | str | None = None, rollouts: int | None = 0,
-               rollout_tokens: int | None = None) -> RunConfig:
+               rollout_tokens: int | None = None,
+               reasoning_steps: str = "sentence") -> RunConfig:
         """Validate and resolve (``graph``: None/False, True for the paper's pruning, a
         ``Prune`` or a dict of its fields)."""
         spec = get_method(method)
-        Options(contrast=contrast)  # bad values fail before the run
+        Options(contrast=contrast, reasoning_steps=reasoning_steps)  # bad values fail now
         metric = metric or None
         threshold = None if threshold is None or threshold == "" else str(threshold)
         parse_per_task(metric, "--xai-metric")  # syntax now; per task in check_tasks
@@ -76,7 +79,8 @@ class RunConfig:
         return cls(db=normalize_url(db), method=spec, metric=metric, contrast=contrast,
                    graph=pruning, faithfulness=bool(faithfulness), budget=budget or Budget(),
                    progress=progress, report=report, db_init=bool(db_init), threshold=threshold,
-                   rollouts=rollouts, rollout_tokens=rollout_tokens)
+                   rollouts=rollouts, rollout_tokens=rollout_tokens,
+                   reasoning_steps=reasoning_steps)
 
     @classmethod
     def from_cli(cls, xai: dict) -> RunConfig:
@@ -98,7 +102,8 @@ class RunConfig:
                           faithfulness=xai["xai_faithfulness"], budget=Budget.from_args(xai),
                           progress=not xai["xai_no_progress"], report=xai["xai_report"],
                           db_init=xai["xai_db_init"], rollouts=xai["xai_rollouts"],
-                          rollout_tokens=xai["xai_rollout_tokens"])
+                          rollout_tokens=xai["xai_rollout_tokens"],
+                          reasoning_steps=xai["xai_reasoning_steps"])
 
     def metric_for(self, task: str) -> str | None:
         """The ``--xai-metric`` choice for ``task`` (None: its primary metric)."""
@@ -128,7 +133,9 @@ class RunConfig:
                 **({"graph": self.graph.as_dict()} if self.graph is not None else {}),
                 **({"faithfulness": True} if self.faithfulness else {}),
                 **({"rollouts": self.rollouts, "rollout_tokens": self.rollout_tokens}
-                   if self.rollouts else {})}
+                   if self.rollouts else {}),
+                **({"reasoning_steps": self.reasoning_steps}
+                   if self.reasoning_steps != "sentence" else {})}
 
 
 def build_run_parser():
@@ -184,6 +191,9 @@ def add_run_arguments(parser) -> None:
     group.add_argument("--xai-rollout-tokens", type=int, default=None, metavar="N",
                        help="rollouts: greedy continuation length (default: the task's "
                             "max_gen_toks; never beyond the generation's own budget)")
+    group.add_argument("--xai-reasoning-steps", default="sentence", metavar="HOW",
+                       help="thinking models: cut the reasoning into steps by 'sentence' "
+                            "(default) or 'line' for per-step relevance")
     add_budget_arguments(group)  # --xai-max-cases, --xai-max-tokens, --xai-time-budget, --xai-batch-size
 
 

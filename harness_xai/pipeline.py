@@ -95,7 +95,8 @@ def evaluate(*, attribute: bool = True, config: RunConfig | None = None, db: str
              progress: bool = True, graph: dict | bool | None = None, faithfulness: bool = False,
              budget: Budget | None = None, report_dir: str | None = None, db_init: bool = False,
              threshold: float | str | None = None, rollouts: int = 0,
-             rollout_tokens: int | None = None, **simple_evaluate_kwargs):
+             rollout_tokens: int | None = None, reasoning_steps: str = "sentence",
+             **simple_evaluate_kwargs):
     """``lm_eval.simple_evaluate`` plus contrastive attribution of every incorrect response.
 
     ``config``: a resolved ``RunConfig``; without it one is built from the other arguments:
@@ -109,7 +110,8 @@ def evaluate(*, attribute: bool = True, config: RunConfig | None = None, db: str
     ``budget``: max cases / max tokens / time / batch size of the attribution (``distributed``);
     ``report_dir``: checked now, rendered by the caller; ``db_init``: add the schema to another
     program's database; ``rollouts`` / ``rollout_tokens``: first-error rollouts per incorrect
-    generation and their greedy length (``contrast.first_error``; 0: off). The store is opened and locked before lm-eval runs (store.preflight)."""
+    generation and their greedy length (``contrast.first_error``; 0: off); ``reasoning_steps``:
+    a thinking model's reasoning cut by "sentence" or "line". The store is opened and locked before lm-eval runs (store.preflight)."""
     import lm_eval.evaluator
 
     if not attribute:
@@ -119,7 +121,8 @@ def evaluate(*, attribute: bool = True, config: RunConfig | None = None, db: str
                                   graph=graph, faithfulness=faithfulness, budget=budget,
                                   progress=progress, report=report_dir, db_init=db_init,
                                   threshold=threshold, rollouts=rollouts,
-                                  rollout_tokens=rollout_tokens)
+                                  rollout_tokens=rollout_tokens,
+                                  reasoning_steps=reasoning_steps)
     keep_samples = simple_evaluate_kwargs.get("log_samples", True)
     simple_evaluate_kwargs["log_samples"] = True
     from harness_xai.store.preflight import preflight
@@ -220,7 +223,8 @@ def explain(results: dict, lm, tasks: dict, config: RunConfig, run_kwargs: dict,
         built = task_cases(name, task, samples.get(name, []), lm, config.metric_for(name),
                            config.contrast, (prompts or {}).get(name), config.threshold_for(name),
                            progress=bar.update, rollouts=config.rollouts,
-                           rollout_tokens=config.rollout_tokens, allow_code=allow_code)
+                           rollout_tokens=config.rollout_tokens, allow_code=allow_code,
+                           reasoning_steps=config.reasoning_steps)
         cases += built.cases
         by_task[name] = built.counts()
         summaries.append(_task_summary(name, task, results, samples.get(name, []), built))

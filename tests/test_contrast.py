@@ -690,7 +690,8 @@ def test_cli_rejects_bad_contrast_options(tmp_path, capsys):
     db = tmp_path / "never.duckdb"
     for flag, value, word in (("--xai-contrast", "tokens", "contrast"),
                               ("--xai-threshold", "high", "not a number"),
-                              ("--xai-metric", "=acc", "TASK=VALUE")):
+                              ("--xai-metric", "=acc", "TASK=VALUE"),
+                              ("--xai-reasoning-steps", "paragraph", "sentence, line")):
         assert main(["run", "--model", "hf", "--model_args", "pretrained=x", "--tasks", "x",
                      "--attribute", "--xai-db", str(db), flag, value]) == 2
         err = capsys.readouterr().err.strip().splitlines()

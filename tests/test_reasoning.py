@@ -147,13 +147,15 @@ def thinking(micro_model, tmp_path_factory):
     marker_id = AutoTokenizer.from_pretrained(str(model)).convert_tokens_to_ids("</think>")
     runs = {}
     for mode, end, max_gen in (("string", "</think>", 64), ("id", marker_id, 64),
-                               ("sequence", "</think>", 64), ("unclosed", "</think>", 12)):
+                               ("sequence", "</think>", 64), ("unclosed", "</think>", 12),
+                               ("line", "</think>", 64)):
         url = f"sqlite:///{root / mode}.sqlite"
         results = harness_xai.evaluate(
             model="hf", model_args=f"pretrained={model},dtype=float32,think_end_token={end}",
             tasks=[TASK, TASK_NO_MATCH], task_manager=tm, device="cpu", num_fewshot=0,
             gen_kwargs=f"max_gen_toks={max_gen}", attribute=True, db=url, progress=False,
-            contrast="sequence" if mode == "sequence" else "token")
+            contrast="sequence" if mode == "sequence" else "token",
+            reasoning_steps="line" if mode == "line" else "sentence")
         runs[mode] = (url, results)
     return {"runs": runs, "model": model, "root": root, "marker_id": marker_id}
 
@@ -352,3 +354,27 @@ def test_generated_labels_for_any_builder():
     lm.think_end_token = 9
     assert generated_labels(lm, [1, 2, 3]) == [("think-marker", None), ("reasoning", 0),
                                               ("reasoning", 0)]
+
+
+def test_reasoning_steps_by_line(thinking):
+    """``--xai-reasoning-steps line``: the same generation's reasoning is cut at line breaks (two
+    steps: the first line holds two sentences), every reasoning token carries the index of the line
+    that holds it; the default cuts sentences (three steps). A bad value is one line, before a run."""
+    from thinking_model import THOUGHT
+
+    from harness_xai.config import RunConfig
+    from harness_xai.errors import UserError
+
+    reasoning = THOUGHT[len("<think>"):THOUGHT.index("</think>")]
+    lines = [line.strip() for line in reasoning.split("\n")]
+    for mode, want in (("line", lines), ("string", ["Add 9 & 8.", "Check <it>.", "So <17>."])):
+        cases = _cases(thinking["runs"][mode][0])
+        assert cases
+        for case in cases:
+            assert case["notes"]["thinking"]["steps"] == want
+            steps = {t["segment_index"] for t in case["tokens"] if t["segment"] == "reasoning"}
+            assert steps <= set(range(len(want))) and steps
+    with pytest.raises(UserError, match="--xai-reasoning-steps 'paragraph': use one of sentence, line"):
+        RunConfig.create(reasoning_steps="paragraph")
+    assert RunConfig.create(reasoning_steps="line").identity()["reasoning_steps"] == "line"
+    assert "reasoning_steps" not in RunConfig.create().identity()

@@ -114,16 +114,19 @@ def task_cases(task_name: str, task, samples: list[dict], lm, metric: str | None
                contrast: str = "token", prompts: dict | None = None,
                threshold: float | None = None,
                progress: Callable[[int], object] | None = None, rollouts: int = 0,
-               rollout_tokens: int | None = None, allow_code: bool = False) -> TaskCases:
+               rollout_tokens: int | None = None, allow_code: bool = False,
+               reasoning_steps: str = "sentence") -> TaskCases:
     """Verdicts and cases of one task (``prompts``: ``Captured.prompts[task]``). Raises
     ``UserError`` for a ``metric`` the task's samples lack or a threshold on a binary metric.
     ``progress(1)`` is called after each sample (a progress bar's ``update``). ``rollouts``,
-    ``rollout_tokens``, ``allow_code``: first-error rollouts of generations (``Options``)."""
+    ``rollout_tokens``, ``allow_code``: first-error rollouts of generations (``Options``);
+    ``reasoning_steps``: a thinking model's reasoning cut by sentence or line."""
     samples = list(samples)
     primary = primary_metric(task, task_name, samples, metric, threshold)
     options = Options(metric=primary.name, contrast=contrast, prompts=prompts or {},
                       threshold=primary.threshold, primary=primary, rollouts=rollouts,
-                      rollout_tokens=rollout_tokens, allow_code=allow_code)
+                      rollout_tokens=rollout_tokens, allow_code=allow_code,
+                      reasoning_steps=reasoning_steps)
     kind = output_type(task)
     cache: dict = {}
     verdicts, cases = [], []

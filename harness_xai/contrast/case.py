@@ -16,6 +16,7 @@ from harness_xai.lmeval_hook.prompts import PromptRecord
 from harness_xai.records import PENDING, SKIPPED, Case
 
 CONTRASTS = ("token", "sequence")
+REASONING_STEPS = ("sentence", "line")
 MC_METRICS = ("acc", "acc_norm")
 
 
@@ -37,11 +38,16 @@ class Options:
     rollouts: int = 0
     rollout_tokens: int | None = None
     allow_code: bool = False
+    #: a thinking model's reasoning steps: "sentence" or "line" (``--xai-reasoning-steps``)
+    reasoning_steps: str = "sentence"
 
     def __post_init__(self) -> None:
         if self.contrast not in CONTRASTS:
             raise UserError(f"unknown contrast {self.contrast!r}: use one of "
                             f"{', '.join(CONTRASTS)} (--xai-contrast).")
+        if self.reasoning_steps not in REASONING_STEPS:
+            raise UserError(f"--xai-reasoning-steps {self.reasoning_steps!r}: use one of "
+                            f"{', '.join(REASONING_STEPS)}.")
 
     @property
     def metric_name(self) -> str:

@@ -109,7 +109,8 @@ def _flip(case: CaseDraft, sample: dict, task, lm, options: Options, gen: Genera
     case.status, case.skip_reason, case.contrast = PENDING, None, "token"
     case.token_ids = gen.context_ids + gen.ids[:t]
     labels = context_token_labels(lm, task, options, context, gen.context_ids, sample["doc"])
-    set_segments(case, labels + generated_labels(lm, gen.ids)[:t])  # reasoning steps if any
+    steps = generated_labels(lm, gen.ids, steps=options.reasoning_steps)
+    set_segments(case, labels + steps[:t])  # reasoning steps if any
     set_evidence(case, lm, task, sample["doc"], context, gen.context_ids)
     case.position = len(case.token_ids)
     case.wrong_token_id, case.gold_token_id = result.model_token, result.alternative

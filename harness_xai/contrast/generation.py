@@ -102,7 +102,8 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     text, shift, gen_labels = raw, 0, [GEN] * len(gen.ids)
     think_end = getattr(lm, "think_end_token", None)
     if think_end is not None:  # raw = the scored answer; text = reasoning + answer
-        parts = generated_segments(lm.tok_decode, gen.ids, think_end, prefixes=dec)
+        parts = generated_segments(lm.tok_decode, gen.ids, think_end, prefixes=dec,
+                                   steps=options.reasoning_steps)
         text = scored_text_view(parts, raw)
         if text is None:
             return skip(case, "thinking-answer-not-located")

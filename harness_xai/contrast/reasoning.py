@@ -189,8 +189,8 @@ def generated_segments(decode, ids: Sequence[int], think_end: str | int,
                              split.answer[0], split.closed)
 
 
-def generated_labels(lm, ids: Sequence[int],
-                     prefixes: Sequence[str] | None = None) -> list[tuple[str, int | None]]:
+def generated_labels(lm, ids: Sequence[int], prefixes: Sequence[str] | None = None,
+                     steps: str = "sentence") -> list[tuple[str, int | None]]:
     """Segment labels (``records.SEGMENTS``) of the generated ``ids`` that become part of a case
     input: ``generated`` for every token when the HFLM has no ``think_end_token``, else
     ``generated_segments`` (reasoning step / think-marker / answer). For any builder that puts
@@ -198,7 +198,8 @@ def generated_labels(lm, ids: Sequence[int],
     think_end = getattr(lm, "think_end_token", None)
     if think_end is None:
         return [("generated", None)] * len(ids)
-    return list(generated_segments(lm.tok_decode, ids, think_end, prefixes=prefixes).labels)
+    return list(generated_segments(lm.tok_decode, ids, think_end, prefixes=prefixes,
+                                   steps=steps).labels)
 
 
 def _part(segment: str) -> str | None:
