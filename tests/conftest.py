@@ -45,3 +45,27 @@ def pytest_collection_modifyitems(config, items):
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         if module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+#: torch's thread count when the session started: every test (and the fixtures it set up) must
+#: leave it there, or later in-process numbers depend on test order (a kill -9 resume test once
+#: compared values 5e-7 apart because an in-process training had left torch on one thread)
+_THREADS: list[int] = []
+
+
+def pytest_configure(config):
+    import torch
+
+    _THREADS.append(torch.get_num_threads())
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_unchanged():
+    yield
+    import torch
+
+    now = torch.get_num_threads()
+    if _THREADS and now != _THREADS[0]:
+        torch.set_num_threads(_THREADS[0])
+        pytest.fail(f"torch's thread count is {now}, was {_THREADS[0]} when the session began: "
+                    "restore it where it is set (try/finally)")

@@ -142,8 +142,18 @@ def retrieval_accuracy(model, tokenizer, docs: list[dict], values: torch.Tensor)
 
 
 def train(spec: TrainSpec, progress: bool = True) -> tuple[Any, Any, dict[str, Any]]:
-    """Train tokenizer and model; returns ``(model, tokenizer, stats)``."""
+    """Train tokenizer and model; returns ``(model, tokenizer, stats)``. Torch runs on
+    ``spec.threads`` threads meanwhile; the caller's thread count is restored after (a later
+    in-process forward must not depend on whether a model was trained first)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
+    try:
+        return _train(spec, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(spec: TrainSpec, progress: bool) -> tuple[Any, Any, dict[str, Any]]:
     started = time.perf_counter()
     tokenizer = train_tokenizer(spec.vocab_size, spec.tokenizer_texts, spec.seed)
     kv_vocab, arith_vocab = (answer_vocab(tokenizer, words) for words in ANSWER_WORDS)  # (A,)
