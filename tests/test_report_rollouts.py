@@ -46,6 +46,9 @@ def _case(doc_id: int, flip_at: int | None, rule: str):
         token_ids=list(range(10, 10 + N)), tokens=[f" t{i}" for i in range(N)],
         layer_relevance=np.vstack([rel] * 3), output_type="generate_until")
     built = {"contrast": {"rule": rule, "generation": "5 is it", "first_error": first}}
+    if rule == "instruction-repair:full-target":
+        built["contrast"]["repair"] = {"failed": ["startend:end_checker", "keywords:<b>x</b>"],
+                                       "edits": 17, "near_ties": 3, "verified": 2}
     return replace(case, rollouts=_rollouts(flip_at), built=built), ex
 
 
@@ -119,3 +122,10 @@ def test_case_page_names_what_the_gold_side_is(tmp_path):
     assert label(pages["repair"]).startswith("compliant edit")
     assert "Explained instead: the token where the closest compliant edit" in pages["repair"]
     assert label(pages["plain"]) == "gold answer" == label(pages["none"])
+    raw = _render(tmp_path / "again")["repair"]
+    line = raw.split('id="instruction-repair"', 1)[1].split("</p>", 1)[0]
+    assert "<b>x</b>" not in line and "&lt;b&gt;x&lt;/b&gt;" in line  # instruction ids escaped
+    line = unescape(re.sub(r"<[^>]+>", "", line))
+    assert "Instructions failed: startend:end_checker, keywords:<b>x</b>." in line
+    assert "17 edits proposed, 3 left out below the near-tie floor, 2 scored" in line
+    assert 'id="instruction-repair"' not in pages["none"]

@@ -114,3 +114,13 @@ GOLD_KINDS = {
 def gold_kind(notes: dict[str, Any]) -> str:
     """The case page's label for the gold side (``GOLD_KINDS``; "gold answer" otherwise)."""
     return GOLD_KINDS.get(notes.get("rule"), "gold answer")
+
+
+def instruction_repair(notes: dict[str, Any]) -> dict[str, Any] | None:
+    """The IFEval line of the case page: the failed instructions and how the compliant edit
+    (the gold side) was chosen; None for other rules."""
+    info = notes.get("repair")
+    if notes.get("rule") != "instruction-repair:full-target" or not isinstance(info, dict):
+        return None
+    return {"failed": [str(i) for i in info.get("failed", [])], "edits": info.get("edits"),
+            "near_ties": info.get("near_ties", 0), "scored": info.get("verified")}

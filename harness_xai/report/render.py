@@ -181,7 +181,7 @@ def _render_case(env: Environment, run: dict, case: dict, a: CaseArrays, task_hr
         generation=context.generation(notes, labels, a.segments, case["wrong_token"])
         if case.get("output_type") == "generate_until" else None,
         wrong_label=visible(case["wrong_token"]), gold_label=visible(case["gold_token"]),
-        gold_kind=context.gold_kind(notes),
+        gold_kind=context.gold_kind(notes), repair=context.instruction_repair(notes),
         experts=experts.with_tokens(moe, a.positions, a.tokens),
         rollouts=rollouts.case_rollouts(tried, notes, case["wrong_token"]))
 
