@@ -249,3 +249,36 @@ def test_common_prefix_equals_a_character_scan():
         while n < min(len(a), len(b)) and a[n] == b[n]:
             n += 1
         assert common_prefix(a, b) == n, (a, b)
+
+
+def test_a_repair_that_raises_is_a_reasoned_skip_not_a_lost_run():
+    """A doc whose kwargs lack an argument (``keywords`` missing) makes the repair raise:
+    ``propose_edits`` returns the skip ``repair-failed`` with the error; the choice among edits
+    turns a scorer that raises into the same skip, and only scores edits above the floor."""
+    from harness_xai.contrast.instructions import MAX_VERIFIED, closest_accepted, propose_edits
+
+    text = " a river, here"
+    dec = ["", " a", " a river", " a river,", text]
+    broken = propose_edits(sample(["keywords:existence"], [{}], [False]),
+                           "prompt_level_strict_acc", text, dec, text)
+    assert broken.reason == "repair-failed" and "KeyError" in broken.error
+    assert broken.notes()["error"] == broken.error
+    fine = propose_edits(sample(["punctuation:no_comma"], [{}], [False]),
+                         "prompt_level_strict_acc", text, dec, text)
+    assert fine.texts == (" a river here",) and fine.reason is None
+
+    def boom(_):
+        raise ValueError("scorer")
+
+    ranked = [(0.5, ("e1", [1], 0)), (0.7, ("e2", [2], 0))]
+    assert closest_accepted(ranked, boom, "m")[2] == "repair-failed"
+    seen = []
+    chosen, info, reason = closest_accepted(
+        [(-1.0, ("neg", [0], 0)), (0.0, ("tie", [0], 0))] + ranked,
+        lambda e: seen.append(e) or e == "e2", "m")
+    assert chosen == ("e2", [2], 0) and reason is None and seen == ["e1", "e2"]
+    assert info == {"near_ties": 2, "verified": 2}
+    assert closest_accepted([(0.0, ("tie", [0], 0))], lambda e: True, "m")[2] == "near-tie"
+    many = [(1.0 + i, (f"e{i}", [i], 0)) for i in range(MAX_VERIFIED + 5)]
+    assert closest_accepted(many, lambda e: False, "m")[1:] == (
+        {"near_ties": 0, "verified": MAX_VERIFIED}, "no-compliant-edit:m")

@@ -32,8 +32,9 @@ Algorithm, per logged sample (one per filter) whose ``exact_match`` (or ``acc``)
 5c. Instruction checks (IFEval ``prompt_level_strict_acc`` …) have no reference: the gold is the
    compliant edit of the response closest to the model's choice (rule
    ``instruction-repair:full-target``, ``contrast.instructions``): the model's tokens up to the
-   edit, the edit, end-of-sequence; edits ordered by Δℓ at their first differing token, the first
-   the task's own checks accept is taken; Δℓ < ``NEAR_TIE`` → ``near-tie``. Docs without
+   edit, the edit, end-of-sequence; edits ordered by Δℓ at their first differing token, those
+   below ``NEAR_TIE`` left out (all of them → ``near-tie``), the first the task's own checks
+   accept is taken (none → ``no-compliant-edit:<metric>``; raised → ``repair-failed``). Docs without
    instruction lists: skip ``no-reference-answer:<metric>``. With ``--xai-rollouts`` a flip found
    by the model's own continuation replaces either (``first_error``).
 6. Other degenerate outcomes are skips: ``answer-not-located``, ``gold-answer-is-prefix`` (the
@@ -60,10 +61,11 @@ from dataclasses import dataclass
 from harness_xai.contrast.case import (CaseDraft, Options, context_token_labels, new_case, note,
                                        set_evidence, set_segments, skip, truncation_note)
 from harness_xai.contrast.instructions import RULE as REPAIR_RULE
-from harness_xai.contrast.instructions import MAX_VERIFIED, compliant_edits, is_instruction_doc
+from harness_xai.contrast.instructions import (closest_accepted, is_instruction_doc, own_tokens,
+                                               propose_edits)
 from harness_xai.contrast.reasoning import generated_segments, scored_text_view
 from harness_xai.contrast.rollouts import task_scorer
-from harness_xai.contrast.scoring import NEAR_TIE, common_prefix, first_difference, window_start
+from harness_xai.contrast.scoring import first_difference, window_start
 from harness_xai.records import SequenceTarget
 
 GEN = ("generated", None)
@@ -116,8 +118,8 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     span = locate_answer(raw, extracted, ensemble) if scored is None else scored
     full = dec[-1]
     if repair:  # step 5c: compliant edits of the scored response (contrast.instructions)
-        edits = compliant_edits(sample, metric, raw, _boundaries(dec, full, shift, len(raw)))
-        note(case, repair={"failed": list(edits.failed), "edits": len(edits.texts)})
+        edits = propose_edits(sample, metric, raw, dec, full, shift)
+        note(case, repair=edits.notes())
         if edits.reason:
             return skip(case, edits.reason)
         rule, span, golds = REPAIR_RULE, (0, 0), list(edits.texts)
@@ -140,7 +142,7 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
     bridge = text[len(dec[k]): span[0]]
     model = gen.ids[k:]
     options_found, reasons = [], []
-    own = _own_tokens(lm, dec, gen.ids, k, full) if rule == REPAIR_RULE else None
+    own = own_tokens(lm, dec, gen.ids, k, full) if rule == REPAIR_RULE else None
     for gold in golds:
         if own is not None:  # the model's own tokens as far as the edit keeps its text
             gold_ids = own(dec[k] + bridge + gold)
@@ -160,18 +162,12 @@ def generation_case(sample: dict, task, task_name: str, lm, options: Options,
         score = task_scorer(task, sample["doc"], sample["filter"], metric,
                             None if options.primary is None or options.primary.kind == "binary"
                             else options.threshold)
-        ranked = _ranked(lm, prefix_all, base, model, options_found)
-        decisive = [item for item in ranked if item[0] >= NEAR_TIE]  # Δ ≥ the floor only
-        tried = decisive[:MAX_VERIFIED]
-        chosen = next((item for item in tried if score(item[1][0])), None)
-        note(case, repair={"failed": list(edits.failed), "edits": len(edits.texts),
-                           "near_ties": len(ranked) - len(decisive),
-                           "verified": tried.index(chosen) + 1 if chosen else len(tried)})
-        if not decisive:
-            return skip(case, "near-tie")
+        chosen, info, reason = closest_accepted(
+            _ranked(lm, prefix_all, base, model, options_found), score, metric)
+        note(case, repair={**edits.notes(), **info})
         if chosen is None:
-            return skip(case, f"no-compliant-edit:{metric}")
-        gold, gold_ids, j = chosen[1]
+            return skip(case, reason)
+        gold, gold_ids, j = chosen
     else:
         gold, gold_ids, j = _closest(lm, prefix_all, base, model, options_found)
     t = len(gen.context_ids) + k + j
@@ -375,34 +371,6 @@ def _ranked(lm, prefix_all, base, model, found) -> list[tuple[float, tuple]]:
         row = logits[base + j - 1]
         gaps.append((float(row[model[j]] - row[gold_ids[j]]), item))
     return sorted(gaps, key=lambda pair: pair[0])
-
-
-def _boundaries(dec: list[str], full: str, shift: int, n_scored: int) -> list[int]:
-    """Character offsets in the scored text at which a generated token starts (step 5c's
-    insertion and truncation points)."""
-    return sorted({len(d) - shift for d in dec
-                   if full.startswith(d) and shift <= len(d) <= shift + n_scored})
-
-
-def _own_tokens(lm, dec: list[str], ids: list[int], k: int, full: str):
-    """``tokens(written)``: the tokens of ``written`` (the generation up to token k, then an
-    edit) from token k on: the model's ids as far as their decoding is a prefix of it, the rest
-    tokenised, then end-of-sequence (an edited response is complete). O(log n) per edit besides
-    the tokenisation: the kept ids end at the last clean token boundary before the first
-    character where ``written`` leaves ``full``."""
-    from bisect import bisect_right
-
-    eos = lm.eot_token_id
-    stop = next((i for i in range(k, len(ids)) if ids[i] == eos), len(ids))  # ids[k:stop]: no EOS
-    cuts = [i for i in range(k, stop + 1) if full.startswith(dec[i])]  # clean boundaries
-    ends = [len(dec[i]) for i in cuts]  # non-decreasing
-
-    def tokens(written: str) -> list[int]:
-        i = cuts[max(0, bisect_right(ends, common_prefix(full, written)) - 1)]
-        rest = written[len(dec[i]):]
-        return list(ids[k:i]) + (lm.tok_encode(rest, add_special_tokens=False) if rest else []) + [eos]
-
-    return tokens
 
 
 def _answer_end(dec: list[str], full: str, answer_end: int, at_least: int) -> int:

@@ -23,7 +23,8 @@ gold is the compliant response closest to the model's own choice:
    first differing token (one forward), leaves out those below the near-tie floor (the model
    was indifferent there: not a decision to explain), and takes the first that the task's own filters,
    ``process_results`` and metric score correct (``rollouts.task_scorer``), verifying at most
-   ``MAX_VERIFIED``; none → skip ``no-compliant-edit:<metric>``. So the contrast is the token where
+   ``MAX_VERIFIED``; none → skip ``no-compliant-edit:<metric>``; a repair or the scoring that
+   raises → ``repair-failed`` with the error. So the contrast is the token where
    the model came closest to a response its checks accept, and a response built there passes them.
 
 Repairs are registered by instruction id like the other extension points
@@ -37,10 +38,11 @@ from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from harness_xai.contrast.scoring import common_prefix
+from harness_xai.contrast.scoring import NEAR_TIE, common_prefix
 from harness_xai.registry import Registry
 
 #: repair(text, kwargs, at) -> candidate texts, earliest position first
@@ -63,11 +65,69 @@ class Edits:
     texts: tuple[str, ...]  # candidate compliant responses (unverified), deduplicated
     failed: tuple[str, ...]  # the failed instruction ids
     reason: str | None = None  # a skip reason when there is nothing to try
+    error: str | None = None  # what raised, for ``repair-failed``
+
+    def notes(self) -> dict:
+        return {"failed": list(self.failed), "edits": len(self.texts),
+                **({"error": self.error} if self.error else {})}
 
 
 def is_instruction_doc(doc) -> bool:
     return isinstance(doc, dict) and isinstance(doc.get("instruction_id_list"), list) \
         and isinstance(doc.get("kwargs"), list)
+
+
+def propose_edits(sample: dict, metric: str, text: str, dec: Sequence[str], full: str,
+                  shift: int = 0) -> Edits:
+    """Step 2 at the generated-token boundaries of the scored text ``text`` (``dec``: prefix
+    decodings of the generated ids, ``full`` their whole decoding, ``shift``: where the scored
+    text starts in it). A repair or check that raises (e.g. a doc whose kwargs lack an
+    argument) gives the skip ``repair-failed`` with the error, never a lost run."""
+    at = sorted({len(d) - shift for d in dec
+                 if full.startswith(d) and shift <= len(d) <= shift + len(text)})
+    try:
+        return compliant_edits(sample, metric, text, at)
+    except Exception as exc:  # a finished evaluation is never lost to one doc's arguments
+        return Edits((), (), "repair-failed", f"{type(exc).__name__}: {exc}"[:300])
+
+
+def own_tokens(lm, dec: Sequence[str], ids: Sequence[int], k: int, full: str):
+    """Step 3: ``tokens(written)``, the tokens of ``written`` (the generation up to token k,
+    then an edit) from token k on: the model's ids as far as their decoding is a prefix of it,
+    the rest tokenised, then end-of-sequence (an edited response is complete). O(log n) per edit
+    besides the tokenisation: the kept ids end at the last clean token boundary before the first
+    character where ``written`` leaves ``full``."""
+    eos = lm.eot_token_id
+    stop = next((i for i in range(k, len(ids)) if ids[i] == eos), len(ids))  # ids[k:stop]: no EOS
+    cuts = [i for i in range(k, stop + 1) if full.startswith(dec[i])]  # clean boundaries
+    ends = [len(dec[i]) for i in cuts]  # non-decreasing
+
+    def tokens(written: str) -> list[int]:
+        i = cuts[max(0, bisect_right(ends, common_prefix(full, written)) - 1)]
+        rest = written[len(dec[i]):]
+        return list(ids[k:i]) + (lm.tok_encode(rest, add_special_tokens=False) if rest else []) + [eos]
+
+    return tokens
+
+
+def closest_accepted(ranked: Sequence[tuple[float, tuple]], score: Callable[[str], bool],
+                     metric: str) -> tuple[tuple | None, dict, str | None]:
+    """Step 3's choice: ``ranked`` = (Δ, (edit, edit ids, j)) smallest Δ first; the first edit
+    with Δ ≥ ``NEAR_TIE`` that ``score`` (the task's own scoring) accepts, at most
+    ``MAX_VERIFIED`` scored. Returns (option or None, notes, skip reason)."""
+    decisive = [item for item in ranked if item[0] >= NEAR_TIE]
+    tried = decisive[:MAX_VERIFIED]
+    try:
+        chosen = next((item for item in tried if score(item[1][0])), None)
+    except Exception as exc:  # the task's scoring raised on an edit
+        return None, {"error": f"{type(exc).__name__}: {exc}"[:300]}, "repair-failed"
+    info = {"near_ties": len(ranked) - len(decisive),
+            "verified": tried.index(chosen) + 1 if chosen else len(tried)}
+    if not decisive:
+        return None, info, "near-tie"
+    if chosen is None:
+        return None, info, f"no-compliant-edit:{metric}"
+    return chosen[1], info, None
 
 
 def compliant_edits(sample: dict, metric: str, text: str, at: Sequence[int]) -> Edits:
