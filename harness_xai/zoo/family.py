@@ -142,8 +142,18 @@ Checkpoint = Callable[[int, Any, dict[str, Any]], None]
 
 def train_family(spec: FamilySpec, tokenizer, on_checkpoint: Checkpoint,
                  progress: bool = True) -> dict[str, Any]:
-    """Train ``spec`` once, handing every checkpoint to ``on_checkpoint``; returns the stats."""
+    """Train ``spec`` once, handing every checkpoint to ``on_checkpoint``; returns the stats.
+    Torch runs on ``spec.threads`` threads meanwhile; the caller's count is restored after."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
+    try:
+        return _train_family(spec, tokenizer, on_checkpoint, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_family(spec: FamilySpec, tokenizer, on_checkpoint: Checkpoint,
+                  progress: bool) -> dict[str, Any]:
     started, cpu_started = time.perf_counter(), time.process_time()
     kv_vocab, arith_vocab = (answer_vocab(tokenizer, words) for words in ANSWER_WORDS)  # (A,)
     banned = taskgen.test_prompts()
