@@ -79,3 +79,37 @@ def test_study_orders_a_series_by_stage_then_step_and_shows_tokens():
     points = cohort.tasks["t"]
     assert [p.run_id for p in points] == [3, 2, 1, 0]  # unknown "main" (no step) first
     assert [p.tokens for p in points] == [None, "4B", "20B", "1B"]
+
+
+def test_study_joins_stages_end_to_end_on_the_checkpoint_axis():
+    """A series whose stage 2 restarts its step count draws one line that goes on after stage 1:
+    x = step + the last step of every earlier stage, in (stage, step) order; a single-stage
+    series keeps its raw steps; the by-size lines keep stage 1 and stage 2 checkpoints apart."""
+    from harness_xai.report import study
+
+    olmo = ["stage1-step1000-tokens4B", "stage2-ingredient1-step100-tokens1B",
+            "stage1-step5000-tokens20B", "stage2-ingredient1-step0-tokens0B",
+            "stage2-ingredient2-step100-tokens1B"]
+    pythia = ["step1000", "step143000"]
+    runs = []
+    for i, (name, rev) in enumerate([("OLMo-2-7B", r) for r in olmo] +
+                                    [("pythia-70m", r) for r in pythia] +
+                                    [("OLMo-2-1B", "stage2-ingredient1-step100-tokens1B"),
+                                     ("OLMo-2-1B", "stage1-step100-tokens1B")]):
+        runs.append({"id": i, "config": "{}", "method": "attnlrp", "pretrained": f"allenai/{name}",
+                     "model_name": name, "model_type": "olmo2" if "OLMo" in name else "gpt_neox",
+                     "n_params": 7 if "7B" in name else 1, "revision": rev,
+                     "step": parse_revision(rev).step})
+    rows = {r["id"]: [{"task": "t", "value": r["id"] / 10, "n_samples": 4}] for r in runs}
+    (cohort,) = study.cohorts(runs, rows, [], [])
+    points = cohort.tasks["t"]
+    lines = {line["name"]: line["points"] for line in study.by_checkpoint(points, "accuracy")}
+    # stage 1: 1000, 5000; stage 2 ingredient 1: 0, 100 → 5000, 5100; ingredient 2: 100 → 5200
+    assert lines["OLMo-2-7B"] == [(1000.0, 0.0), (5000.0, 0.2), (5000.0, 0.3), (5100.0, 0.1),
+                                  (5200.0, 0.4)]
+    assert lines["pythia-70m"] == [(1000.0, 0.5), (143000.0, 0.6)]  # one stage: raw steps
+    assert study.checkpoint_axis(points) == "training step (stages joined end to end)"
+    assert study.checkpoint_axis([p for p in points if p.series == "pythia-70m"]) == "training step"
+    sizes = {line["name"] for line in study.by_size(points, "accuracy")}
+    assert "OLMo-2-* @ stage 2 · ingredient 1 · step 100" in sizes  # 1B and 7B at stage 2 ingredient 1 step 100
+    assert not any(name.endswith("@ step 100") for name in sizes)  # stage 1 step 100: 1B only

@@ -231,12 +231,13 @@ def _render_study(env: Environment, cohort: study.Cohort, moe: dict | None = Non
                 refs_ck = study.baseline(points, "evidence.random_top1", "step")
                 refs_sz = study.baseline(points, "evidence.random_top1", "size")
             figs.append({"metric": metric, "title": title,
-                         "by_checkpoint": charts.line_chart(lines_ck, x_title="training step",
+                         "by_checkpoint": charts.line_chart(lines_ck,
+                                                            x_title=study.checkpoint_axis(points),
                                                             y_range=rng, references=refs_ck),
                          "by_size": charts.line_chart(lines_sz, x_log=True,
                                                       x_title="parameters", y_range=rng,
                                                       references=refs_sz)})
-        triage = charts.bars([{"label": f"{p.series} @ {p.step}", "n": p.n_failures,
+        triage = charts.bars([{"label": f"{p.series} @ {p.checkpoint_label}", "n": p.n_failures,
                                "shares": p.triage} for p in points if p.triage])
         tasks.append({"task": task, "points": points, "figures": figs, "triage": triage,
                       "segments": segments})

@@ -14,7 +14,8 @@ Runs are only compared when they measured the same thing. Steps:
    with accuracy, failures, the mean per-case metrics (``case_metrics``: segment shares, evidence
    recovery and its random baseline, concentration, sink share, formation layer) and the triage
    shares.
-4. ``by_checkpoint`` / ``by_size`` — per task, the lines to draw: by checkpoint (x = step, one
+4. ``by_checkpoint`` / ``by_size`` — per task, the lines to draw: by checkpoint (x = step, with
+   a later stage's steps continuing after the previous stage's last one, ``_join_stages``; one
    line per model series in (stage, step) order of its revision names, ``checkpoints``; hue =
    size rank, dash = architecture) and by size (x = parameters, one
    line per architecture at each checkpoint, hue = checkpoint, dash = architecture).
@@ -136,6 +137,20 @@ class Point:
     #: — OLMo's stage 2 restarts its step count — and gives the tokens seen ("5B"), if named
     stage: tuple[int, int] = (0, 0)
     tokens: str | None = None
+    #: the x of the checkpoint charts: ``step`` plus the last step of every earlier stage of the
+    #: series (stages joined end to end), so a stage that restarts its count continues the line
+    position: int | None = None
+
+    @property
+    def checkpoint_x(self) -> int | None:
+        """The checkpoint charts' x: ``position`` once stages are joined (``cohorts``), else the step."""
+        return self.step if self.position is None else self.position
+
+    @property
+    def checkpoint_label(self) -> str:
+        stage = f"stage {self.stage[0]} · " if self.stage[0] else ""
+        ingredient = f"ingredient {self.stage[1]} · " if self.stage[1] else ""
+        return f"{stage}{ingredient}step {self.step}"
 
 
 @dataclass
@@ -182,9 +197,32 @@ def cohorts(runs: list[dict[str, Any]], task_rows: dict[int, list[dict[str, Any]
         for points in tasks.values():
             points.sort(key=lambda p: (p.arch, p.size or 0, p.series, p.stage, p.step or 0,
                                        p.run_id))
+            _join_stages(points)
         out.append(Cohort(key=key, description=describe_key(key), runs=members,
                           tasks=dict(sorted(tasks.items()))))
     return out
+
+
+def _join_stages(points: list[Point]) -> None:
+    """``Point.position`` of every point with a step, per series in (stage, step) order: a new
+    stage starts where the previous one's last step ended (OLMo's stage 2 restarts at step 0)."""
+    series: dict[str, list[Point]] = defaultdict(list)
+    for p in points:
+        if p.step is not None:
+            series[p.series].append(p)
+    for members in series.values():
+        offset, stage, last = 0, None, 0
+        for p in members:  # already in (stage, step) order
+            if stage is not None and p.stage != stage:
+                offset, last = offset + last, 0
+            stage, last = p.stage, max(last, p.step)
+            p.position = offset + p.step
+
+
+def checkpoint_axis(points: list[Point]) -> str:
+    """The checkpoint charts' x title: stages joined end to end when a series has several."""
+    staged = len({p.stage for p in points if p.step is not None}) > 1
+    return "training step (stages joined end to end)" if staged else "training step"
 
 
 def _checkpoint(revision: str | None) -> dict[str, Any]:
@@ -205,17 +243,16 @@ def _value(point: Point, metric: str) -> float | None:
 
 
 def by_checkpoint(points: list[Point], metric: str) -> list[dict[str, Any]]:
-    """Step 4: one line per model series over ``step`` (runs without a step left out)."""
+    """Step 4: one line per model series over its training position (``Point.position``: the
+    step, stages joined end to end; runs without a step left out), in (stage, step) order."""
     lines: dict[str, dict[str, Any]] = {}
-    for p in points:
+    for p in sorted(points, key=lambda p: (p.stage, p.step or 0)):
         v = _value(p, metric)
-        if p.step is None or v is None:
+        if p.checkpoint_x is None or v is None:
             continue
         line = lines.setdefault(p.series, {"name": p.series, "arch": p.arch, "size": p.size,
                                            "points": []})
-        line["points"].append((float(p.step), float(v)))
-    for line in lines.values():
-        line["points"].sort()
+        line["points"].append((float(p.checkpoint_x), float(v)))
     out = sorted(lines.values(), key=lambda l: (l["arch"], l["size"] or 0, l["name"]))
     for arch in {l["arch"] for l in out}:  # hue = size rank within the architecture
         sizes = sorted({l["size"] or 0 for l in out if l["arch"] == arch})
@@ -235,17 +272,21 @@ def by_size(points: list[Point], metric: str) -> list[dict[str, Any]]:
         v = _value(p, metric)
         if not p.size or v is None:
             continue
-        name = family[p.arch] if p.step is None else f"{family[p.arch]} @ step {p.step}"
-        line = lines.setdefault((p.arch, p.step), {"name": name, "arch": p.arch,
-                                                   "step": p.step, "points": []})
+        name = family[p.arch] if p.step is None else f"{family[p.arch]} @ {p.checkpoint_label}"
+        ck = None if p.step is None else (p.stage, p.step)
+        line = lines.setdefault((p.arch, ck), {"name": name, "arch": p.arch, "step": ck,
+                                               "points": []})
         line["points"].append((float(p.size), float(v)))
     kept = [l for l in lines.values() if len(l["points"]) > 1]  # a size trend needs two sizes
     for line in kept:
         line["points"].sort()
-    steps = sorted({-1 if l["step"] is None else l["step"] for l in kept})
+    def rank(line):  # no checkpoint first, then (stage, step)
+        return ((0, 0), -1) if line["step"] is None else line["step"]
+
+    steps = sorted({rank(l) for l in kept})
     for line in kept:  # hue = checkpoint rank
-        line["hue"] = steps.index(-1 if line["step"] is None else line["step"])
-    return sorted(kept, key=lambda l: (l["arch"], -1 if l["step"] is None else l["step"]))
+        line["hue"] = steps.index(rank(line))
+    return sorted(kept, key=lambda l: (l["arch"], rank(l)))
 
 
 def baseline(points: list[Point], metric: str, by: str) -> list[dict[str, Any]]:
@@ -253,7 +294,7 @@ def baseline(points: list[Point], metric: str, by: str) -> list[dict[str, Any]]:
     evidence first): the mean over the points at each step (``by="step"``) or size (``"size"``)."""
     groups: dict[float, list[float]] = defaultdict(list)
     for p in points:
-        x = p.step if by == "step" else p.size
+        x = p.checkpoint_x if by == "step" else p.size
         if x is not None and metric in p.metrics:
             groups[float(x)].append(p.metrics[metric])
     if not groups:
