@@ -79,7 +79,14 @@ def sweep_main(argv: list[str]) -> int:
             print(f"{cell.label}: harness-xai run --model hf --model_args {cell.model_args} "
                   + " ".join(common))
         return 0
-    Store.open(url).close()  # create / migrate before the first cell
+    init = "--xai-db-init" in run_flags  # another program's database: only when asked
+    try:
+        Store.open(url, init=init).close()  # create / migrate before the first cell
+    except UserError as err:
+        if init or "--xai-db-init" not in str(err):
+            raise
+        raise UserError(f"{err} In a sweep, pass it to every run: `harness-xai sweep … -- "
+                        "--xai-db-init`.") from None
     finished = _finished_runs(url)
     from harness_xai.identity import matches
     from harness_xai.pipeline import run_main

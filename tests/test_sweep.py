@@ -197,3 +197,32 @@ def test_revision_on_a_local_directory_is_refused(zoo, tmp_path, capsys):
                     "--include_path", str(tasks_dir()), "--attribute", "--xai-db", str(db)])
     assert err == 2 and not db.exists()
     assert "subfolder=step2" in capsys.readouterr().err
+
+
+def test_sweep_adds_to_another_programs_database_only_when_asked(zoo, tmp_path, monkeypatch):
+    """A foreign database is refused before any cell runs, untouched, with the sweep's spelling of
+    the fix; with ``-- --xai-db-init`` the schema is added beside the other tables and every cell
+    gets the flag."""
+    import hashlib
+    import sqlite3
+
+    import harness_xai.pipeline as pipeline
+
+    db = tmp_path / "theirs.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT)")
+    conn.execute("INSERT INTO accounts VALUES (1, 'alice')")
+    conn.commit()
+    conn.close()
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    calls = []
+    monkeypatch.setattr(pipeline, "run_main", lambda argv: calls.append(argv) or 0)
+    args = ["--zoo", str(zoo), "--models", "llama-s", "--checkpoints", "final", "--xai-db", str(db)]
+    with pytest.raises(UserError, match=r"another program.*sweep … -- --xai-db-init"):
+        sweep_main(args)
+    assert not calls and hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert sweep_main([*args, "--", "--xai-db-init"]) == 0
+    assert len(calls) == 1 and "--xai-db-init" in calls[0]
+    tables = {t for (t,) in sqlite3.connect(db).execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"accounts", "runs", "cases"} <= tables
