@@ -190,7 +190,9 @@ def test_second_writer_refused_before_evaluation(micro_model: Path, tmp_path: Pa
         assert holder.stdout.readline().strip() == "ready"
         start = time.monotonic()
         line = _one_line(_run(micro_model, db, "xai_arith"), capsys)
-        assert time.monotonic() - start < 5
+        # refused, not queued behind the holder (it keeps the store for 60 s); the bound is loose
+        # so that a loaded 2-core CI machine cannot fail it (no_evaluation: lm-eval never ran)
+        assert time.monotonic() - start < 30
     finally:
         holder.kill()
         holder.wait()
