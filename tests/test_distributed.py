@@ -480,7 +480,8 @@ print(json.dumps([status("VmHWM") - base, pass_bytes(model, n, rows, states)]))
     ("llama", 256, 8, 1024, 2048, 8, 4, 1024, 4, True),
     ("llama", 512, 4, 1536, 8192, 8, 8, 512, 6, True),
     ("gpt_neox", 256, 4, 1024, 2048, 8, 8, 2048, 2, False),
-], ids=["llama-8x256", "llama-4x512", "neox-nostates"])
+    ("gpt_neox", 256, 4, 3072, 2048, 8, 8, 2048, 2, True),
+], ids=["llama-8x256", "llama-4x512", "neox-nostates", "neox-wide-mlp"])
 def test_auto_batch_estimate_bounds_the_measured_peak(shape):
     """``memory.pass_bytes`` (the ``auto`` batch size's estimate) ≥ the measured peak resident
     memory growth of that pass, and at most 2.5× it (a fresh process per shape)."""

@@ -4,15 +4,18 @@ The estimate is an upper bound of one pass's peak memory above the weights (acti
 for the backward, the captured states, the kept logits, the backward's transients):
 
     bytes(R, n) = FIXED + R · (n · per_token + vocab · (b + 8))
-    per_token   = L · b · (20·d + 4·d_kv + 6·I + 4·d·[states] + 2·H·n·[eager attention])
+    per_token   = L · b · (20·d + 4·d_kv + m·I + 4·d·[states] + 2·H·n·[eager attention])
 
 with L blocks, hidden size d, key/value width d_kv = kv_heads · head_dim, MLP width I
-(mixture of experts: max(I, top_k · I_expert)), H heads, b bytes per element of the model's
+(mixture of experts: max(I, top_k · I_expert)), m = 6 for a gated MLP ``act(gate) ⊙ up`` (and
+for experts; the family adapter says which) and 3 for a plain one (GPT-NeoX, GPT-2: one
+I-wide activation and its input instead of three), H heads, b bytes per element of the model's
 dtype, vocab the LM head's rows (each kept logit row in the model dtype plus its fp32 copy and
 gradient). The coefficients are upper bounds of what an attnlrp pass keeps per token and block,
-fitted on CPU peaks (fp32, SDPA; Llama and GPT-NeoX shapes, d = 256–512, I/d = 3–11): the
-estimate is 1.2–2.4× the measured peak resident-set growth (never below it;
-tests/test_distributed.py checks three shapes within [1, 2.5]×). On the H200 it is ≈ 2.7× the
+fitted on CPU peaks (fp32, SDPA; Llama and GPT-NeoX shapes, d = 256–512, I/d = 2–12): the
+estimate is 1.2–2.0× the measured peak resident-set growth (never below it;
+tests/test_distributed.py checks four shapes within [1, 2.5]×). A plain MLP's measured slope
+is ≈ 2·I per token and block (GPT-NeoX, I = 512…3072), a gated one's ≈ 5·I. On the H200 it is ≈ 2.7× the
 measured peak (7B Mistral shape, bf16, n = 4096, states: 46 GiB estimated, 17.3 GiB measured,
 issue #15), so ``auto`` errs towards smaller passes. Eager attention adds its (n × n) score
 and probability rows per head. FIXED = 64 MiB on the CPU (allocator and thread-pool slack),
@@ -32,6 +35,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from harness_xai.errors import UserError
+from harness_xai.lrp.adapters import adapter_for
+
 FRACTION = 0.8
 MAX_ROWS = 64
 FIXED = {"cpu": 64 << 20, "cuda": 512 << 20}
@@ -50,6 +56,17 @@ def _get(config, *names, default=None):
     return default
 
 
+def _gated(model: nn.Module) -> bool:
+    """Whether the family's MLP is gated (``act(gate) ⊙ up``); unknown families count as gated
+    (the larger bound)."""
+    try:
+        adapter = adapter_for(model)
+    except UserError:
+        return True
+    return (any(partner is not None for _, partner in adapter.activations(model))
+            or bool(adapter.product_factors(model)))
+
+
 def pass_bytes(model: nn.Module, n: int, rows: int = 1, states: bool = True) -> int:
     """Upper bound of one pass's peak memory above the weights (module docstring)."""
     c = _text_config(model)
@@ -64,10 +81,11 @@ def pass_bytes(model: nn.Module, n: int, rows: int = 1, states: bool = True) -> 
         inter = max(inter, int(top_k) * int(expert))
     elif top_k:
         inter *= int(top_k)
+    mlp = 6 if top_k or _gated(model) else 3
     b = next(model.parameters()).element_size()
     vocab = model.get_output_embeddings().weight.shape[0]
     eager = (getattr(model.config, "_attn_implementation", None) or "eager").endswith("eager")
-    per_token = layers * b * (20 * d + 4 * kv + 6 * inter + (4 * d if states else 0)
+    per_token = layers * b * (20 * d + 4 * kv + mlp * inter + (4 * d if states else 0)
                               + (2 * heads * n if eager else 0))
     device = next(model.parameters()).device.type
     return FIXED.get(device, FIXED["cuda"]) + rows * (n * per_token + vocab * (b + 8))
