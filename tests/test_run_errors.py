@@ -26,6 +26,7 @@ from harness_xai.distributed import runner
 from harness_xai.store import Store, bulk, run_sql
 from test_store_support import (_progress, integrity_problems, run_command, run_env,
                                 slow_attribution_env)
+from tmpfs import tmpfs
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 ARITH = TASKS / "xai_arith" / "test.jsonl"
@@ -163,15 +164,9 @@ def test_report_destination_checked_before_evaluation(micro_model: Path, tmp_pat
     assert f"--xai-report {taken} is a non-empty directory" in line
     assert no_evaluation == [] and _sha(db) == before
     assert sorted(p.name for p in taken.iterdir()) == ["thesis.tex"]
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)]).returncode:
-        pytest.skip("cannot mount a read-only tmpfs here (needs root / CAP_SYS_ADMIN)")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
         line = _one_line(_run(micro_model, db, "xai_arith", TASKS, "--xai-report", str(ro / "r")),
                          capsys)
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
     assert "read-only file system" in line
     assert no_evaluation == [] and _sha(db) == before
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from harness_xai.store.engine import normalize_url
 from harness_xai.store.lock import command_words
 from harness_xai.store.preflight import Interrupted, check_destination, preflight
 from test_store_support import FILE_BACKENDS, integrity_problems, make_case, make_run
+from tmpfs import remount, tmpfs
 
 REPETITIONS = 20
 
@@ -259,23 +261,10 @@ def test_export_refuses_a_foreign_non_empty_folder(tmp_path: Path, capsys: pytes
 
 @pytest.fixture
 def mounted(tmp_path: Path):
-    """mount(options) → a fresh tmpfs folder (skips where mounting is not allowed)."""
-    points = []
-
-    def mount(options: str) -> Path:
-        point = tmp_path / f"mnt{len(points)}"
-        point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): "
-                        "needs root / CAP_SYS_ADMIN")
-        points.append(point)
-        return point
-
-    yield mount
-    for point in reversed(points):
-        subprocess.run(["umount", "-l", str(point)], check=False)
+    """mount(options) → a fresh tmpfs folder, unmounted after the test (tests/tmpfs.py)."""
+    with ExitStack() as stack:
+        points = iter(range(1_000))
+        yield lambda options: stack.enter_context(tmpfs(tmp_path / f"mnt{next(points)}", options))
 
 
 def test_read_only_destinations_are_refused(tmp_path: Path, mounted, capsys: pytest.CaptureFixture) -> None:
@@ -321,7 +310,7 @@ def test_disk_full_on_a_small_tmpfs(suffix: str, mounted, capsys: pytest.Capture
                 written += 1
     assert 0 < written < 10_000
     assert f"run {run_id}: {written} cases written by this process" in str(full.value)
-    subprocess.run(["mount", "-o", "remount,size=256m", str(small)], check=True)
+    remount(small, "size=256m")
     assert _consistent(url) == []
     assert run_sql(url, "SELECT count(*) FROM cases")[1] == [(written,)]
     with Store.open(url) as store:  # the re-run continues where the disk filled up
