@@ -13,17 +13,15 @@ from pathlib import Path
 
 import torch
 
+from harness_xai.zoo.threads import torch_threads
+
 
 def build_scripted_model(base: Path, dest: Path, pairs: list[tuple[str, str]],
                          add_tokens: tuple[str, ...] = (), max_steps: int = 600, lr: float = 3e-3,
                          seed: int = 0) -> Path:
     """``pairs``: (prompt as lm-eval sends it, the response the model must write)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # far faster than contended threads on a busy machine
-    try:
+    with torch_threads(1):  # far faster than contended threads on a busy machine
         return _build(base, dest, pairs, add_tokens, max_steps, lr, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _build(base: Path, dest: Path, pairs, add_tokens, max_steps: int, lr: float, seed: int) -> Path:

@@ -105,16 +105,11 @@ def test_planted_error_is_localised_where_brute_force_puts_the_first_flip(tmp_pa
     each: t* flips (restoring the model's token gives its correct generation back); first_error
     with a budget that covers every position returns the brute-force earliest flip; where that is
     t* (at least one case), it returns exactly t* and the model's own token as the alternative."""
-    import torch
-
     from harness_xai.zoo.steps_train import StepsSpec
+    from harness_xai.zoo.threads import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: more threads only wait on each other under load
-    try:
+    with torch_threads(1):  # a tiny model: more threads only wait on each other under load
         _planted_cases_are_localised(tmp_path, task, StepsSpec(steps=400))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _planted_cases_are_localised(tmp_path, task, spec) -> None:

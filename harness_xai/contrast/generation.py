@@ -60,8 +60,9 @@ from dataclasses import dataclass
 
 from harness_xai.contrast.case import (CaseDraft, Options, context_token_labels, new_case, note,
                                        set_evidence, set_segments, skip, truncation_note)
-from harness_xai.contrast.instructions import RULE as REPAIR_RULE, closest_accepted, \
-    is_instruction_doc, own_tokens, propose_edits
+from harness_xai.contrast.instructions import RULE as REPAIR_RULE
+from harness_xai.contrast.instructions import (closest_accepted, is_instruction_doc, own_tokens,
+                                               propose_edits)
 from harness_xai.contrast.reasoning import generated_segments, scored_text_view
 from harness_xai.contrast.rollouts import task_scorer
 from harness_xai.contrast.scoring import first_difference, window_start

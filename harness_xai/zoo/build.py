@@ -152,14 +152,12 @@ def checkpoints(target: str | Path) -> list[int]:
 
 def _build_family_model(root: Path, spec, progress: bool) -> Path:
     """Train one family model and save its checkpoints (atomic, see the module docstring)."""
-    import torch
     from transformers.utils import logging as hf_logging
 
     from harness_xai.zoo.family import train_family
     from harness_xai.zoo.tokenizer import train_tokenizer
 
     hf_logging.disable_progress_bar()  # "Writing model shards" once per checkpoint
-    threads = torch.get_num_threads()  # training sets its own; the caller's is restored
     started = time.perf_counter()
     target = root / spec.name
     tokenizer = train_tokenizer(spec.vocab_size, spec.tokenizer_texts, spec.seed)
@@ -185,7 +183,6 @@ def _build_family_model(root: Path, spec, progress: bool) -> Path:
             shutil.rmtree(target)
         tmp.rename(target)
     finally:
-        torch.set_num_threads(threads)
         if tmp.exists():
             shutil.rmtree(tmp)
     if progress:

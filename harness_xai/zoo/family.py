@@ -49,6 +49,7 @@ from typing import Any
 import torch
 
 from harness_xai.zoo import taskgen
+from harness_xai.zoo.threads import torch_threads
 from harness_xai.zoo.train import (ANSWER_WORDS, _lr_factor, _set_lr, _step, answer_vocab,
                                    draw_texts, retrieval_accuracy)
 
@@ -144,12 +145,8 @@ def train_family(spec: FamilySpec, tokenizer, on_checkpoint: Checkpoint,
                  progress: bool = True) -> dict[str, Any]:
     """Train ``spec`` once, handing every checkpoint to ``on_checkpoint``; returns the stats.
     Torch runs on ``spec.threads`` threads meanwhile; the caller's count is restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(spec.threads)
-    try:
+    with torch_threads(spec.threads):
         return _train_family(spec, tokenizer, on_checkpoint, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_family(spec: FamilySpec, tokenizer, on_checkpoint: Checkpoint,

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from harness_xai.zoo.threads import torch_threads
 from harness_xai.zoo.tokenizer import EOT
 from harness_xai.zoo.train import TrainSpec, _lr_factor, _set_lr, batch, make_model
 
@@ -136,14 +137,11 @@ def train_lm(context: Context, spec: TrainSpec, sizes: dict[str, tuple[int, int]
              batch_size: int = 16, cpu_budget_s: float = 600.0,
              wall_budget_s: float | None = None, seed: int = 11, progress: bool = True,
              init: tuple[Any, Any] | None = None) -> tuple[Any, Any, dict[str, Any]]:
-    """``_train_lm`` with torch's thread count restored afterwards (training sets its own; a
-    caller's later fp32 results must not depend on whether it trained first)."""
-    threads = torch.get_num_threads()
-    try:
+    """``_train_lm`` on ``spec.threads`` torch threads, the caller's count restored afterwards
+    (a caller's later fp32 results must not depend on whether it trained first)."""
+    with torch_threads(spec.threads):
         return _train_lm(context, spec, sizes, batch_size, cpu_budget_s, wall_budget_s, seed,
                          progress, init)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_lm(context: Context, spec: TrainSpec, sizes: dict[str, tuple[int, int]],
@@ -154,7 +152,6 @@ def _train_lm(context: Context, spec: TrainSpec, sizes: dict[str, tuple[int, int
     ``(model, tokenizer, stats)``. ``sizes[kind]`` = haystack size range of training docs;
     training stops after ``spec.steps`` or when either budget (CPU / wall seconds) is spent.
     ``init = (model, tokenizer)`` continues training them (fresh optimizer and schedule)."""
-    torch.set_num_threads(spec.threads)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     kinds = sorted(sizes)

@@ -28,6 +28,7 @@ import torch
 
 from harness_xai.zoo import steps as steps_task
 from harness_xai.zoo.family import make_family_model
+from harness_xai.zoo.threads import torch_threads
 from harness_xai.zoo.train import _lr_factor, _set_lr
 
 STEPS_MODEL = "llama-steps"
@@ -123,12 +124,8 @@ def accuracy(model, tokenizer, docs: list[dict]) -> float:
 
 def train_steps(spec: StepsSpec, progress: bool = True):
     """``(model, tokenizer, stats)``: the steps model trained for ``spec.steps`` steps."""
-    threads = torch.get_num_threads()  # the caller's, restored at the end
-    torch.set_num_threads(spec.threads)
-    try:
+    with torch_threads(spec.threads):  # the caller's count restored at the end
         return _train(spec, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(spec: StepsSpec, progress: bool):

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from harness_xai.zoo import taskgen
+from harness_xai.zoo.threads import torch_threads
 from harness_xai.zoo.tokenizer import train_tokenizer
 
 
@@ -145,12 +146,8 @@ def train(spec: TrainSpec, progress: bool = True) -> tuple[Any, Any, dict[str, A
     """Train tokenizer and model; returns ``(model, tokenizer, stats)``. Torch runs on
     ``spec.threads`` threads meanwhile; the caller's thread count is restored after (a later
     in-process forward must not depend on whether a model was trained first)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(spec.threads)
-    try:
+    with torch_threads(spec.threads):
         return _train(spec, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(spec: TrainSpec, progress: bool) -> tuple[Any, Any, dict[str, Any]]:
